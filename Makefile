@@ -1,0 +1,47 @@
+# The operator's entry points. `make image` then `make test` on a fresh
+# Debian 12 machine (as root) is all it takes; `make help` lists the rest.
+SHELL := /bin/bash
+SPEC ?= hosts/aurora.yml
+AURORA_CACHE ?= /var/cache/aurora-image
+export AURORA_CACHE
+export UV_CACHE_DIR := $(AURORA_CACHE)/uv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON := /usr/bin/python3
+UV := $(AURORA_CACHE)/uvboot/bin/uv
+RUN := $(UV) run --frozen --no-sync
+CLI := $(RUN) aurora-image
+
+.DEFAULT_GOAL := help
+.PHONY: help setup render image smoke test unit lint bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: ## install host packages, mkosi, uv and the Python venv (idempotent)
+	@scripts/setup-host.sh
+	@$(UV) sync --frozen --quiet
+
+render: setup ## render units and configs from $(SPEC) into build/render
+	$(CLI) render --spec $(SPEC)
+
+image: setup ## build the image for $(SPEC) into images/<tag>/
+	$(CLI) build --spec $(SPEC) --progress
+
+unit: setup ## fast tests: spec, render, programs against real sshd/rsync
+	$(RUN) pytest tests/unit -q
+
+lint: setup ## ruff over the Python code
+	$(RUN) ruff check builder tests bench
+
+smoke: setup ## boot the newest image under QEMU and run the testinfra suite
+	$(RUN) pytest tests/vm -v
+
+test: image ## everything: lint, unit tests, then the QEMU smoke suite on the image
+	$(RUN) ruff check builder tests bench
+	$(RUN) pytest tests/unit tests/vm -v
+
+bench: setup ## print render, build, boot and smoke-suite figures
+	$(RUN) python bench/run.py --spec $(SPEC)
+
+clean: ## remove build/ and images/ (the caches in $(AURORA_CACHE) stay)
+	rm -rf build images

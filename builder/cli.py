@@ -1,0 +1,108 @@
+"""`aurora-image`: parse, call, print. The work happens in the modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from builder.errors import AuroraError
+from builder.inputs import REPO
+
+DEFAULT_SPEC = REPO / "hosts" / "aurora.yml"
+DEFAULT_RENDER_DIR = REPO / "build" / "render"
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from builder.render import render
+    from builder.spec import load_spec
+    from builder.tree import write_tree
+
+    start = time.perf_counter()
+    tree = render(load_spec(args.spec))
+    dest = write_tree(tree, args.out)
+    took = time.perf_counter() - start
+    if args.json:
+        print(json.dumps({"out": str(dest), "files": len(tree), "seconds": round(took, 3)}))
+    else:
+        print(f"rendered {len(tree)} files into {dest} in {took * 1000:.0f} ms")
+    return 0
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    from builder.lock import write_lock
+    from builder.spec import load_spec
+
+    path = write_lock(load_spec(args.spec))
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from builder.image import build
+
+    result = build(args.spec, progress=(not args.json and sys.stderr.isatty()) or args.progress)
+    if args.json:
+        print(json.dumps({"tag": result.tag, "path": str(result.path), "reused": result.reused,
+                          "seconds": round(result.seconds, 1)}))
+    elif result.reused:
+        print(f"{result.tag}: already built at {result.path} (same inputs, same image)")
+    else:
+        print(f"{result.tag}: built in {result.seconds:.0f}s at {result.path}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from builder.spec import load_spec
+
+    spec = load_spec(args.spec)
+    print(f"{args.spec}: valid ({len(spec.source_sync.streams)} streams)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aurora-image",
+        description="Build, test and release immutable images of the Aurora dashboard host.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    Handler = Callable[[argparse.Namespace], int]
+
+    def add(name: str, func: Handler, summary: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=summary, description=summary)
+        p.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="host spec (YAML)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(func=func)
+        return p
+
+    add("validate", cmd_validate, "check a host spec and exit")
+    p = add("render", cmd_render, "render units and configs into a directory")
+    p.add_argument("--out", type=Path, default=DEFAULT_RENDER_DIR, help="output directory")
+    add("lock", cmd_lock, "resolve the dashboard's Python pins into locks/ (with hashes)")
+    p = add("build", cmd_build, "build the image (render + mkosi) into images/<tag>/")
+    p.add_argument("--progress", action="store_true", help="show mkosi steps even without a TTY")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except AuroraError as exc:
+        if args.debug:
+            raise
+        print(f"aurora-image: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("aurora-image: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

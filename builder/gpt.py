@@ -1,0 +1,56 @@
+"""Read a disk image's GPT partition table, so tests and `verify` can look
+inside a partition (e.g. with debugfs) without loop devices or root mounts."""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+SECTOR = 512
+
+
+@dataclass(frozen=True)
+class Partition:
+    label: str
+    type_uuid: str
+    part_uuid: str
+    offset: int
+    size: int
+
+
+def partitions(image: Path) -> list[Partition]:
+    with image.open("rb") as disk:
+        disk.seek(SECTOR)
+        header = disk.read(92)
+        if header[:8] != b"EFI PART":
+            raise ValueError(f"{image}: no GPT header (not a disk image?)")
+        entries_lba, count, entry_size = struct.unpack_from("<QII", header, 72)
+        disk.seek(entries_lba * SECTOR)
+        table = disk.read(count * entry_size)
+    found = []
+    for i in range(count):
+        entry = table[i * entry_size : (i + 1) * entry_size]
+        type_guid = uuid.UUID(bytes_le=entry[:16])
+        if type_guid.int == 0:
+            continue
+        first, last = struct.unpack_from("<QQ", entry, 32)
+        label = entry[56:128].decode("utf-16-le").rstrip("\0")
+        found.append(
+            Partition(
+                label=label,
+                type_uuid=str(type_guid),
+                part_uuid=str(uuid.UUID(bytes_le=entry[16:32])),
+                offset=first * SECTOR,
+                size=(last - first + 1) * SECTOR,
+            )
+        )
+    return found
+
+
+def partition(image: Path, label: str) -> Partition:
+    for part in partitions(image):
+        if part.label == label:
+            return part
+    raise KeyError(f"{image}: no partition labelled {label!r}")

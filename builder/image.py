@@ -1,0 +1,200 @@
+"""Build an image from a host spec: render, stage, mkosi, manifest, store.
+
+The image store is `images/<tag>/` (aurora.raw, kernel, initrd, cmdline,
+manifest.json, build.log). A tag that is already stored is not rebuilt: the
+tag is a digest of the inputs, so the stored image is that build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder import mkosi
+from builder.errors import BuildError
+from builder.inputs import REPO, Inputs, collect
+from builder.lock import check_lock
+from builder.render import File, Tree, render
+from builder.spec import HostSpec, app_source_dir, load_spec
+from builder.tools import cache_dir
+from builder.tree import atomic_write, write_tree
+
+ARTIFACTS = ("aurora.raw", "aurora.vmlinuz", "aurora.initrd")
+CMDLINE = "root=PARTLABEL=root-x86-64 ro console=ttyS0 systemd.firstboot=off"
+
+
+def images_dir() -> Path:
+    return Path(os.environ.get("AURORA_IMAGES", REPO / "images"))
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    tag: str
+    path: Path
+    reused: bool
+    seconds: float
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def rendered_manifest(tree: Tree) -> dict[str, dict[str, str]]:
+    entries: dict[str, dict[str, str]] = {}
+    for path, entry in tree.items():
+        entries[path] = _entry_manifest(entry)
+    return entries
+
+
+def _entry_manifest(entry: File) -> dict[str, str]:
+    if entry.link is not None:
+        return {"link": entry.link}
+    if entry.directory:
+        return {"directory": f"{entry.mode:04o}"}
+    return {"sha256": hashlib.sha256(entry.content).hexdigest(), "mode": f"{entry.mode:04o}"}
+
+
+def _stage_app(spec: HostSpec, spec_path: Path, stage: Path, lock: Path) -> None:
+    """Put the app tree and its lock where the image's postinst script finds them."""
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    local = app_source_dir(spec, spec_path)
+    if local is not None:
+        if not local.is_dir():
+            raise BuildError(
+                f"{spec_path}: dashboard.app.path: {local} is not a directory; "
+                "point it at the app checkout"
+            )
+        shutil.copytree(local, stage / "app", ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        _checkout_git(spec.dashboard.app.git or "", spec.dashboard.app.ref or "", stage / "app")
+    shutil.copy2(lock, stage / "requirements.txt")
+    # The build host's CA bundle, so the install inside the image trusts the
+    # same TLS path to PyPI as the host (proxies with their own CA included).
+    # It is used during the build only and never lands in the image.
+    bundle = Path(os.environ.get("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt"))
+    if bundle.exists():
+        shutil.copy2(bundle, stage / "ca-certificates.crt")
+
+
+def _checkout_git(url: str, ref: str, dest: Path) -> None:
+    mirror = cache_dir() / "git" / hashlib.sha256(url.encode()).hexdigest()[:16]
+
+    def git(*args: str, cwd: Path | None = None) -> None:
+        result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+        if result.returncode != 0:
+            msg = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise BuildError(f"dashboard.app.git: git {args[0]} {url} failed: {msg}")
+
+    if not mirror.exists():
+        mirror.parent.mkdir(parents=True, exist_ok=True)
+        git("clone", "--mirror", "--quiet", url, str(mirror))
+    else:
+        git("fetch", "--quiet", "--prune", "origin", cwd=mirror)
+    git("clone", "--quiet", "--no-checkout", str(mirror), str(dest))
+    git("-c", "advice.detachedHead=false", "checkout", "--quiet", ref, cwd=dest)
+    shutil.rmtree(dest / ".git")
+
+
+def _read_json(path: Path) -> object:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def debian_packages(mkosi_manifest: Path) -> dict[str, str]:
+    data = _read_json(mkosi_manifest) or {}
+    packages = data.get("packages", []) if isinstance(data, dict) else []
+    return {p["name"]: p["version"] for p in sorted(packages, key=lambda p: p["name"])}
+
+
+def python_packages(listing: Path) -> dict[str, str]:
+    data = _read_json(listing) or []
+    return {p["name"]: p["version"] for p in sorted(data, key=lambda p: p["name"].lower())}
+
+
+def build(spec_path: Path, *, progress: bool = True) -> BuiltImage:
+    """Build the image the spec describes, or reuse the stored one of the same tag."""
+    spec = load_spec(spec_path)
+    lock = check_lock(spec)
+    tree = render(spec)
+    inputs = collect(spec, spec_path, app_source_dir(spec, spec_path))
+    store = images_dir()
+    final = store / inputs.tag
+    if (final / "manifest.json").exists():
+        return BuiltImage(inputs.tag, final, reused=True, seconds=0.0)
+
+    work = cache_dir() / "work" / inputs.tag
+    tree_dir = write_tree(tree, work / "tree")
+    _stage_app(spec, spec_path, work / "stage", lock)
+    output = cache_dir() / "out"
+    partial = store / f".{inputs.tag}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+
+    job = mkosi.MkosiJob(
+        repo=REPO,
+        extra_tree=tree_dir,
+        stage=work / "stage",
+        output_dir=output,
+        packages=tuple(spec.packages),
+        environment={
+            "AURORA_APP_DIR": spec.dashboard.checkout,
+            "AURORA_MOUNT_POINTS": " ".join(m.where for m in spec.mounts),
+        },
+        seed=inputs.seed,
+        source_date_epoch=inputs.source_date_epoch,
+    )
+    seconds = mkosi.run(job, partial / "build.log", progress=progress)
+    for name in ARTIFACTS:
+        if not (output / name).exists():
+            raise BuildError(f"mkosi finished but {output / name} is missing; see build.log")
+        (output / name).replace(partial / name)
+    atomic_write(partial / "cmdline", (CMDLINE + "\n").encode())
+    manifest = _manifest(spec, inputs, tree, output, partial)
+    atomic_write(partial / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    return BuiltImage(inputs.tag, final, reused=False, seconds=seconds)
+
+
+def _manifest(
+    spec: HostSpec, inputs: Inputs, tree: Tree, output: Path, image_dir: Path
+) -> dict[str, object]:
+    artifacts = {}
+    for name in ARTIFACTS:
+        path = image_dir / name
+        artifacts[name] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    return {
+        "tag": inputs.tag,
+        "release": spec.release,
+        "hostname": spec.hostname,
+        "inputs": {"digest": inputs.digest, "files": inputs.files, "extra": inputs.extra},
+        "source_date_epoch": inputs.source_date_epoch,
+        "seed": inputs.seed,
+        "cmdline": CMDLINE,
+        "artifacts": artifacts,
+        "rendered": rendered_manifest(tree),
+        "debian_packages": debian_packages(output / "aurora.manifest"),
+        "python_packages": python_packages(output / "python-packages.json"),
+    }
+
+
+def newest_image() -> Path:
+    """The most recently stored image directory (what `make smoke` tests)."""
+    candidates = [p for p in images_dir().glob("*/manifest.json")]
+    if not candidates:
+        raise BuildError(f"no image in {images_dir()}; run `make image` first")
+    return max(candidates, key=lambda p: p.stat().st_mtime).parent
+
+
+def elapsed(start: float) -> str:
+    return f"{time.monotonic() - start:.1f}s"

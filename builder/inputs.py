@@ -1,0 +1,101 @@
+"""What goes into an image, and the tag derived from it.
+
+A tag is the spec's release plus a digest of every input: the spec, the unit
+templates, the mkosi configuration and extra tree, the locks, the app source
+and the builder itself. Same inputs, same tag; any change, a new tag. The
+build's clock (SOURCE_DATE_EPOCH) and partition seed come from the same
+inputs, never from the wall clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from builder.spec import HostSpec
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Paths below the repository that are inputs of every image.
+REPO_INPUTS = (
+    "mkosi.conf",
+    "mkosi.repart",
+    "mkosi.sandbox",
+    "mkosi.extra",
+    "mkosi.postinst.chroot",
+    "units",
+    "builder",
+    "locks",
+)
+
+
+def _files(root: Path) -> list[Path]:
+    if root.is_file():
+        return [root]
+    return sorted(
+        p for p in root.rglob("*")
+        if (p.is_file() or p.is_symlink()) and "__pycache__" not in p.parts
+    )
+
+
+def digest_paths(paths: list[tuple[str, Path]]) -> dict[str, str]:
+    """sha256 of each file (a symlink hashes its target text), keyed by name."""
+    digests: dict[str, str] = {}
+    for name, root in paths:
+        for path in _files(root):
+            key = name if path == root else f"{name}/{path.relative_to(root).as_posix()}"
+            data = (
+                f"symlink:{path.readlink()}".encode()
+                if path.is_symlink()
+                else path.read_bytes()
+            )
+            mode = "x" if path.is_file() and path.stat().st_mode & 0o111 else "-"
+            digests[key] = hashlib.sha256(mode.encode() + data).hexdigest()
+    return dict(sorted(digests.items()))
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Every input of one build with its digest, and what follows from them."""
+
+    release: str
+    files: dict[str, str]
+    extra: dict[str, str]
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for key, value in [*self.files.items(), *sorted(self.extra.items())]:
+            h.update(f"{key}\0{value}\n".encode())
+        return h.hexdigest()
+
+    @property
+    def tag(self) -> str:
+        return f"{self.release}-{self.digest[:12]}"
+
+    @property
+    def seed(self) -> str:
+        """Partition UUID seed for systemd-repart."""
+        return str(uuid.UUID(self.digest[:32]))
+
+    @property
+    def source_date_epoch(self) -> int:
+        """The first day of the spec's release (YYYY.MM[.DD]), in UTC."""
+        parts = [int(p) for p in self.release.split(".")[:3] if p.isdigit()]
+        year, month, day = [*parts, 1, 1][:3]
+        return int(datetime(year, month, day, tzinfo=UTC).timestamp())
+
+
+def collect(spec: HostSpec, spec_path: Path, app_dir: Path | None) -> Inputs:
+    """Digest the spec, the repo's build inputs and the app source."""
+    paths = [("spec", spec_path)]
+    paths += [(name, REPO / name) for name in REPO_INPUTS if (REPO / name).exists()]
+    if app_dir is not None:
+        paths.append(("app", app_dir))
+    extra = {}
+    if spec.dashboard.app.git is not None:
+        extra = {"app.git": spec.dashboard.app.git, "app.ref": spec.dashboard.app.ref or ""}
+    return Inputs(release=spec.release, files=digest_paths(paths), extra=extra)

@@ -1,0 +1,87 @@
+"""Thin adapter around mkosi: one function, one subprocess, one log."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.errors import BuildError
+from builder.tools import cache_dir, mkosi_command, uv_binary
+
+
+@dataclass(frozen=True)
+class MkosiJob:
+    """Everything one mkosi build needs beyond the repo's static config."""
+
+    repo: Path
+    extra_tree: Path
+    stage: Path
+    output_dir: Path
+    packages: tuple[str, ...]
+    environment: dict[str, str]
+    seed: str
+    source_date_epoch: int
+
+    def argv(self) -> list[str]:
+        cache = cache_dir()
+        sources = {
+            self.stage: "stage",
+            uv_binary().parent: "uvbin",
+            cache / "uv": "uvcache",
+        }
+        argv = [
+            "--directory", str(self.repo),
+            "--extra-tree", str(self.extra_tree),
+            "--build-sources", ",".join(f"{src}:{dst}" for src, dst in sources.items()),
+            "--seed", self.seed,
+            "--source-date-epoch", str(self.source_date_epoch),
+            "--cache-directory", str(cache / "mkosi-cache"),
+            "--package-cache-dir", str(cache / "mkosi-pkgs"),
+            "--workspace-directory", str(cache / "workspace"),
+            "--output-directory", str(self.output_dir),
+        ]  # fmt: skip
+        if self.packages:
+            argv += ["--package", ",".join(self.packages)]
+        for key, value in sorted(self.environment.items()):
+            argv += ["--environment", f"{key}={value}"]
+        return [*argv, "--force", "build"]
+
+
+def run(job: MkosiJob, log_path: Path, *, progress: bool = True) -> float:
+    """Run the build, streaming its output to `log_path`; return seconds taken."""
+    command, env_extra = mkosi_command()
+    for path in (cache_dir() / "uv", cache_dir() / "workspace", job.output_dir):
+        path.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **env_extra}
+    # mkosi must run with Debian's python; pyenv shims and venvs must not leak in.
+    env.pop("VIRTUAL_ENV", None)
+    env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    start = time.monotonic()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [*command, *job.argv()],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            text=True,
+            errors="replace",
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            if progress and line.startswith("‣"):
+                elapsed = time.monotonic() - start
+                print(f"  [{elapsed:6.1f}s] {line.rstrip()[:110]}", file=sys.stderr, flush=True)
+        rc = proc.wait()
+    if rc != 0:
+        tail = log_path.read_text(errors="replace").splitlines()[-15:]
+        raise BuildError(
+            f"mkosi failed (exit {rc}); full log: {log_path}\n" + "\n".join(tail)
+        )
+    return time.monotonic() - start

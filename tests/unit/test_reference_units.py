@@ -1,0 +1,69 @@
+"""Rendered units against the Ansible deployment's units, directive by directive.
+
+`reference-units.json` (shared/reference) holds every unit of the deployment we
+replace, rendered with its production variables. Every unit we render that has
+a counterpart there must match it exactly, except for the differences listed in
+ALLOWED with their reasons.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from builder.render import SYSTEM_UNITS, render
+from builder.spec import load_spec
+from builder.unitfile import parse_unit
+
+REPO = Path(__file__).resolve().parents[2]
+REFERENCE = REPO.parent / "shared" / "reference" / "reference-units.json"
+
+# (unit, directive) -> why the image deliberately differs from the Ansible unit.
+ALLOWED: dict[tuple[str, str], str] = {}
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, dict[str, list[str]]]:
+    assert REFERENCE.exists(), f"{REFERENCE} missing: shared/ must sit beside the repo"
+    return json.loads(REFERENCE.read_text())
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, dict[str, list[str]]]:
+    tree = render(load_spec(REPO / "hosts" / "aurora.yml"))
+    prefix = SYSTEM_UNITS + "/"
+    return {
+        path.removeprefix(prefix): parse_unit(entry.content.decode())
+        for path, entry in tree.items()
+        if path.startswith(prefix) and entry.link is None and not entry.directory
+    }
+
+
+def _differences(ours: dict[str, list[str]], theirs: dict[str, list[str]]) -> list[str]:
+    keys = sorted(set(ours) | set(theirs))
+    return [k for k in keys if ours.get(k) != theirs.get(k)]
+
+
+def test_rendered_units_match_the_reference(rendered, reference) -> None:
+    compared = [name for name in rendered if name in reference]
+    assert len(compared) >= 17, "expected the dashboard and every source sync to be compared"
+    problems = []
+    for name in compared:
+        for key in _differences(rendered[name], reference[name]):
+            if (name, key) not in ALLOWED:
+                problems.append(
+                    f"{name} {key}: ours {rendered[name].get(key)} != "
+                    f"reference {reference[name].get(key)}"
+                )
+    assert not problems, "\n".join(problems)
+
+
+def test_allow_list_has_no_stale_entries(rendered, reference) -> None:
+    for (name, key), reason in ALLOWED.items():
+        assert reason, f"{name} {key}: an allowed difference needs its reason"
+        assert name in rendered and name in reference, f"{name}: allow-listed but not compared"
+        assert key in _differences(rendered[name], reference[name]), (
+            f"{name} {key}: allow-listed but no longer differs; remove it"
+        )

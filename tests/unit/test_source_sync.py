@@ -1,0 +1,460 @@
+"""aurora-source-sync against a real sshd and rsync on loopback.
+
+The "remote" source host is this machine reached through a throwaway sshd, so
+every run exercises the real ssh command line, the remote ``find`` quoting and
+``rsync --files-from`` / ``--filter`` exactly as on the image.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PROGRAM = ROOT / "mkosi.extra/usr/lib/aurora/aurora-source-sync"
+DAY = 86400
+CL61 = "gamb2le_depolarisation_lidar_ceilometer_aurora_"
+
+
+def _load_sshd() -> ModuleType:
+    """Import tests/sshd.py by path so this works under any pytest rootdir/import mode."""
+    spec = importlib.util.spec_from_file_location("aurora_test_sshd", ROOT / "tests/sshd.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+sshd = _load_sshd()
+
+pytestmark = pytest.mark.skipif(
+    bool(sshd.missing_tools()), reason=f"needs {', '.join(sshd.missing_tools())}"
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    with sshd.running_sshd(tmp_path_factory.mktemp("sshd")) as servers:
+        yield servers[0]
+
+
+@dataclass
+class Stream:
+    """One stream's config dir, remote source tree and local destination."""
+
+    name: str
+    config_dir: Path
+    remote: Path
+    dest: Path
+    state: Path
+    lock: Path
+    config: dict[str, Any]
+
+    def write_config(self, **overrides: Any) -> Path:
+        self.config.update(overrides)
+        path = self.config_dir / f"{self.name}.json"
+        path.write_text(json.dumps(self.config, indent=2))
+        return path
+
+    def run(
+        self, *args: str, argv: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = argv or [str(PROGRAM), "--config-dir", str(self.config_dir), self.name]
+        return subprocess.run(
+            [*cmd, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **(env or {})},
+            check=False,
+        )
+
+    def put(self, name: str, age: float = 60, content: str | None = None) -> Path:
+        """Create a remote file whose mtime is ``age`` seconds in the past."""
+        path = self.remote / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content if content is not None else f"data of {name}\n")
+        stamp = time.time() - age
+        os.utime(path, (stamp, stamp))
+        return path
+
+    def pulled(self) -> set[str]:
+        """Relative paths of all regular files in the destination."""
+        if not self.dest.exists():
+            return set()
+        return {str(p.relative_to(self.dest)) for p in self.dest.rglob("*") if p.is_file()}
+
+    def state_epoch(self) -> int:
+        return int(self.state.read_text())
+
+
+@pytest.fixture
+def make_stream(tmp_path: Path, server: Any) -> Callable[..., Stream]:
+    def make(name: str = "cl61", **overrides: Any) -> Stream:
+        base = tmp_path / name
+        remote, dest = base / "remote", base / "raw"
+        config_dir = base / "etc"
+        for directory in (remote, config_dir):
+            directory.mkdir(parents=True)
+        state, lock = base / "state" / f"{name}.last", base / "lock" / f"{name}.lock"
+        config: dict[str, Any] = {
+            "name": name,
+            "source_host": server.host,
+            "source_user": server.user,
+            "source_dir": str(remote),
+            "dest_dir": str(dest),
+            "mode": "incremental",
+            "patterns": [f"{CL61}*.nc"],
+            "stamp_regex": None,
+            "min_stamp": None,
+            "lookback_days": None,
+            "start_fresh": False,
+            "filters": [],
+            "delete_excluded": False,
+            "state_file": str(state),
+            "lock_file": str(lock),
+            "ssh": {
+                "identity": str(server.client_key),
+                "port": server.port,
+                "options": ["StrictHostKeyChecking=yes", "LogLevel=ERROR"],
+                "known_hosts": str(server.known_hosts),
+            },
+            "rsync_options": [],
+        }
+        stream = Stream(name, config_dir, remote, dest, state, lock, config)
+        stream.write_config(**overrides)
+        return stream
+
+    return make
+
+
+def assert_ok(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, f"rc={result.returncode}\n{result.stdout}\n{result.stderr}"
+
+
+# --------------------------------------------------------------------------
+# Incremental mode
+# --------------------------------------------------------------------------
+
+
+def test_first_run_with_lookback_pulls_only_recent_matching_files(make_stream) -> None:
+    s = make_stream(lookback_days=10)
+    s.put(f"{CL61}20260502_1200.nc", age=DAY)
+    s.put(f"{CL61}20260502_1300.nc", age=60)
+    s.put("unrelated_20260502.nc", age=60)
+    before = int(time.time())
+
+    result = s.run()
+
+    assert_ok(result)
+    assert s.pulled() == {f"{CL61}20260502_1200.nc", f"{CL61}20260502_1300.nc"}
+    assert (s.dest / f"{CL61}20260502_1300.nc").read_text() == (f"data of {CL61}20260502_1300.nc\n")
+    assert before <= s.state_epoch() <= int(time.time())
+    assert "cl61" in result.stdout and "files=2" in result.stdout
+
+
+def test_lookback_excludes_files_older_than_n_days_on_first_run(make_stream) -> None:
+    s = make_stream(lookback_days=10)
+    s.put(f"{CL61}old.nc", age=11 * DAY)
+    s.put(f"{CL61}recent.nc", age=9 * DAY)
+
+    assert_ok(s.run())
+
+    assert s.pulled() == {f"{CL61}recent.nc"}
+
+
+def test_non_matching_names_subdirs_and_symlinks_are_not_pulled(make_stream) -> None:
+    s = make_stream(name="rpgfmcw94", patterns=["*LV1.NC", "*LV0.NC"])
+    s.put("260502_120000_P07_ZEN.LV1.NC", age=400 * DAY)  # no lookback: whole history
+    s.put("260502_120000_P07_ZEN.LV0.NC")
+    s.put("260502_120000_P07_ZEN.LV1.NC.tmp")
+    s.put("260502_120000_P07_ZEN.LV1.nc")  # find -name is case-sensitive
+    s.put("sub/260502_130000_P07_ZEN.LV1.NC")  # maxdepth 1
+    (s.remote / "link.LV1.NC").symlink_to(s.remote / "260502_120000_P07_ZEN.LV0.NC")
+
+    assert_ok(s.run())
+
+    assert s.pulled() == {"260502_120000_P07_ZEN.LV1.NC", "260502_120000_P07_ZEN.LV0.NC"}
+
+
+def test_names_with_spaces_and_quotes_survive_remote_quoting(make_stream) -> None:
+    s = make_stream(patterns=["it's *.dat"])
+    s.put("it's a $HOME `file`.dat")
+    s.put("its a file.dat")
+
+    assert_ok(s.run())
+
+    assert s.pulled() == {"it's a $HOME `file`.dat"}
+
+
+def test_incremental_run_pulls_only_files_newer_than_state(make_stream) -> None:
+    s = make_stream(lookback_days=10)  # lookback must not matter once state exists
+    s.state.parent.mkdir(parents=True)
+    s.state.write_text(f"{int(time.time()) - 3600}\n")
+    s.put(f"{CL61}before_state.nc", age=7200)
+    s.put(f"{CL61}after_state.nc", age=60)
+    s.dest.mkdir()
+    (s.dest / "kept_local.nc").write_text("local")
+    before = int(time.time())
+
+    assert_ok(s.run())
+
+    assert s.pulled() == {f"{CL61}after_state.nc", "kept_local.nc"}
+    assert s.state_epoch() >= before
+
+    second = s.run()  # nothing changed since: nothing listed, state still advances
+    assert_ok(second)
+    assert "files=0" in second.stdout
+    assert s.pulled() == {f"{CL61}after_state.nc", "kept_local.nc"}
+
+
+def test_start_fresh_records_now_and_pulls_no_history(make_stream) -> None:
+    s = make_stream(start_fresh=True, lookback_days=10)
+    s.put(f"{CL61}history.nc", age=60)
+    before = int(time.time())
+
+    assert_ok(s.run())
+
+    assert s.pulled() == set()
+    epoch = s.state_epoch()
+    assert before <= epoch <= int(time.time())
+
+    # Once state exists, start_fresh no longer matters: new files are pulled.
+    s.put(f"{CL61}new.nc", age=-2)  # mtime just after the recorded epoch
+    assert_ok(s.run())
+    assert s.pulled() == {f"{CL61}new.nc"}
+
+
+def test_min_stamp_excludes_asfs_files_stamped_before_it(make_stream) -> None:
+    s = make_stream(
+        name="asfs-crd",
+        patterns=["aurora_asfs_data_sci_????????????.dat"],
+        stamp_regex=r"_(\d{12})\.dat$",
+        min_stamp="202605020000",
+        lookback_days=10,
+    )
+    s.put("aurora_asfs_data_sci_202605011200.dat")
+    s.put("aurora_asfs_data_sci_202605020000.dat")
+    s.put("aurora_asfs_data_sci_202605021200.dat")
+
+    result = s.run()
+
+    assert_ok(result)
+    assert s.pulled() == {
+        "aurora_asfs_data_sci_202605020000.dat",
+        "aurora_asfs_data_sci_202605021200.dat",
+    }
+    assert "files=2" in result.stdout
+
+
+# --------------------------------------------------------------------------
+# Mirror mode (WXcam)
+# --------------------------------------------------------------------------
+
+WXCAM_FILTERS = ["+ */", "+ HDR_*.jpg", "+ HDR_*.mp4", "- *"]
+
+
+@pytest.mark.parametrize("delete_excluded", [True, False])
+def test_wxcam_mirror_copies_hdr_only(make_stream, delete_excluded: bool) -> None:
+    s = make_stream(
+        name="wxcam",
+        mode="mirror",
+        patterns=[],
+        filters=WXCAM_FILTERS,
+        delete_excluded=delete_excluded,
+    )
+    wanted = {
+        "FISH/2026/05/02/HDR_20260502_1200.jpg",
+        "FISH/2026/05/02/HDR_20260502_1200.mp4",
+        "PANO/2026/05/02/HDR_20260502_1200_PANO.jpg",
+        "PANO/2026/05/02/HDR_20260502_1200_PANO.mp4",
+    }
+    unwanted = {
+        "FISH/2026/05/02/AUTO_20260502_1200.jpg",
+        "FISH/2026/05/02/LONG_20260502_1200.jpg",
+        "FISH/2026/05/02/SHORT_20260502_1200.mp4",
+        "PANO/2026/05/02/AUTO_20260502_1200_PANO.jpg",
+        "FISH/2026/05/01/AUTO_only_file_in_dir.jpg",
+    }
+    for name in wanted | unwanted:
+        s.put(name)
+    local_excluded = {"FISH/2026/05/02/AUTO_old.jpg", "FISH/2026/05/02/LONG_old.jpg"}
+    for name in local_excluded:
+        (s.dest / name).parent.mkdir(parents=True, exist_ok=True)
+        (s.dest / name).write_text("stale")
+
+    assert_ok(s.run())
+
+    expected = wanted if delete_excluded else wanted | local_excluded
+    assert s.pulled() == expected
+    assert not (s.dest / "FISH/2026/05/01").exists()  # --prune-empty-dirs
+    assert all((s.remote / name).exists() for name in unwanted)  # stay on the source
+    assert s.state.exists()
+
+
+def test_wxcam_mirror_deletes_files_gone_from_source(make_stream) -> None:
+    s = make_stream(
+        name="wxcam", mode="mirror", patterns=[], filters=WXCAM_FILTERS, delete_excluded=True
+    )
+    s.put("FISH/HDR_1.jpg")
+    s.put("FISH/HDR_2.jpg")
+    assert_ok(s.run())
+    (s.remote / "FISH/HDR_1.jpg").unlink()
+
+    assert_ok(s.run())
+
+    assert s.pulled() == {"FISH/HDR_2.jpg"}
+
+
+# --------------------------------------------------------------------------
+# Failures
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["incremental", "mirror"])
+def test_unreachable_source_fails_and_changes_nothing(make_stream, mode: str) -> None:
+    s = make_stream(mode=mode, filters=WXCAM_FILTERS, delete_excluded=True)
+    s.config["ssh"]["port"] = sshd.free_port()  # nothing listens there
+    s.write_config()
+    s.put(f"{CL61}new.nc")
+    s.state.parent.mkdir(parents=True)
+    s.state.write_text("1000\n")
+    os.utime(s.state, (1000, 1000))
+    s.dest.mkdir()
+    (s.dest / "AUTO_local.jpg").write_text("local")
+    (s.dest / f"{CL61}local.nc").write_text("local")
+
+    result = s.run()
+
+    assert result.returncode == 1, result.stderr
+    assert "state not advanced" in result.stderr
+    assert s.state.read_text() == "1000\n"
+    assert s.state.stat().st_mtime == 1000
+    assert s.pulled() == {"AUTO_local.jpg", f"{CL61}local.nc"}
+    assert [p.name for p in s.state.parent.iterdir()] == [s.state.name]  # no temp left
+
+
+def test_rsync_failure_after_listing_keeps_state(make_stream) -> None:
+    s = make_stream(rsync_options=["--no-such-rsync-option"])
+    s.put(f"{CL61}new.nc")
+
+    result = s.run()
+
+    assert result.returncode == 1
+    assert "rsync failed" in result.stderr
+    assert not s.state.exists()
+    assert s.pulled() == set()
+
+
+def test_concurrent_run_is_refused(make_stream) -> None:
+    s = make_stream()
+    s.put(f"{CL61}new.nc")
+    s.lock.parent.mkdir(parents=True)
+    with s.lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = s.run()
+
+    assert result.returncode == 75
+    assert result.stderr == f"aurora-source-sync: cl61: another run holds {s.lock}\n"
+    assert s.pulled() == set()
+    assert not s.state.exists()
+
+
+def test_stream_name_is_derived_from_symlink_name(make_stream, tmp_path: Path) -> None:
+    s = make_stream(
+        name="asfs-fast-sonic", patterns=["aurora_asfs_data_fast_sonic_????????????.dat"]
+    )
+    s.put("aurora_asfs_data_fast_sonic_202605021200.dat")
+    link = tmp_path / "bin" / "aurora-asfs-fast-sonic-sync"
+    link.parent.mkdir()
+    link.symlink_to(PROGRAM)
+
+    result = s.run(argv=[str(link)], env={"AURORA_SOURCE_SYNC_CONFIG_DIR": str(s.config_dir)})
+
+    assert_ok(result)
+    assert "asfs-fast-sonic:" in result.stdout
+    assert s.pulled() == {"aurora_asfs_data_fast_sonic_202605021200.dat"}
+
+
+def test_program_name_without_stream_is_a_usage_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(PROGRAM), "--config-dir", str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2
+    assert "no STREAM" in result.stderr
+
+
+# --------------------------------------------------------------------------
+# Config validation
+# --------------------------------------------------------------------------
+
+
+def _drop(key: str) -> Callable[[dict[str, Any]], None]:
+    return lambda config: config.pop(key)
+
+
+def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda config: config.update({key: value})
+
+
+def _set_ssh(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda config: config["ssh"].update({key: value})
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key"),
+    [
+        (_drop("source_dir"), "'source_dir'"),
+        (_set("dest_dir", "relative/raw"), "'dest_dir'"),
+        (_set("mode", "copy"), "'mode'"),
+        (_set("patterns", []), "'patterns'"),
+        (_set("lookback_days", "10"), "'lookback_days'"),
+        (_set("start_fresh", 1), "'start_fresh'"),
+        (_set("stamp_regex", r"_\d{12}\.dat$"), "'min_stamp'"),
+        (lambda c: c.update(stamp_regex=r"_\d{12}", min_stamp="1"), "'stamp_regex'"),
+        (_set("sourcedir", "/typo"), "'sourcedir'"),
+        (_set_ssh("port", "22"), "'ssh.port'"),
+        (lambda c: c["ssh"].pop("known_hosts"), "'ssh.known_hosts'"),
+    ],
+)
+def test_bad_config_is_a_one_line_error_naming_file_and_key(
+    make_stream, mutate: Callable[[dict[str, Any]], None], key: str
+) -> None:
+    s = make_stream()
+    mutate(s.config)
+    path = s.write_config()
+
+    result = s.run()
+
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert str(path) in result.stderr and key in result.stderr, result.stderr
+    assert not s.lock.exists() and not s.state.exists()
+
+
+@pytest.mark.parametrize("content", [None, "{not json", "[]"])
+def test_missing_or_unparsable_config_is_a_one_line_error(make_stream, content) -> None:
+    s = make_stream()
+    path = s.config_dir / "cl61.json"
+    if content is None:
+        path.unlink()
+    else:
+        path.write_text(content)
+
+    result = s.run()
+
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and str(path) in result.stderr, result.stderr

@@ -1,0 +1,342 @@
+"""Fast checks of the QEMU harness that need no built image (and no guest boot)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from builder import accel
+from builder.retry import RetryTimeout, retry
+from builder.vm import (
+    DEFAULT_CMDLINE,
+    QMP,
+    BootImage,
+    Machine,
+    MachineError,
+    QemuExited,
+    build_qemu_argv,
+    credential_smbios,
+    render_ssh_config,
+)
+
+needs_qemu = pytest.mark.skipif(shutil.which(accel.QEMU) is None, reason="qemu not installed")
+needs_ssh = pytest.mark.skipif(shutil.which("ssh") is None, reason="openssh client missing")
+
+
+# -- retry -------------------------------------------------------------------
+
+
+def test_retry_returns_first_truthy_value() -> None:
+    results = iter([None, 0, "ready"])
+    assert retry(lambda: next(results), timeout=5, interval=0, what="x") == "ready"
+
+
+def test_retry_timeout_names_what_and_last_error() -> None:
+    calls = 0
+
+    def boom() -> bool:
+        nonlocal calls
+        calls += 1
+        raise ConnectionRefusedError(f"attempt {calls}")
+
+    with pytest.raises(RetryTimeout) as info:
+        retry(boom, timeout=0.2, interval=0.05, what="the frobnicator")
+    err = info.value
+    assert isinstance(err, TimeoutError)
+    assert "the frobnicator" in str(err)
+    assert "ConnectionRefusedError" in str(err)
+    assert f"attempt {calls}" in str(err)  # the *last* error, not the first
+    assert err.attempts == calls >= 2
+
+
+def test_retry_tries_once_even_with_zero_timeout() -> None:
+    assert retry(lambda: True, timeout=0, what="x") is True
+    with pytest.raises(RetryTimeout, match=r"\(1 attempts\)"):
+        retry(lambda: False, timeout=0, what="x")
+
+
+def test_retry_propagates_exceptions_outside_retry_on() -> None:
+    start = time.monotonic()
+    with pytest.raises(KeyError):
+        retry(lambda: {}["x"], timeout=10, what="x", retry_on=(OSError,))
+    assert time.monotonic() - start < 1
+
+
+# -- BootImage ----------------------------------------------------------------
+
+
+def _fake_image_dir(tmp_path: Path) -> Path:
+    for name in ("aurora.raw", "aurora.vmlinuz", "aurora.initrd"):
+        (tmp_path / name).write_bytes(b"not really " + name.encode())
+    return tmp_path
+
+
+def test_boot_image_from_dir_defaults(tmp_path: Path) -> None:
+    img = BootImage.from_dir(_fake_image_dir(tmp_path))
+    assert img.disk == tmp_path / "aurora.raw"
+    assert img.kernel == tmp_path / "aurora.vmlinuz"
+    assert img.initrd == tmp_path / "aurora.initrd"
+    assert img.cmdline == DEFAULT_CMDLINE
+    assert "root=PARTLABEL=root-x86-64" in img.cmdline
+    assert "systemd.firstboot=off" in img.cmdline
+
+
+def test_boot_image_reads_cmdline_file(tmp_path: Path) -> None:
+    d = _fake_image_dir(tmp_path)
+    (d / "cmdline").write_text("root=PARTLABEL=root-x86-64 ro\n  console=ttyS0 quiet\n")
+    assert BootImage.from_dir(d).cmdline == "root=PARTLABEL=root-x86-64 ro console=ttyS0 quiet"
+
+
+def test_boot_image_names_missing_artifacts(tmp_path: Path) -> None:
+    (tmp_path / "aurora.raw").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"aurora\.vmlinuz, aurora\.initrd"):
+        BootImage.from_dir(tmp_path)
+
+
+# -- QEMU command line ---------------------------------------------------------
+
+
+def _argv(tmp_path: Path, **kw: object) -> list[str]:
+    img = BootImage.from_dir(_fake_image_dir(tmp_path))
+    args: dict[str, object] = {
+        "serial_log": tmp_path / "serial.log",
+        "qmp_socket": tmp_path / "qmp.sock",
+        "accel_args": accel.accel_args("tcg"),
+        "forwards": [(40022, 22), (40080, 80)],
+    }
+    args.update(kw)
+    return build_qemu_argv(img, **args)  # type: ignore[arg-type]
+
+
+def _values(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+def test_argv_attaches_disk_read_only_snapshot(tmp_path: Path) -> None:
+    (drive,) = _values(_argv(tmp_path), "-drive")
+    opts = drive.split(",")
+    assert "snapshot=on" in opts
+    assert "format=raw" in opts
+    assert f"file={tmp_path / 'aurora.raw'}" in opts
+    assert "scsi-hd,drive=root" in _values(_argv(tmp_path), "-device")
+
+
+def test_argv_forwards_only_on_loopback(tmp_path: Path) -> None:
+    (netdev,) = _values(_argv(tmp_path), "-netdev")
+    fwds = [o for o in netdev.split(",") if o.startswith("hostfwd=")]
+    assert fwds == ["hostfwd=tcp:127.0.0.1:40022-:22", "hostfwd=tcp:127.0.0.1:40080-:80"]
+
+
+def test_argv_basics(tmp_path: Path) -> None:
+    argv = _argv(tmp_path, memory_mb=1024, cpus=3, extra_cmdline=" debug  ")
+    assert argv[0] == "qemu-system-x86_64"
+    assert _values(argv, "-m") == ["1024"]
+    assert _values(argv, "-smp") == ["3"]
+    assert _values(argv, "-accel") == ["tcg,thread=multi"]
+    assert _values(argv, "-cpu") == ["max"]
+    assert _values(argv, "-append") == [f"{DEFAULT_CMDLINE} debug"]
+    assert _values(argv, "-serial") == [f"file:{tmp_path / 'serial.log'}"]
+    assert _values(argv, "-qmp") == [f"unix:{tmp_path / 'qmp.sock'},server=on,wait=off"]
+    assert {"-nographic", "-no-reboot"} <= set(argv)
+    assert "virtio-rng-pci" in _values(argv, "-device")
+
+
+def test_credential_smbios_round_trips(tmp_path: Path) -> None:
+    blob = bytes(range(256))
+    creds = {"ssh.authorized_keys.root": "ssh-ed25519 AAAA test\n", "aurora.blob": blob}
+    smbios = _values(_argv(tmp_path, credentials=creds), "-smbios")
+    assert len(smbios) == 2
+    decoded = {}
+    for s in smbios:
+        prefix = "type=11,value=io.systemd.credential.binary:"
+        assert s.startswith(prefix)
+        name, _, b64 = s.removeprefix(prefix).partition("=")
+        assert "," not in b64  # would split QEMU's option string
+        decoded[name] = base64.b64decode(b64, validate=True)
+    assert decoded == {"ssh.authorized_keys.root": b"ssh-ed25519 AAAA test\n", "aurora.blob": blob}
+
+
+@pytest.mark.parametrize("name", ["", "a,b", "a=b", "a b", "a/b"])
+def test_credential_names_that_break_qemu_syntax_are_rejected(name: str) -> None:
+    with pytest.raises(ValueError, match="credential name"):
+        credential_smbios(name, "x")
+
+
+# -- ssh_config ------------------------------------------------------------------
+
+
+def test_ssh_config_content(tmp_path: Path) -> None:
+    text = render_ssh_config(
+        port=40022, identity_file=tmp_path / "id_ed25519", control_path=tmp_path / "ssh.mux"
+    )
+    lines = [line.strip() for line in text.splitlines()]
+    assert lines[0] == "Host aurora-vm"
+    for expected in (
+        "HostName 127.0.0.1",
+        "Port 40022",
+        "User root",
+        f"IdentityFile {tmp_path / 'id_ed25519'}",
+        "StrictHostKeyChecking no",
+        "UserKnownHostsFile /dev/null",
+        "ControlMaster auto",
+        f"ControlPath {tmp_path / 'ssh.mux'}",
+        "ControlPersist 60s",
+        "LogLevel ERROR",
+        "BatchMode yes",
+    ):
+        assert expected in lines
+
+
+@needs_ssh
+def test_ssh_config_is_what_openssh_resolves(tmp_path: Path) -> None:
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(
+        render_ssh_config(
+            port=40022, identity_file=tmp_path / "id_ed25519", control_path=tmp_path / "ssh.mux"
+        )
+    )
+    out = subprocess.run(
+        ["ssh", "-G", "-F", str(cfg), "aurora-vm"], capture_output=True, text=True, check=True
+    ).stdout
+    resolved = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+    assert resolved["hostname"] == "127.0.0.1"
+    assert resolved["port"] == "40022"
+    assert resolved["user"] == "root"
+    assert resolved["controlpath"] == str(tmp_path / "ssh.mux")
+    assert resolved["controlpersist"] == "60"
+    assert resolved["batchmode"] == "yes"
+
+
+# -- accelerator choice ---------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_accel(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    accel.reset_cache()
+    monkeypatch.delenv(accel.ENV_VAR, raising=False)
+    yield
+    accel.reset_cache()
+
+
+def _no_probe(*_: object, **__: object) -> bool:
+    raise AssertionError("KVM probe must not run")
+
+
+@pytest.mark.usefixtures("fresh_accel")
+@pytest.mark.parametrize("value", ["kvm", "tcg", " TCG "])
+def test_env_forces_accel_without_probe(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv(accel.ENV_VAR, value)
+    monkeypatch.setattr(accel, "probe_kvm", _no_probe)
+    assert accel.choose_accel(Path("k"), Path("i")) == value.strip().lower()
+
+
+@pytest.mark.usefixtures("fresh_accel")
+def test_env_rejects_unknown_accel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(accel.ENV_VAR, "hvf")
+    with pytest.raises(ValueError, match="AURORA_ACCEL"):
+        accel.choose_accel(Path("k"), Path("i"))
+
+
+@pytest.mark.usefixtures("fresh_accel")
+def test_probe_result_is_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[Path] = []
+
+    def probe(kernel: Path, initrd: Path, timeout: float = 20.0) -> bool:
+        calls.append(kernel)
+        return True
+
+    monkeypatch.setattr(accel, "kvm_device_usable", lambda: True)
+    monkeypatch.setattr(accel, "probe_kvm", probe)
+    assert accel.choose_accel(Path("k"), Path("i")) == "kvm"
+    assert accel.choose_accel(Path("k"), Path("i")) == "kvm"
+    assert len(calls) == 1
+
+
+@pytest.mark.usefixtures("fresh_accel")
+def test_no_kvm_device_means_tcg_without_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accel, "kvm_device_usable", lambda: False)
+    monkeypatch.setattr(accel, "probe_kvm", _no_probe)
+    assert accel.choose_accel(Path("k"), Path("i")) == "tcg"
+
+
+def test_accel_args() -> None:
+    assert accel.accel_args("tcg") == ["-accel", "tcg,thread=multi", "-cpu", "max"]
+    assert accel.accel_args("kvm") == ["-accel", "kvm", "-cpu", "host"]
+    with pytest.raises(ValueError):
+        accel.accel_args("xen")
+
+
+# -- Machine without a guest ------------------------------------------------------------
+
+
+def test_machine_rejects_reserved_forward_and_bad_credentials(tmp_path: Path) -> None:
+    img = BootImage.from_dir(_fake_image_dir(tmp_path))
+    with pytest.raises(ValueError, match="reserved"):
+        Machine(img, tmp_path / "w", host_forwards={"ssh": 2222})
+    with pytest.raises(ValueError, match="credential name"):
+        Machine(img, tmp_path / "w", credentials={"a,b": "x"})
+    m = Machine(img, tmp_path / "w", host_forwards={"http": 80})
+    with pytest.raises(MachineError):
+        m.forwarded_port("http")
+    with pytest.raises(MachineError):
+        m.execute("true")
+
+
+def test_machine_keeps_sockets_short(tmp_path: Path) -> None:
+    img = BootImage.from_dir(_fake_image_dir(tmp_path))
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    m = Machine(img, deep)
+    assert len(str(m.qmp_socket)) < 108
+    assert len(str(m.control_path)) < 108
+    m.control_path.parent.rmdir()
+    short = Machine(img, tmp_path / "w")
+    if len(str(tmp_path / "w")) <= 90:
+        assert short.qmp_socket.parent == tmp_path / "w"
+
+
+@needs_qemu
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen missing")
+def test_machine_start_reports_qemu_death(tmp_path: Path) -> None:
+    """A kernel QEMU cannot load must surface as QemuExited with qemu's own words."""
+    img = BootImage.from_dir(_fake_image_dir(tmp_path))
+    m = Machine(img, tmp_path / "w", accel="tcg", memory_mb=256, cpus=1)
+    with pytest.raises(QemuExited, match="qemu exited"):
+        m.start()
+    assert (tmp_path / "w" / "qemu.log").read_text().strip()
+    pub = (tmp_path / "w" / "id_ed25519.pub").read_text()
+    assert m.credentials["ssh.authorized_keys.root"] == pub.encode()
+    assert (tmp_path / "aurora.raw").read_bytes() == b"not really aurora.raw"
+    m.shutdown()
+
+
+@needs_qemu
+def test_qmp_facade_against_real_qemu(tmp_path: Path) -> None:
+    """The sync QMP facade talks to a device-less QEMU (starts in well under a second)."""
+    sock = tmp_path / "qmp.sock"
+    proc = subprocess.Popen(
+        [accel.QEMU, "-machine", "none", "-nodefaults", "-display", "none",
+         "-qmp", f"unix:{sock},server=on,wait=off"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    qmp = QMP("unit")
+    try:
+        retry(sock.exists, timeout=10, interval=0.05, what="qmp socket")
+        qmp.connect(sock)
+        status = qmp.execute("query-status")
+        assert isinstance(status, dict)
+        assert "status" in status
+        with contextlib.suppress(Exception):  # QEMU may hang up before answering
+            qmp.execute("quit", timeout=5)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        qmp.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,161 @@
+"""Smoke suite: what only a booted image can show."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import socket
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+from testinfra.host import Host
+
+from builder.gpt import partition
+from builder.render import sync_unit
+from builder.spec import HostSpec, load_spec
+from builder.vm import Machine
+
+SPEC = Path(__file__).resolve().parents[2] / "hosts" / "aurora.yml"
+
+
+@pytest.fixture(scope="module")
+def spec() -> HostSpec:
+    return load_spec(SPEC)
+
+
+@pytest.fixture(scope="module")
+def booted(machine: Machine) -> Machine:
+    """Wait until boot has finished, whatever its outcome."""
+    machine.wait_until_succeeds(
+        "systemctl is-system-running --wait; systemctl is-system-running | grep -qv starting",
+        timeout=900,
+    )
+    return machine
+
+
+@pytest.fixture(scope="module")
+def dashboard(booted: Machine, spec: HostSpec) -> Machine:
+    booted.wait_for_unit("aurora-dashboard.service", timeout=600)
+    booted.wait_for_open_port(spec.dashboard.port, timeout=600)
+    return booted
+
+
+def test_no_failed_units(booted: Machine) -> None:
+    failed = booted.succeed("systemctl list-units --failed --plain --no-legend")
+    assert failed.strip() == "", f"failed units:\n{failed}"
+    assert booted.succeed("systemctl is-system-running").strip() == "running"
+
+
+def test_panel_listens_on_loopback_only(dashboard: Machine, spec: HostSpec) -> None:
+    port = spec.dashboard.port
+    listening = dashboard.succeed(f"ss -Htln 'sport = :{port}'").split("\n")
+    local = [line.split()[3] for line in listening if line.strip()]
+    assert local, f"nothing listens on {port}"
+    assert all(addr == f"127.0.0.1:{port}" for addr in local), local
+
+
+def _get(machine: Machine, path: str, host: str) -> tuple[int, str]:
+    url = f"http://127.0.0.1:{machine.forwarded_port('http')}{path}"
+    request = urllib.request.Request(url, headers={"Host": host})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return response.status, response.read().decode(errors="replace")
+
+
+def test_nginx_serves_the_panel_page(dashboard: Machine, spec: HostSpec) -> None:
+    status, body = _get(dashboard, "/", spec.hostname)
+    assert status == 200
+    assert "<title>Aurora cloud dashboard</title>" in body
+    assert "bokeh" in body.lower()
+
+
+def test_nginx_upgrades_the_panel_websocket(dashboard: Machine, spec: HostSpec) -> None:
+    _, body = _get(dashboard, "/app", spec.hostname)
+    token = re.search(r'"token":\s*"([^"]+)"', body)
+    assert token, "no session token in the Panel page"
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        "GET /app/ws HTTP/1.1\r\n"
+        f"Host: {spec.hostname}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"Sec-WebSocket-Protocol: bokeh, {token.group(1)}\r\n"
+        f"Origin: http://{spec.hostname}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", dashboard.forwarded_port("http")), 60) as sock:
+        sock.sendall(request.encode())
+        reply = sock.recv(4096).decode(errors="replace")
+    assert reply.startswith("HTTP/1.1 101"), reply
+
+
+def test_panel_unit_carries_the_session_settings(booted: Machine) -> None:
+    exec_start = booted.succeed("systemctl show -p ExecStart --value aurora-dashboard.service")
+    for flag in (
+        "--address=127.0.0.1",
+        "--port=5006",
+        "--keep-alive=15000",
+        "--unused-session-lifetime=3600000",
+        "--session-token-expiration=86400",
+        "--allow-websocket-origin=data.gamb2le.co.uk",
+    ):
+        assert flag in exec_start
+
+
+def test_sync_timers_enabled_with_contract_schedule(booted: Machine, spec: HostSpec) -> None:
+    for stream in spec.source_sync.streams:
+        timer = f"{sync_unit(stream)}.timer"
+        assert booted.succeed(f"systemctl is-enabled {timer}").strip() == "enabled"
+        assert booted.succeed(f"systemctl is-active {timer}").strip() == "active"
+        shown = booted.succeed(
+            f"systemctl show {timer} -p TimersMonotonic -p RandomizedDelayUSec -p Persistent"
+        )
+        assert "OnBootUSec=2min" in shown.replace(" ", "").replace("{", "")
+        assert "OnUnitActiveUSec=2min" in shown.replace(" ", "")
+        assert "RandomizedDelayUSec=30s" in shown
+        assert "Persistent=yes" in shown
+
+
+def test_service_user(host: Host, spec: HostSpec) -> None:
+    user = host.user(spec.user.name)
+    assert user.exists
+    assert (user.uid, user.gid) == (spec.user.uid, spec.user.uid)
+    assert user.home == spec.user.home
+    assert user.shell == spec.user.shell
+    home = host.file(spec.user.home)
+    assert home.is_directory and home.user == spec.user.name
+
+
+def test_storage_layout_on_the_volumes(booted: Machine, host: Host, spec: HostSpec) -> None:
+    s = spec.storage
+    dirs = [f"{s.raw_root}/{d}" for d in s.raw_dirs] + [
+        f"{s.product_root}/{d}" for d in s.product_dirs
+    ]
+    for path in dirs:
+        f = host.file(path)
+        assert f.is_directory, path
+        assert (f.user, f.group, f.mode) == ("aurora", "aurora", int(s.mode, 8)), path
+    assert host.mount_point("/data").filesystem == "ext4"
+    assert host.mount_point("/project").filesystem == "ext4"
+
+
+def test_root_file_system_is_read_only(booted: Machine) -> None:
+    out = booted.fail("touch /usr/aurora-write-test")
+    assert "Read-only file system" in out
+    booted.succeed("touch /var/tmp/aurora-write-test")
+
+
+def test_ssh_host_keys_made_at_first_boot(booted: Machine, image_dir: Path) -> None:
+    booted.succeed("test -s /var/lib/aurora/ssh/etc/ssh/ssh_host_ed25519_key")
+    assert booted.succeed("ls /etc/ssh/ | grep -c ssh_host_ || true").strip() == "0"
+    disk = image_dir / "aurora.raw"
+    for label, directory in (("root-x86-64", "/etc/ssh"), ("aurora-var", "/lib/aurora/ssh")):
+        part = partition(disk, label)
+        listing = subprocess.run(
+            ["debugfs", "-R", f"ls -p {directory}", f"{disk}?offset={part.offset}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "ssh_host_" not in listing, f"host key baked into {label}:{directory}"
