@@ -27,8 +27,22 @@ REPO_INPUTS = (
     "mkosi.extra",
     "mkosi.postinst.chroot",
     "units",
-    "builder",
     "locks",
+    "pyproject.toml",
+)
+
+# The builder modules that decide an image's bytes (the CLI, the QEMU harness
+# and the release tooling do not, so changing them does not force a rebuild).
+BUILDER_INPUTS = (
+    "spec.py",
+    "yaml_lines.py",
+    "systemd_values.py",
+    "render.py",
+    "tree.py",
+    "inputs.py",
+    "lock.py",
+    "mkosi.py",
+    "image.py",
 )
 
 
@@ -93,6 +107,7 @@ def collect(spec: HostSpec, spec_path: Path, app_dir: Path | None) -> Inputs:
     """Digest the spec, the repo's build inputs and the app source."""
     paths = [("spec", spec_path)]
     paths += [(name, REPO / name) for name in REPO_INPUTS if (REPO / name).exists()]
+    paths += [(f"builder/{name}", REPO / "builder" / name) for name in BUILDER_INPUTS]
     if app_dir is not None:
         paths.append(("app", app_dir))
     extra = {}

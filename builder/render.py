@@ -189,7 +189,7 @@ def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
             "source-sync.service.j2",
             stream=stream,
             user=user,
-            after=defaults.after,
+            defaults=defaults,
             program=sync_program_link(stream),
         )
         put(

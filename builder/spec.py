@@ -165,6 +165,8 @@ class SyncDefaults(Model):
     jitter: TimeSpan = "30s"
     persistent: bool = True
     after: list[str] = ["network-online.target"]
+    # The sources are reached over the tailnet: without it, skip instead of fail.
+    condition_path_exists: AbsPath | None = None
 
     @property
     def schedule(self) -> Schedule:

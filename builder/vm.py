@@ -55,6 +55,7 @@ DISK_NAME, KERNEL_NAME, INITRD_NAME, CMDLINE_NAME = (
 # Credential names end up inside a QEMU option string, where ',' and '=' are
 # syntax; systemd also restricts names to a filename-safe set.
 _CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_.@-]+$")
+_PANIC = re.compile(rb"Kernel panic - not syncing[^\n]*")
 _SSH_FAILED = re.compile(r"Failed to start sshd?\.service")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # sun_path is 108 bytes; keep sockets in workdir only while they fit.
@@ -74,6 +75,10 @@ class MachineError(Exception):
 
 class QemuExited(MachineError):
     """QEMU died while we were waiting on it; waiting longer cannot help."""
+
+
+class GuestPanic(MachineError):
+    """The guest kernel panicked (seen on the serial console); it will never recover."""
 
 
 class BootTimeout(MachineError, TimeoutError):
@@ -169,6 +174,7 @@ def build_qemu_argv(
     memory_mb: int = 2048,
     cpus: int = 2,
     extra_cmdline: str = "",
+    extra_drives: Sequence[Path] = (),
     qemu: str = QEMU,
 ) -> list[str]:
     """The full QEMU argv; pure so the command line is testable without QEMU.
@@ -195,6 +201,11 @@ def build_qemu_argv(
         "-drive", f"if=none,id=root,file={image.disk},format=raw,snapshot=on",
         "-device", "virtio-scsi-pci,id=scsi",
         "-device", "scsi-hd,drive=root",
+        # Scratch volumes (stand-ins for /data and /project): written, unlike the image.
+        *(arg for i, drive in enumerate(extra_drives) for arg in (
+            "-drive", f"if=none,id=vol{i},file={drive},format=raw",
+            "-device", f"scsi-hd,drive=vol{i}",
+        )),
         "-netdev", f"user,id=net0{hostfwds}",
         "-device", "virtio-net-pci,netdev=net0",
         "-device", "virtio-rng-pci",
@@ -374,6 +385,7 @@ class Machine:
         accel: str | None = None,
         host_forwards: Mapping[str, int] | None = None,
         extra_cmdline: str = "",
+        extra_drives: Sequence[Path] = (),
     ) -> None:
         self.image = image
         self.workdir = Path(workdir).absolute()
@@ -387,6 +399,7 @@ class Machine:
         if "ssh" in self.host_forwards:
             raise ValueError("host_forwards: 'ssh' is reserved for guest port 22")
         self.extra_cmdline = extra_cmdline
+        self.extra_drives = [Path(d) for d in extra_drives]
 
         self.serial_log = self.workdir / "serial.log"
         self.qemu_log = self.workdir / "qemu.log"
@@ -398,6 +411,8 @@ class Machine:
         self._qmp: QMP | None = None
         self._finalizer: weakref.finalize | None = None
         self._stopped = False
+        self._serial_offset = 0
+        self._panic: str | None = None
         self._clean_shutdown = False
         self.started_at: float | None = None
         #: Seconds from ``start()`` to the first successful SSH command.
@@ -457,6 +472,7 @@ class Machine:
             memory_mb=self.memory_mb,
             cpus=self.cpus,
             extra_cmdline=self.extra_cmdline,
+            extra_drives=self.extra_drives,
         )
 
     def start(self) -> None:
@@ -522,6 +538,31 @@ class Machine:
                 f"qemu exited with status {rc}\n--- qemu.log ---\n{tail_text(self.qemu_log, 20)}"
                 f"\n--- serial (last 40 lines) ---\n{self.serial_tail(40)}"
             )
+        if self._scan_for_panic():
+            raise GuestPanic(
+                f"guest kernel panicked: {self._panic}\n"
+                f"--- serial (last 40 lines) ---\n{self.serial_tail(40)}"
+            )
+
+    def _scan_for_panic(self) -> bool:
+        """Look for a kernel panic in console output written since the last scan.
+
+        With ``-no-reboot`` and the default ``panic=0`` a panicked guest just
+        sits there, so without this every wait would run to its full timeout.
+        """
+        if self._panic is None:
+            try:
+                with open(self.serial_log, "rb") as f:
+                    start = max(0, self._serial_offset - 128)  # a line split across scans
+                    f.seek(start)
+                    chunk = f.read()
+            except FileNotFoundError:
+                return False
+            self._serial_offset = start + len(chunk)
+            found = _PANIC.search(chunk)
+            if found:
+                self._panic = found.group().decode("utf-8", "replace").strip()
+        return self._panic is not None
 
     def _abort(self) -> None:
         if self._proc is not None:
@@ -541,7 +582,7 @@ class Machine:
         self._stopped = True
         self._close_ssh_master()
         clean = False
-        if proc.poll() is None and qmp is not None:
+        if proc.poll() is None and qmp is not None and not self._scan_for_panic():
             t0 = time.monotonic()
             try:
                 qmp.execute("system_powerdown", timeout=10)
@@ -760,3 +801,36 @@ class Machine:
             what=f"guest TCP port {port}",
             retry_on=(_NotReady, CommandTimeout),
         )
+
+
+def boot(
+    image: BootImage,
+    workdir: Path,
+    *,
+    attempts: int = 2,
+    ssh_timeout: float = 600.0,
+    **machine_kw: Any,
+) -> Machine:
+    """Start a :class:`Machine` and wait for SSH, retrying after a guest kernel panic.
+
+    Under multi-threaded TCG the guest kernel occasionally oopses while patching
+    its own text early in boot (seen once in six boots here); that is an
+    emulator race, not an image defect, so it earns a fresh boot. The panicked
+    console is kept as ``serial.panic-N.log``. Other failures are not retried.
+    """
+    for attempt in range(1, attempts + 1):
+        machine = Machine(image, workdir, **machine_kw)
+        machine.start()
+        try:
+            machine.wait_for_ssh(timeout=ssh_timeout)
+            return machine
+        except GuestPanic as exc:
+            machine.shutdown(timeout=5)
+            if attempt == attempts:
+                raise
+            machine.serial_log.replace(machine.workdir / f"serial.panic-{attempt}.log")
+            log.warning("boot attempt %d panicked, retrying: %s", attempt, str(exc).splitlines()[0])
+        except BaseException:
+            machine.shutdown()
+            raise
+    raise AssertionError("unreachable")

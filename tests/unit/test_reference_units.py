@@ -9,6 +9,7 @@ ALLOWED with their reasons.
 from __future__ import annotations
 
 import json
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,17 @@ from builder.unitfile import parse_unit
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO.parent / "shared" / "reference" / "reference-units.json"
 
-# (unit, directive) -> why the image deliberately differs from the Ansible unit.
-ALLOWED: dict[tuple[str, str], str] = {}
+# (unit glob, directive) -> why the image deliberately differs from the Ansible unit.
+ALLOWED: dict[tuple[str, str], str] = {
+    ("aurora-*-source-sync.service", "Unit.ConditionPathExists"): (
+        "sources are only reachable over the tailnet: a host that has not joined it "
+        "(a QEMU test, a fresh rebuild) skips the syncs instead of failing them"
+    ),
+}
+
+
+def _allowed(name: str, key: str) -> bool:
+    return any(fnmatch(name, pattern) and key == k for pattern, k in ALLOWED)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +62,7 @@ def test_rendered_units_match_the_reference(rendered, reference) -> None:
     problems = []
     for name in compared:
         for key in _differences(rendered[name], reference[name]):
-            if (name, key) not in ALLOWED:
+            if not _allowed(name, key):
                 problems.append(
                     f"{name} {key}: ours {rendered[name].get(key)} != "
                     f"reference {reference[name].get(key)}"
@@ -61,9 +71,11 @@ def test_rendered_units_match_the_reference(rendered, reference) -> None:
 
 
 def test_allow_list_has_no_stale_entries(rendered, reference) -> None:
-    for (name, key), reason in ALLOWED.items():
-        assert reason, f"{name} {key}: an allowed difference needs its reason"
-        assert name in rendered and name in reference, f"{name}: allow-listed but not compared"
-        assert key in _differences(rendered[name], reference[name]), (
-            f"{name} {key}: allow-listed but no longer differs; remove it"
-        )
+    for (pattern, key), reason in ALLOWED.items():
+        assert reason, f"{pattern} {key}: an allowed difference needs its reason"
+        names = [n for n in rendered if fnmatch(n, pattern) and n in reference]
+        assert names, f"{pattern}: allow-listed but matches no compared unit"
+        for name in names:
+            assert key in _differences(rendered[name], reference[name]), (
+                f"{name} {key}: allow-listed but no longer differs; remove it"
+            )

@@ -8,19 +8,18 @@ every run exercises the real ssh command line, the remote ``find`` quoting and
 from __future__ import annotations
 
 import fcntl
-import importlib.util
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+
+from tests import sshd
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = ROOT / "mkosi.extra/usr/lib/aurora/aurora-source-sync"
@@ -28,21 +27,10 @@ DAY = 86400
 CL61 = "gamb2le_depolarisation_lidar_ceilometer_aurora_"
 
 
-def _load_sshd() -> ModuleType:
-    """Import tests/sshd.py by path so this works under any pytest rootdir/import mode."""
-    spec = importlib.util.spec_from_file_location("aurora_test_sshd", ROOT / "tests/sshd.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-sshd = _load_sshd()
-
-pytestmark = pytest.mark.skipif(
-    bool(sshd.missing_tools()), reason=f"needs {', '.join(sshd.missing_tools())}"
-)
+@pytest.fixture(autouse=True, scope="module")
+def _tools() -> None:
+    """`make setup` installs these; a missing one is a failure, not a skip."""
+    assert not sshd.missing_tools(), f"needs {', '.join(sshd.missing_tools())}"
 
 
 @pytest.fixture(scope="module")

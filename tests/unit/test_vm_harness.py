@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from builder import accel
+from builder import accel, vm
 from builder.retry import RetryTimeout, retry
 from builder.vm import (
     DEFAULT_CMDLINE,
     QMP,
     BootImage,
+    BootTimeout,
+    GuestPanic,
     Machine,
     MachineError,
     QemuExited,
@@ -340,3 +342,60 @@ def test_qmp_facade_against_real_qemu(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_kernel_panic_on_console_fails_fast(tmp_path: Path) -> None:
+    """A panicked guest never answers: waits must stop at once, not at their timeout."""
+    img = BootImage.from_dir(_fake_image_dir(tmp_path))
+    m = Machine(img, tmp_path / "w")
+    m.workdir.mkdir()
+    stand_in = subprocess.Popen(["sleep", "30"])  # plays the still-running QEMU
+    try:
+        m._proc = stand_in
+        m.serial_log.write_bytes(b"[    1.0] Linux version 6.12\n[    5.4] Kernel pan")
+        m._check_alive()  # half a line is not a panic yet
+        with m.serial_log.open("ab") as f:
+            f.write(b"ic - not syncing: Fatal exception in interrupt\n")
+        start = time.monotonic()
+        with pytest.raises(GuestPanic, match="Fatal exception in interrupt"):
+            m.wait_for_ssh(timeout=30)
+        assert time.monotonic() - start < 2
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+
+
+def test_boot_retries_only_after_a_panic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    outcomes: list[BaseException | None] = [GuestPanic("Kernel panic"), None]
+    made: list[_FakeMachine] = []
+
+    class _FakeMachine:
+        def __init__(self, image: BootImage, workdir: Path, **kw: object) -> None:
+            self.workdir = workdir
+            self.serial_log = workdir / "serial.log"
+            self.stopped = False
+            made.append(self)
+
+        def start(self) -> None:
+            self.workdir.mkdir(exist_ok=True)
+            self.serial_log.write_text(f"boot {len(made)}\n")
+
+        def wait_for_ssh(self, timeout: float) -> None:
+            outcome = outcomes.pop(0)
+            if outcome is not None:
+                raise outcome
+
+        def shutdown(self, timeout: float = 60) -> bool:
+            self.stopped = True
+            return True
+
+    monkeypatch.setattr(vm, "Machine", _FakeMachine)
+    img = BootImage.from_dir(_fake_image_dir(tmp_path))
+    m = vm.boot(img, tmp_path / "w")
+    assert m is made[1] and made[0].stopped and not made[1].stopped
+    assert (tmp_path / "w" / "serial.panic-1.log").read_text() == "boot 1\n"
+
+    outcomes[:] = [BootTimeout("no ssh")]
+    with pytest.raises(BootTimeout):
+        vm.boot(img, tmp_path / "w2")
+    assert made[-1].stopped

@@ -17,7 +17,7 @@ import pytest
 import testinfra
 
 from builder.image import images_dir, newest_image
-from builder.vm import BootImage, Machine
+from builder.vm import BootImage, Machine, boot
 
 VOLUMES = {"aurora-data": "data.img", "aurora-project": "project.img"}
 
@@ -47,15 +47,14 @@ def image_dir() -> Path:
 def machine(image_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
     work = tmp_path_factory.mktemp("vm")
     drives = [_volume(work / name, label) for label, name in VOLUMES.items()]
-    vm = Machine(
+    vm = boot(
         BootImage.from_dir(image_dir),
         work,
+        ssh_timeout=900,
         host_forwards={"http": 80},
         extra_drives=drives,
     )
     with vm:
-        vm.start()
-        vm.wait_for_ssh(timeout=900)
         yield vm
 
 

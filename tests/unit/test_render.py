@@ -1,0 +1,89 @@
+"""Rendering: pure, deterministic, and consistent with the programs that read it."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from builder.render import SYNC_CONFIG_DIR, SYNC_PROGRAM, render
+from builder.spec import load_spec
+from builder.tree import write_tree
+
+REPO = Path(__file__).resolve().parents[2]
+SPEC = REPO / "hosts" / "aurora.yml"
+
+
+def _sync_program():
+    path = REPO / "mkosi.extra" / SYNC_PROGRAM.lstrip("/")
+    loader = importlib.machinery.SourceFileLoader("aurora_source_sync", str(path))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[loader.name] = module  # its dataclasses look their module up
+    loader.exec_module(module)
+    return module
+
+
+def test_render_is_deterministic() -> None:
+    spec = load_spec(SPEC)
+    assert render(spec) == render(spec)
+
+
+def test_every_stream_config_is_accepted_by_the_sync_program() -> None:
+    program = _sync_program()
+    tree = render(load_spec(SPEC))
+    configs = {p: e for p, e in tree.items() if p.startswith(SYNC_CONFIG_DIR + "/")}
+    assert len(configs) == 8
+    for path, entry in configs.items():
+        cfg = program.parse_config(json.loads(entry.content), Path(path))
+        assert cfg.dest_dir.startswith("/project/aurora/raw/")
+
+
+def test_contract_command_names_link_to_the_one_program() -> None:
+    tree = render(load_spec(SPEC))
+    assert tree["/usr/local/bin/aurora-asfs-fast-sonic-sync"].link == SYNC_PROGRAM
+    assert (REPO / "mkosi.extra" / SYNC_PROGRAM.lstrip("/")).stat().st_mode & 0o111
+
+
+def test_wxcam_mirrors_hdr_only() -> None:
+    tree = render(load_spec(SPEC))
+    wxcam = json.loads(tree[f"{SYNC_CONFIG_DIR}/wxcam.json"].content)
+    assert wxcam["mode"] == "mirror" and wxcam["delete_excluded"] is True
+    assert wxcam["filters"][-1] == "- *"
+
+
+def test_environment_file_has_no_secrets() -> None:
+    env = render(load_spec(SPEC))["/etc/aurora-dashboard.env"].content.decode()
+    assert "PASSWORD" not in env.upper() and "OPS_ALERT_TRANSPORT=auto" in env
+
+
+def test_storage_layout_is_split_by_volume() -> None:
+    tree = render(load_spec(SPEC))
+    data = tree["/usr/lib/aurora/storage/data.conf"].content.decode()
+    project = tree["/usr/lib/aurora/storage/project.conf"].content.decode()
+    assert "d /data/aurora/products/wxcam/daily_videos 02775 aurora aurora -" in data
+    assert "/project" not in data
+    assert "d /project/aurora/raw/asfs/crd 02775 aurora aurora -" in project
+
+
+def test_presets_enable_exactly_what_the_spec_says() -> None:
+    preset = render(load_spec(SPEC))["/usr/lib/systemd/system-preset/00-aurora.preset"]
+    lines = preset.content.decode().splitlines()
+    assert lines[-1] == "disable *"
+    assert "enable aurora-cl61-source-sync.timer" in lines
+    assert "enable aurora-storage@.service data project" in lines
+
+
+def test_write_tree_replaces_atomically(tmp_path: Path) -> None:
+    tree = render(load_spec(SPEC))
+    out = tmp_path / "render"
+    (out / "stale").mkdir(parents=True)
+    write_tree(tree, out)
+    assert not (out / "stale").exists()
+    assert (out / "etc/nginx/sites-enabled/aurora.conf").resolve() == (
+        out / "etc/nginx/sites-available/aurora.conf"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["render"]
