@@ -141,7 +141,7 @@ def test_storage_layout_on_the_volumes(booted: Machine, host: Host, spec: HostSp
 
 
 def test_root_file_system_is_read_only(booted: Machine) -> None:
-    out = booted.fail("touch /usr/aurora-write-test")
+    out = booted.fail("touch /usr/aurora-write-test 2>&1")
     assert "Read-only file system" in out
     booted.succeed("touch /var/tmp/aurora-write-test")
 
