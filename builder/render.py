@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jinja2
 
-from builder.spec import HostSpec, Mount, Stream
+from builder.spec import GwsJob, HostSpec, Mount, Schedule, Stream
 from builder.systemd_values import parse_timespan
 
 UNITS_DIR = Path(__file__).resolve().parent.parent / "units"
@@ -22,6 +22,10 @@ ENV_FILE = "/etc/aurora-dashboard.env"
 SYNC_PROGRAM = "/usr/lib/aurora/aurora-source-sync"
 SYNC_CONFIG_DIR = "/etc/aurora/source-sync"
 STORAGE_DIR = "/usr/lib/aurora/storage"
+GWS_PROGRAM = "/usr/lib/aurora/aurora-gws-push"
+GWS_CONFIG_DIR = "/etc/aurora/gws"
+MIRROR_VERIFY_PROGRAM = "/usr/lib/aurora/aurora-mirror-verify"
+MIRROR_VERIFY_CONFIG = "/etc/aurora/mirror-verify.json"
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,22 @@ def _milliseconds(span: str) -> str:
     return str(round(parse_timespan(str(span)) * 1000))
 
 
+def placeholders(spec: HostSpec) -> dict[str, str]:
+    """The path names a spec may use in job commands, e.g. {venv}/bin/python."""
+    return {
+        "venv": spec.dashboard.venv,
+        "checkout": spec.dashboard.checkout,
+        "raw": spec.storage.raw_root,
+        "products": spec.storage.product_root,
+    }
+
+
+def expand(text: str, names: dict[str, str]) -> str:
+    for key, value in names.items():
+        text = text.replace("{" + key + "}", value)
+    return text
+
+
 def environment(units_dir: Path = UNITS_DIR) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(units_dir),
@@ -58,6 +78,17 @@ def environment(units_dir: Path = UNITS_DIR) -> jinja2.Environment:
     env.filters["seconds"] = _seconds
     env.filters["milliseconds"] = _milliseconds
     return env
+
+
+MIRROR_VERIFY = "aurora-mirror-verify"
+
+
+def gws_unit(job: GwsJob) -> str:
+    return f"aurora-gws-rsync-{job.name}"
+
+
+def mount_unit_name(where: str) -> str:
+    return where.strip("/").replace("-", "\\x2d").replace("/", "-") + ".mount"
 
 
 def sync_unit(stream: Stream) -> str:
@@ -87,13 +118,71 @@ def sync_config(spec: HostSpec, stream: Stream) -> dict[str, object]:
         "delete_excluded": stream.delete_excluded,
         "state_file": f"{spec.storage.state_dir}/{stream.name}.last",
         "lock_file": f"{spec.storage.state_dir}/{stream.name}.lock",
-        "ssh": {
-            "identity": stream.identity,
-            "port": stream.port,
-            "options": ["StrictHostKeyChecking=accept-new"],
-            "known_hosts": f"{spec.user.home}/.ssh/known_hosts",
-        },
+        "ssh": {**_ssh(stream.identity, spec), "port": stream.port},
         "rsync_options": [],
+    }
+
+
+def _ssh(identity: str | None, spec: HostSpec) -> dict[str, object]:
+    return {
+        "identity": identity,
+        "port": 22,
+        "options": ["StrictHostKeyChecking=accept-new"],
+        "known_hosts": f"{spec.user.home}/.ssh/known_hosts",
+    }
+
+
+def gws_config(spec: HostSpec, job: GwsJob) -> dict[str, object]:
+    """What the on-host GWS push program reads for one job."""
+    gws = spec.gws
+    return {
+        "name": job.name,
+        "source": job.source,
+        "dest": f"{gws.root}/{job.dest}",
+        "user": gws.user,
+        "hosts": list(gws.hosts),
+        "excludes": list(job.excludes),
+        "rsync_options": [],
+        "log_dir": gws.log_dir,
+        "lock_file": f"{spec.storage.state_dir}/gws-{job.name}.lock",
+        "ssh": _ssh(gws.identity, spec),
+    }
+
+
+def mirror_verify_config(spec: HostSpec) -> dict[str, object]:
+    """What the on-host mirror verifier reads: every incremental stream's three copies."""
+    mv, gws, s = spec.mirror_verify, spec.gws, spec.storage
+    raw_job = next((j for j in gws.jobs if j.source.rstrip("/") == s.raw_root), None)
+    raw_dest = f"{gws.root}/{raw_job.dest}" if raw_job else f"{gws.root}/data/raw/"
+    streams = []
+    for stream in spec.source_sync.streams:
+        if stream.mode != "incremental":
+            continue
+        streams.append({
+            "name": stream.name,
+            "patterns": list(stream.patterns),
+            "source": {
+                "host": stream.host,
+                "user": stream.user or spec.user.name,
+                "path": stream.path,
+                "ssh": _ssh(stream.identity, spec),
+            },
+            "local": f"{s.raw_root}/{stream.dest}",
+            "gws": raw_dest.rstrip("/") + f"/{stream.dest}",
+            "settle": "local",
+        })
+    return {
+        "manifest_root": mv.manifest_root,
+        "keep": mv.keep,
+        "lock_file": f"{s.state_dir}/mirror-verify.lock",
+        "settle_seconds": {
+            "local": int(parse_timespan(mv.settle.local)),
+            "gws": int(parse_timespan(mv.settle.gws)),
+            "products": int(parse_timespan(mv.settle.products)),
+        },
+        "checksum": {"mode": mv.checksum.mode, "spot_modulus": mv.checksum.spot_modulus},
+        "gws": {"user": gws.user, "hosts": list(gws.hosts), "ssh": _ssh(gws.identity, spec)},
+        "streams": streams,
     }
 
 
@@ -139,12 +228,20 @@ def enabled_units(spec: HostSpec) -> list[str]:
     if spec.mounts:
         units.append("aurora-storage@.service " + " ".join(m.unit_part for m in spec.mounts))
     units += [f"{sync_unit(s)}.timer" for s in spec.source_sync.streams if s.enabled]
+    units += [f"aurora-{j.name}.timer" for j in spec.jobs if j.enabled]
+    units += [f"{gws_unit(j)}.timer" for j in spec.gws.jobs if j.enabled]
+    if spec.mirror_verify.enabled:
+        units.append(f"{MIRROR_VERIFY}.timer")
+    if spec.gws.mount.enabled:
+        units.append(mount_unit_name(spec.gws.mount.where))
     return units
 
 
 def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
     """Render every file the spec decides, keyed by absolute path in the image."""
     env = environment(units_dir)
+    names = placeholders(spec)
+    env.filters["paths"] = lambda text: expand(text, names)
     user = spec.user.name
     tree: Tree = {}
 
@@ -186,11 +283,13 @@ def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
         unit = sync_unit(stream)
         put(
             f"{SYSTEM_UNITS}/{unit}.service",
-            "source-sync.service.j2",
-            stream=stream,
+            "program.service.j2",
+            description=stream.description,
+            after=defaults.after,
+            condition=defaults.condition_path_exists,
             user=user,
-            defaults=defaults,
             program=sync_program_link(stream),
+            timeout=stream.timeout,
         )
         put(
             f"{SYSTEM_UNITS}/{unit}.timer",
@@ -202,6 +301,74 @@ def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
         config = json.dumps(sync_config(spec, stream), indent=2, sort_keys=True) + "\n"
         tree[f"{SYNC_CONFIG_DIR}/{stream.name}.json"] = File(config.encode())
         tree[sync_program_link(stream)] = File(link=SYNC_PROGRAM)
+
+    for job in spec.jobs:
+        put(
+            f"{SYSTEM_UNITS}/aurora-{job.name}.service",
+            "job.service.j2",
+            job=job,
+            user=user,
+            checkout=spec.dashboard.checkout,
+            env_file=ENV_FILE,
+        )
+        put(
+            f"{SYSTEM_UNITS}/aurora-{job.name}.timer",
+            "timer.j2",
+            description=job.timer_description,
+            schedule=job.schedule,
+            unit=f"aurora-{job.name}.service",
+        )
+
+    gws = spec.gws
+    for push in gws.jobs:
+        unit = gws_unit(push)
+        put(
+            f"{SYSTEM_UNITS}/{unit}.service",
+            "program.service.j2",
+            description=f"Aurora sync {push.name} data to JASMIN GWS",
+            after=["network-online.target"],
+            condition=None,
+            user=user,
+            program=f"/usr/local/bin/{unit}",
+            timeout=push.timeout or gws.timeout,
+        )
+        put(
+            f"{SYSTEM_UNITS}/{unit}.timer",
+            "timer.j2",
+            description=f"Schedule Aurora GWS {push.name} sync",
+            schedule=Schedule(calendar=push.calendar, jitter=gws.jitter),
+            unit=f"{unit}.service",
+        )
+        config = json.dumps(gws_config(spec, push), indent=2, sort_keys=True) + "\n"
+        tree[f"{GWS_CONFIG_DIR}/{push.name}.json"] = File(config.encode())
+        tree[f"/usr/local/bin/{unit}"] = File(link=GWS_PROGRAM)
+    put(
+        f"{SYSTEM_UNITS}/{mount_unit_name(gws.mount.where)}",
+        "sshfs.mount.j2",
+        gws=gws,
+    )
+
+    mv = spec.mirror_verify
+    put(
+        f"{SYSTEM_UNITS}/{MIRROR_VERIFY}.service",
+        "program.service.j2",
+        description="Aurora mirror verification and prune-gate manifests",
+        after=["network-online.target"],
+        condition=None,
+        user=user,
+        program=f"/usr/local/bin/{MIRROR_VERIFY}",
+        timeout=None,
+    )
+    put(
+        f"{SYSTEM_UNITS}/{MIRROR_VERIFY}.timer",
+        "timer.j2",
+        description="Schedule Aurora mirror verification and prune-gate manifests",
+        schedule=Schedule(calendar=mv.calendar, jitter=mv.jitter),
+        unit=f"{MIRROR_VERIFY}.service",
+    )
+    config = json.dumps(mirror_verify_config(spec), indent=2, sort_keys=True) + "\n"
+    tree[MIRROR_VERIFY_CONFIG] = File(config.encode())
+    tree[f"/usr/local/bin/{MIRROR_VERIFY}"] = File(link=MIRROR_VERIFY_PROGRAM)
 
     put(
         "/usr/lib/systemd/system-preset/00-aurora.preset",

@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -144,17 +145,19 @@ class Nginx(Model):
 
 
 class Schedule(Model):
-    """A timer's schedule: a calendar expression or a boot-relative interval."""
+    """A timer's schedule: a calendar expression and/or monotonic intervals."""
 
     calendar: Calendar | None = None
     on_boot: TimeSpan | None = None
+    on_active: TimeSpan | None = None
     every: TimeSpan | None = None
-    jitter: TimeSpan = "0"
+    every_after_finish: TimeSpan | None = None
+    jitter: TimeSpan | None = None
     persistent: bool = True
 
     @model_validator(mode="after")
     def _one_kind(self) -> Schedule:
-        if self.calendar is None and self.every is None:
+        if self.calendar is None and self.every is None and self.every_after_finish is None:
             raise ValueError("give 'calendar' (e.g. '*:02/5') or 'every' (e.g. 2min)")
         return self
 
@@ -240,6 +243,105 @@ class Mount(Model):
         return self.where.strip("/").replace("-", "\\x2d").replace("/", "-")
 
 
+_SCRIPT = re.compile(r"(?:^|[\s/])([\w.-]+\.py)\b")
+
+
+class Job(Model):
+    """A processing job: one of the dashboard app's scripts on a timer."""
+
+    name: Name
+    description: str
+    timer_description: str
+    enabled: bool = True
+    schedule: Schedule
+    command: str
+    after: list[str] = ["network-online.target"]
+    wants: list[str] | None = None
+    exec_condition: str | None = None
+    io_best_effort: bool = False
+    timeout: TimeSpan | None = None
+
+    @property
+    def script(self) -> str:
+        """The app script the job runs: absent in an app version, the job is skipped."""
+        found = _SCRIPT.search(self.command)
+        if not found:
+            raise ValueError(f"job {self.name}: no .py script in its command")
+        return found.group(1)
+
+    @property
+    def wanted(self) -> list[str]:
+        if self.wants is not None:
+            return self.wants
+        return ["network-online.target"] if "network-online.target" in self.after else []
+
+    @model_validator(mode="after")
+    def _has_script(self) -> Job:
+        if not _SCRIPT.search(self.command):
+            raise ValueError("'command' must run one of the app's .py scripts")
+        return self
+
+
+class GwsJob(Model):
+    """One push of a local tree to the GWS, with failover across transfer hosts."""
+
+    name: Name
+    source: AbsPath
+    dest: RelPath
+    calendar: Calendar
+    excludes: list[str] = []
+    timeout: TimeSpan | None = None
+    enabled: bool = True
+
+
+class GwsMount(Model):
+    enabled: bool = False
+    where: AbsPath
+    host: str
+    options: list[str] = []
+
+
+class Gws(Model):
+    user: str
+    hosts: list[str] = Field(min_length=1)
+    root: AbsPath
+    identity: AbsPath
+    log_dir: AbsPath
+    timeout: TimeSpan = "6h"
+    jitter: TimeSpan = "60s"
+    jobs: list[GwsJob]
+    mount: GwsMount
+
+    @field_validator("jobs")
+    @classmethod
+    def _unique_jobs(cls, jobs: list[GwsJob]) -> list[GwsJob]:
+        _unique(jobs, "name", "GWS job name")
+        return jobs
+
+
+class Settle(Model):
+    local: TimeSpan
+    gws: TimeSpan
+    products: TimeSpan
+
+
+class Checksum(Model):
+    mode: Literal["none", "spot", "full"] = "spot"
+    spot_modulus: int = Field(default=10, ge=1)
+
+
+class MirrorVerify(Model):
+    """Manifests of source, local and GWS copies, so pruning is decided on evidence."""
+
+    enabled: bool = True
+    calendar: Calendar
+    jitter: TimeSpan = "60s"
+    manifest_root: AbsPath
+    keep: int = Field(default=48, ge=1)
+    settle: Settle
+    checksum: Checksum = Checksum()
+
+
 class Secret(Model):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")]
     purpose: str
@@ -273,13 +375,18 @@ class HostSpec(Model):
     environment: dict[EnvName, str] = {}
     nginx: Nginx
     source_sync: SourceSync
+    jobs: list[Job] = []
+    gws: Gws
+    mirror_verify: MirrorVerify
     secrets: list[Secret] = []
 
-    @model_validator(mode="after")
-    def _unique_secrets(self) -> HostSpec:
-        _unique(self.secrets, "name", "secret name")
-        _unique(self.mounts, "where", "mount point")
-        return self
+    @field_validator("secrets", "mounts", "jobs")
+    @classmethod
+    def _unique_items(cls, items: list[Any], info: ValidationInfo) -> list[Any]:
+        key, what = {"secrets": ("name", "secret"), "mounts": ("where", "mount point"),
+                     "jobs": ("name", "job")}[info.field_name or ""]
+        _unique(items, key, what)
+        return items
 
 
 def _format_loc(loc: tuple[str | int, ...]) -> str:
