@@ -149,6 +149,9 @@ def build(spec_path: Path, *, progress: bool = True) -> BuiltImage:
         environment={
             "AURORA_APP_DIR": spec.dashboard.checkout,
             "AURORA_MOUNT_POINTS": " ".join(m.where for m in spec.mounts),
+            "AURORA_CERT_DIR": spec.nginx.certificate_dir,
+            "AURORA_UFW_DEFAULT": spec.firewall.default_incoming,
+            "AURORA_UFW_RULES": ",".join(r.replace(" ", ":", 1) for r in spec.firewall.rules()),
         },
         seed=inputs.seed,
         source_date_epoch=inputs.source_date_epoch,

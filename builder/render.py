@@ -22,6 +22,7 @@ ENV_FILE = "/etc/aurora-dashboard.env"
 SYNC_PROGRAM = "/usr/lib/aurora/aurora-source-sync"
 SYNC_CONFIG_DIR = "/etc/aurora/source-sync"
 STORAGE_DIR = "/usr/lib/aurora/storage"
+NGINX_TLS_DIR = "/run/aurora/nginx"
 GWS_PROGRAM = "/usr/lib/aurora/aurora-gws-push"
 GWS_CONFIG_DIR = "/etc/aurora/gws"
 MIRROR_VERIFY_PROGRAM = "/usr/lib/aurora/aurora-mirror-verify"
@@ -222,8 +223,13 @@ def enabled_units(spec: HostSpec) -> list[str]:
         "systemd-resolved.service",
         "ssh.service",
         "nginx.service",
+        "aurora-nginx-tls.service",
+        "certbot.timer",
+        "ufw.service",
+        "fail2ban.service",
         "remote-fs.target",
         "aurora-dashboard.service",
+        "aurora-credentials.service",
     ]
     if spec.mounts:
         units.append("aurora-storage@.service " + " ".join(m.unit_part for m in spec.mounts))
@@ -273,8 +279,22 @@ def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
         "/etc/nginx/sites-available/aurora.conf",
         "nginx-site.conf.j2",
         hostname=spec.hostname,
+        headers=spec.nginx.security_headers,
+        tls_dir=NGINX_TLS_DIR,
+        d=spec.dashboard,
+    )
+    put(
+        "/etc/nginx/snippets/aurora-locations.conf",
+        "nginx-locations.conf.j2",
+        hostname=spec.hostname,
         d=spec.dashboard,
         nginx=spec.nginx,
+    )
+    tree["/etc/nginx/snippets/aurora-headers.conf"] = File(
+        "".join(f"add_header {h} always;\n" for h in spec.nginx.security_headers).encode()
+    )
+    tree["/etc/aurora/nginx-tls.env"] = File(
+        f"AURORA_HOSTNAME={spec.hostname}\nAURORA_CERT_DIR={spec.nginx.certificate_dir}\n".encode()
     )
     tree["/etc/nginx/sites-enabled/aurora.conf"] = File(link="../sites-available/aurora.conf")
 
@@ -327,7 +347,7 @@ def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
             "program.service.j2",
             description=f"Aurora sync {push.name} data to JASMIN GWS",
             after=["network-online.target"],
-            condition=None,
+            condition=gws.identity,
             user=user,
             program=f"/usr/local/bin/{unit}",
             timeout=push.timeout or gws.timeout,
@@ -369,6 +389,15 @@ def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
     config = json.dumps(mirror_verify_config(spec), indent=2, sort_keys=True) + "\n"
     tree[MIRROR_VERIFY_CONFIG] = File(config.encode())
     tree[f"/usr/local/bin/{MIRROR_VERIFY}"] = File(link=MIRROR_VERIFY_PROGRAM)
+
+    installed = [s for s in spec.secrets if s.path]
+    put(f"{SYSTEM_UNITS}/aurora-credentials.service", "credentials.service.j2",
+        secrets=installed, home=spec.user.home)
+    creds = [
+        {"name": s.name, "path": s.path, "mode": s.mode, "owner": s.owner, "format": s.format}
+        for s in installed
+    ]
+    tree["/etc/aurora/credentials.json"] = File((json.dumps(creds, indent=2) + "\n").encode())
 
     put(
         "/usr/lib/systemd/system-preset/00-aurora.preset",

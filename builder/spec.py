@@ -141,7 +141,13 @@ class WxcamMedia(Model):
 class Nginx(Model):
     wxcam_media: WxcamMedia
     proxy_timeout: TimeSpan = "3600s"
+    # Let's Encrypt state lives on the persistent volume; /etc/letsencrypt links here.
     certificate_dir: AbsPath
+    security_headers: list[str] = [
+        'X-Content-Type-Options "nosniff"',
+        'X-Frame-Options "SAMEORIGIN"',
+        'Referrer-Policy "strict-origin-when-cross-origin"',
+    ]
 
 
 class Schedule(Model):
@@ -342,9 +348,29 @@ class MirrorVerify(Model):
     checksum: Checksum = Checksum()
 
 
+_UFW_PORT = r"^\d{1,5}(:\d{1,5})?(/(tcp|udp))?$"
+
+
+class Firewall(Model):
+    """ufw policy, applied when the image is built (the root is read-only at run time)."""
+
+    default_incoming: Literal["deny", "reject", "allow"] = "deny"
+    allow: list[Annotated[str, Field(pattern=_UFW_PORT)]]
+    deny: list[Annotated[str, Field(pattern=_UFW_PORT)]] = []
+
+    def rules(self) -> list[str]:
+        return [f"allow {p}" for p in self.allow] + [f"deny {p}" for p in self.deny]
+
+
 class Secret(Model):
+    """A secret's name and where it is installed at boot; never its value."""
+
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")]
     purpose: str
+    path: AbsPath | None = None
+    mode: Annotated[str, Field(pattern=r"^0[0-7]{3}$")] = "0600"
+    owner: str = "root"
+    format: Literal["raw", "msmtprc"] = "raw"
 
 
 _SECRET_KEY = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|AUTHKEY|PRIVATE", re.IGNORECASE)
@@ -370,6 +396,7 @@ class HostSpec(Model):
     user: User
     packages: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]+$")]]
     storage: Storage
+    firewall: Firewall
     mounts: list[Mount] = []
     dashboard: Dashboard
     environment: dict[EnvName, str] = {}

@@ -1,0 +1,223 @@
+"""The whole host in the booted image: timers, unit hygiene, nginx in full,
+firewall, mail. Shares the session's VM with the smoke suite."""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from builder.render import SYSTEM_UNITS, render
+from builder.spec import HostSpec, load_spec
+from builder.vm import Machine
+
+SPEC = Path(__file__).resolve().parents[2] / "hosts" / "aurora.yml"
+
+
+@pytest.fixture(scope="module")
+def spec() -> HostSpec:
+    return load_spec(SPEC)
+
+
+@pytest.fixture(scope="module")
+def booted(machine: Machine) -> Machine:
+    machine.wait_until_succeeds(
+        "systemctl is-system-running --wait; systemctl is-system-running | grep -qv starting",
+        timeout=900,
+    )
+    return machine
+
+
+def _rendered_units(spec: HostSpec) -> list[str]:
+    prefix = SYSTEM_UNITS + "/"
+    return sorted(
+        p.removeprefix(prefix)
+        for p, e in render(spec).items()
+        if p.startswith(prefix) and e.link is None and not p.endswith(".conf")
+    )
+
+
+def test_every_timer_loaded_enabled_and_scheduled(booted: Machine, spec: HostSpec) -> None:
+    timers = [u for u in _rendered_units(spec) if u.endswith(".timer")]
+    assert len(timers) == 35
+    out = booted.succeed(
+        "systemctl show -p Id -p UnitFileState -p ActiveState -p TimersCalendar "
+        "-p TimersMonotonic " + " ".join(timers)
+    )
+    blocks = [b for b in out.strip().split("\n\n") if b.strip()]
+    assert len(blocks) == len(timers)
+    for block in blocks:
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        assert props["UnitFileState"] == "enabled", block
+        assert props["ActiveState"] == "active", block
+        assert props["TimersCalendar"] or props["TimersMonotonic"], block
+    listed = booted.succeed("systemctl list-timers --all --no-legend --plain 'aurora-*'")
+    for line in listed.splitlines():
+        unit = line.split()[-2]
+        if unit.endswith(".timer") and "source-sync" not in unit:
+            assert not line.startswith("-"), f"no next elapse for {unit}: {line}"
+
+
+def test_calendar_timers_match_spec(booted: Machine, spec: HostSpec) -> None:
+    for job in spec.jobs:
+        if job.schedule.calendar:
+            shown = booted.succeed(f"systemctl show -p TimersCalendar aurora-{job.name}.timer")
+            normalized = booted.succeed(
+                f"systemd-analyze calendar '{job.schedule.calendar}'"
+                " | sed -n 's/.*Normalized form: //p'"
+            ).strip()
+            assert f"OnCalendar={normalized}" in shown, (job.name, shown)
+
+
+def test_systemd_analyze_verify_is_clean(booted: Machine, spec: HostSpec) -> None:
+    units = [f"{SYSTEM_UNITS}/{u}" for u in _rendered_units(spec)]
+    rc, out = booted.execute(f"systemd-analyze verify {' '.join(units)} 2>&1")
+    assert rc == 0 and out.strip() == "", out
+
+
+def _url(machine: Machine, name: str, path: str) -> str:
+    scheme = "https" if name == "https" else "http"
+    return f"{scheme}://127.0.0.1:{machine.forwarded_port(name)}{path}"
+
+
+def test_wxcam_media_served_with_byte_ranges(booted: Machine, spec: HostSpec) -> None:
+    root = spec.nginx.wxcam_media.root
+    booted.succeed(
+        f"head -c 100000 /dev/urandom > {root}/clip.mp4 && chown aurora: {root}/clip.mp4"
+    )
+    expected = booted.succeed(
+        f"dd if={root}/clip.mp4 bs=1 skip=1000 count=500 2>/dev/null | sha256sum"
+    )
+    request = urllib.request.Request(
+        _url(booted, "http", "/wxcam-media/clip.mp4"),
+        headers={"Host": spec.hostname, "Range": "bytes=1000-1499"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        body = response.read()
+        assert response.status == 206
+        assert response.headers["Content-Range"] == "bytes 1000-1499/100000"
+        assert response.headers["Content-Type"] == "video/mp4"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+    import hashlib
+
+    assert hashlib.sha256(body).hexdigest() == expected.split()[0]
+
+
+def _reachable(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.settimeout(5)
+            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            return sock.recv(16).startswith(b"HTTP/")
+    except OSError:
+        return False
+
+
+def test_firewall_from_outside(booted: Machine) -> None:
+    ip = booted.succeed("ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1").strip()
+    for port in (8080, 5006, 9100):
+        booted.succeed(f"systemd-run --unit=probe{port} python3 -m http.server {port} --bind {ip}")
+    booted.wait_for_open_port(9100)
+    try:
+        assert _reachable(booted.forwarded_port("probe9100")), "9100 (node_exporter) must be open"
+        assert not _reachable(booted.forwarded_port("probe8080")), "default deny let 8080 in"
+        assert not _reachable(booted.forwarded_port("probe5006")), "5006 must be denied"
+    finally:
+        booted.execute("systemctl stop probe8080 probe5006 probe9100")
+    status = booted.succeed("ufw status verbose")
+    assert "Status: active" in status and "Default: deny (incoming)" in status
+    assert re.search(r"5006/tcp\s+DENY IN", status), status
+
+
+def test_fail2ban_guards_ssh(booted: Machine) -> None:
+    booted.wait_for_unit("fail2ban.service")
+    assert "sshd" in booted.succeed("fail2ban-client status")
+
+
+def test_secrets_installed_from_credentials(booted: Machine, spec: HostSpec) -> None:
+    rc = booted.succeed(f"stat -c '%a %U' {spec.user.home}/.msmtprc").split()
+    assert rc == ["600", "aurora"]
+    assert "host 10.0.2.2" in booted.succeed(f"cat {spec.user.home}/.msmtprc")
+    booted.fail(f"test -e {spec.user.home}/.ssh/id_rsa_jasmin_20200514")
+    assert booted.succeed(
+        "systemctl show -p ActiveState --value aurora-gws-rsync-raw.service"
+    ).strip() in {"inactive", "active"}
+
+
+def test_mail_reaches_the_relay(booted: Machine, mailbox) -> None:
+    box, _ = mailbox
+    booted.succeed("readlink -f $(command -v sendmail) | grep -q msmtp")
+    booted.succeed(
+        "echo 'aurora test body' | runuser -u aurora -- mailx -s 'aurora smoke' ops@example.org"
+    )
+    deadline = time.monotonic() + 60
+    while not box.messages and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert box.messages, "no message reached the relay"
+    message = box.messages[-1]
+    assert message.rcpt_tos == ["ops@example.org"]
+    assert b"aurora test body" in message.content
+
+
+def test_alert_readiness_follows_the_msmtp_config(booted: Machine, spec: HostSpec) -> None:
+    check = (
+        "cd /opt/aurora-cloud-dashboard && runuser -u aurora -- env HOME=/home/aurora "
+        "venv/bin/python send_ops_alerts.py --check-transport"
+    )
+    assert '"ready": true' in booted.succeed(check)
+    rc_file = f"{spec.user.home}/.msmtprc"
+    booted.succeed(f"mv {rc_file} {rc_file}.away")
+    try:
+        assert '"ready": false' in booted.succeed(check)
+        booted.succeed("systemctl start aurora-ops-monitor-alerts.service")
+        result = booted.succeed("systemctl show -p Result --value aurora-ops-monitor-alerts")
+        assert result.strip() == "success"
+    finally:
+        booted.succeed(f"mv {rc_file}.away {rc_file}")
+
+
+def test_tls_once_a_certificate_exists(booted: Machine, spec: HostSpec) -> None:
+    live = f"{spec.nginx.certificate_dir}/live/{spec.hostname}"
+    booted.succeed(
+        f"mkdir -p {live} && openssl req -x509 -newkey rsa:2048 -nodes -days 2 "
+        f"-subj /CN={spec.hostname} -keyout {live}/privkey.pem -out {live}/fullchain.pem "
+        "2>/dev/null && systemctl restart aurora-nginx-tls && systemctl reload nginx"
+    )
+    try:
+        request = urllib.request.Request(
+            _url(booted, "http", "/app"), headers={"Host": spec.hostname}
+        )
+        opener = urllib.request.build_opener(_NoRedirect)
+        with pytest.raises(urllib.error.HTTPError) as info:
+            opener.open(request, timeout=60)
+        assert info.value.code == 301
+        assert info.value.headers["Location"] == f"https://{spec.hostname}/app"
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        secure = urllib.request.Request(
+            _url(booted, "https", "/app"), headers={"Host": spec.hostname}
+        )
+        with urllib.request.urlopen(secure, timeout=120, context=context) as response:
+            assert response.status == 200
+            assert "Strict-Transport-Security" in response.headers
+            assert "<title>Aurora cloud dashboard</title>" in response.read().decode()
+    finally:
+        booted.succeed(
+            f"rm -rf {spec.nginx.certificate_dir}/live && systemctl restart aurora-nginx-tls "
+            "&& systemctl reload nginx"
+        )
+    plain = urllib.request.Request(_url(booted, "http", "/app"), headers={"Host": spec.hostname})
+    with urllib.request.urlopen(plain, timeout=60) as response:
+        assert response.status == 200
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
