@@ -292,6 +292,24 @@ def test_missing_source_contacts_no_host(make_job, endpoints) -> None:
     assert endpoints.logins(endpoints.good) == before
 
 
+def test_missing_rsync_is_a_local_error_not_a_host_failure(make_job, tmp_path: Path) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    ssh = shutil.which("ssh")
+    assert ssh is not None
+    (bindir / "ssh").symlink_to(ssh)  # ssh works, rsync is nowhere on PATH
+    job = make_job()
+    job.put("a.txt")
+
+    result = job.run(env={"PATH": str(bindir)})
+
+    assert result.returncode == 1
+    assert "local error, transfer abandoned" in result.stdout and "rsync" in result.stdout
+    lines = job.log_lines()
+    assert line_index(lines, "preflight ok") < line_index(lines, "rsync started")
+    assert "local error, transfer abandoned" in lines[-1]
+
+
 # --------------------------------------------------------------------------
 # rsync semantics
 # --------------------------------------------------------------------------

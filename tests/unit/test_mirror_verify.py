@@ -346,6 +346,26 @@ def test_dead_first_gws_host_falls_back_to_the_next(site: Site) -> None:
     assert site.summary()["safe_to_prune"] == [f"{CL61}a.nc"]
 
 
+def test_listing_failure_on_a_reachable_gws_host_does_not_try_the_next(site: Site) -> None:
+    real = site.config["gws"]["hosts"][0]
+    site.config["gws"]["hosts"] = [real, f"127.0.0.1:{sshd.free_port()}"]
+    site.put(f"{CL61}a.nc")
+    site.dirs["cl61"]["gws"].rename(site.base / "gws-moved")  # GWS reachable, path gone
+    site.dirs["cl61"]["local"].rename(site.base / "local-moved")
+
+    result = site.run()
+
+    assert_ok(result)
+    assert result.stderr.count("\n") == 2, result.stderr
+    manifest = site.manifest("gws")
+    assert manifest["hosts_tried"] == [real] and manifest["host"] == real
+    assert "find on" in manifest["error"]
+    assert "find failed" in site.manifest("local")["error"]
+    summary = site.summary()
+    assert summary["counts"] == {"source": 1, "local": None, "gws": None}
+    assert summary["safe_to_prune"] == []
+
+
 def test_no_reachable_gws_host_is_recorded_and_nothing_is_safe(site: Site) -> None:
     dead = [f"127.0.0.1:{sshd.free_port()}", f"127.0.0.1:{sshd.free_port()}"]
     site.config["gws"]["hosts"] = dead

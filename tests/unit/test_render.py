@@ -16,24 +16,13 @@ REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "hosts" / "aurora.yml"
 
 
-def _sync_program():
-    path = REPO / "mkosi.extra" / SYNC_PROGRAM.lstrip("/")
-    loader = importlib.machinery.SourceFileLoader("aurora_source_sync", str(path))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[loader.name] = module  # its dataclasses look their module up
-    loader.exec_module(module)
-    return module
-
-
 def test_render_is_deterministic() -> None:
     spec = load_spec(SPEC)
     assert render(spec) == render(spec)
 
 
 def test_every_stream_config_is_accepted_by_the_sync_program() -> None:
-    program = _sync_program()
+    program = _program("aurora-source-sync")
     tree = render(load_spec(SPEC))
     configs = {p: e for p, e in tree.items() if p.startswith(SYNC_CONFIG_DIR + "/")}
     assert len(configs) == 8
@@ -87,3 +76,36 @@ def test_write_tree_replaces_atomically(tmp_path: Path) -> None:
         out / "etc/nginx/sites-available/aurora.conf"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["render"]
+
+
+def _program(name: str):
+    path = REPO / "mkosi.extra/usr/lib/aurora" / name
+    loader = importlib.machinery.SourceFileLoader(name.replace("-", "_"), str(path))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[loader.name] = module
+    loader.exec_module(module)
+    return module
+
+
+def test_mirror_verify_config_is_accepted_by_its_program() -> None:
+    program = _program("aurora-mirror-verify")
+    tree = render(load_spec(SPEC))
+    data = json.loads(tree["/etc/aurora/mirror-verify.json"].content)
+    program.parse_config(data, Path("/etc/aurora/mirror-verify.json"))
+    assert [s["name"] for s in data["streams"]][:2] == ["cl61", "radar"]
+    assert data["settle_seconds"] == {"local": 600, "gws": 2700, "products": 900}
+
+
+def test_gws_configs_are_accepted_by_the_push_program() -> None:
+    program = _program("aurora-gws-push")
+    tree = render(load_spec(SPEC))
+    names = []
+    for path, entry in tree.items():
+        if path.startswith("/etc/aurora/gws/"):
+            cfg = program.parse_config(json.loads(entry.content), Path(path))
+            names.append(cfg.name)
+            assert cfg.dest.startswith("/gws/ssde/j25b/gamb2le/data/")
+            assert tree[f"/usr/local/bin/aurora-gws-rsync-{cfg.name}"].link.endswith("gws-push")
+    assert sorted(names) == ["manifests", "products", "products-wxcam", "raw"]
