@@ -106,6 +106,29 @@ def _checkout_git(url: str, ref: str, dest: Path) -> None:
     shutil.rmtree(dest / ".git")
 
 
+def apt_sandbox(spec: HostSpec, spec_path: Path, dest: Path) -> Path | None:
+    """A sandbox tree adding the spec's extra apt repositories (sources + keys)."""
+    if not spec.apt_repositories:
+        return None
+    shutil.rmtree(dest, ignore_errors=True)
+    (dest / "etc/apt/sources.list.d").mkdir(parents=True)
+    (dest / "usr/share/keyrings").mkdir(parents=True)
+    for index, repo in enumerate(spec.apt_repositories):
+        key = (spec_path.parent / repo.key).resolve()
+        if not key.is_file():
+            raise BuildError(
+                f"{spec_path}: apt_repositories[{index}].key: {key} does not exist; "
+                f"put the {repo.name} archive key there"
+            )
+        keyring = f"/usr/share/keyrings/aurora-{repo.name}.gpg"
+        shutil.copy2(key, dest / keyring.lstrip("/"))
+        (dest / f"etc/apt/sources.list.d/{repo.name}.sources").write_text(
+            f"Types: deb\nURIs: {repo.url}\nSuites: {repo.suite}\n"
+            f"Components: {' '.join(repo.components)}\nSigned-By: {keyring}\n"
+        )
+    return dest
+
+
 def _read_json(path: Path) -> object:
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -135,6 +158,7 @@ def build(spec_path: Path, *, progress: bool = True) -> BuiltImage:
     work = cache_dir() / "work" / inputs.tag
     tree_dir = write_tree(tree, work / "tree")
     _stage_app(spec, spec_path, work / "stage", lock)
+    sandbox = apt_sandbox(spec, spec_path, work / "sandbox")
     output = cache_dir() / "out"
     partial = store / f".{inputs.tag}.partial"
     shutil.rmtree(partial, ignore_errors=True)
@@ -155,6 +179,7 @@ def build(spec_path: Path, *, progress: bool = True) -> BuiltImage:
         },
         seed=inputs.seed,
         source_date_epoch=inputs.source_date_epoch,
+        sandbox_trees=(sandbox,) if sandbox else (),
     )
     seconds = mkosi.run(job, partial / "build.log", progress=progress)
     for name in ARTIFACTS:

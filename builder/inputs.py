@@ -110,6 +110,10 @@ def collect(spec: HostSpec, spec_path: Path, app_dir: Path | None) -> Inputs:
     paths += [(f"builder/{name}", REPO / "builder" / name) for name in BUILDER_INPUTS]
     if app_dir is not None:
         paths.append(("app", app_dir))
+    for repo in spec.apt_repositories:
+        key = (spec_path.parent / repo.key).resolve()
+        if key.is_file():
+            paths.append((f"apt-key/{repo.name}", key))
     extra = {}
     if spec.dashboard.app.git is not None:
         extra = {"app.git": spec.dashboard.app.git, "app.ref": spec.dashboard.app.ref or ""}

@@ -25,6 +25,7 @@ class MkosiJob:
     environment: dict[str, str]
     seed: str
     source_date_epoch: int
+    sandbox_trees: tuple[Path, ...] = ()
 
     def argv(self) -> list[str]:
         cache = cache_dir()
@@ -44,6 +45,8 @@ class MkosiJob:
             "--workspace-directory", str(cache / "workspace"),
             "--output-directory", str(self.output_dir),
         ]  # fmt: skip
+        for tree in self.sandbox_trees:
+            argv += ["--sandbox-tree", str(tree)]
         if self.packages:
             argv += ["--package", ",".join(self.packages)]
         for key, value in sorted(self.environment.items()):

@@ -238,6 +238,8 @@ def enabled_units(spec: HostSpec) -> list[str]:
     units += [f"{gws_unit(j)}.timer" for j in spec.gws.jobs if j.enabled]
     if spec.mirror_verify.enabled:
         units.append(f"{MIRROR_VERIFY}.timer")
+    if spec.tailscale.enabled:
+        units += ["tailscaled.service", "aurora-tailscale-up.service"]
     if spec.gws.mount.enabled:
         units.append(mount_unit_name(spec.gws.mount.where))
     return units
@@ -389,6 +391,10 @@ def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
     config = json.dumps(mirror_verify_config(spec), indent=2, sort_keys=True) + "\n"
     tree[MIRROR_VERIFY_CONFIG] = File(config.encode())
     tree[f"/usr/local/bin/{MIRROR_VERIFY}"] = File(link=MIRROR_VERIFY_PROGRAM)
+
+    if spec.tailscale.enabled:
+        put(f"{SYSTEM_UNITS}/aurora-tailscale-up.service", "tailscale-up.service.j2",
+            ts=spec.tailscale, hostname=spec.hostname)
 
     installed = [s for s in spec.secrets if s.path]
     put(f"{SYSTEM_UNITS}/aurora-credentials.service", "credentials.service.j2",

@@ -362,6 +362,25 @@ class Firewall(Model):
         return [f"allow {p}" for p in self.allow] + [f"deny {p}" for p in self.deny]
 
 
+class AptRepository(Model):
+    """An extra Debian repository (e.g. Tailscale's) the image installs packages from."""
+
+    name: Name
+    url: Annotated[str, Field(pattern=r"^https?://\S+$")]
+    suite: str
+    components: list[str] = ["main"]
+    # The repository's signing key, relative to the spec file; its bytes are a build input.
+    key: str
+
+
+class Tailscale(Model):
+    """Joining the instrument tailnet; the client comes from an extra repository."""
+
+    enabled: bool = False
+    auth_credential: str = "tailscale.authkey"
+    ssh: bool = True
+
+
 class Secret(Model):
     """A secret's name and where it is installed at boot; never its value."""
 
@@ -395,6 +414,8 @@ class HostSpec(Model):
     hostname: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")]
     user: User
     packages: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]+$")]]
+    apt_repositories: list[AptRepository] = []
+    tailscale: Tailscale = Tailscale()
     storage: Storage
     firewall: Firewall
     mounts: list[Mount] = []
@@ -428,8 +449,19 @@ def _model_loc(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
     return tuple(p for p in loc if isinstance(p, int) or not ("[" in p or p.startswith("function")))
 
 
-def load_spec(path: Path) -> HostSpec:
-    """Load and validate a host spec; raise SpecError with a one-line message."""
+def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """Overlay wins; mappings merge key by key, lists and scalars are replaced."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[Any, int]]:
+    """Read a spec file, applying it over its `base:` spec if it names one."""
     try:
         data, lines = load_yaml_with_lines(path)
     except FileNotFoundError:
@@ -438,6 +470,19 @@ def load_spec(path: Path) -> HostSpec:
         raise SpecError(str(exc)) from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}:1: a host spec is a YAML mapping of keys")
+    base = data.pop("base", None)
+    if base is None:
+        return data, lines
+    base_path = (path.parent / str(base)).resolve()
+    if base_path in seen:
+        raise SpecError(f"{path}:{lines.get(('base',), 1)}: base: {base} includes itself")
+    base_data, _ = _read(base_path, (*seen, path.resolve()))
+    return _merge(base_data, data), lines
+
+
+def load_spec(path: Path) -> HostSpec:
+    """Load and validate a host spec; raise SpecError with a one-line message."""
+    data, lines = _read(path)
     try:
         return HostSpec.model_validate(data)
     except ValidationError as exc:

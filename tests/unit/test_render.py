@@ -109,3 +109,29 @@ def test_gws_configs_are_accepted_by_the_push_program() -> None:
             assert cfg.dest.startswith("/gws/ssde/j25b/gamb2le/data/")
             assert tree[f"/usr/local/bin/aurora-gws-rsync-{cfg.name}"].link.endswith("gws-push")
     assert sorted(names) == ["manifests", "products", "products-wxcam", "raw"]
+
+
+def test_production_overlay_adds_tailscale_and_cephfs() -> None:
+    tree = render(load_spec(REPO / "hosts" / "aurora-jasmin.yml"))
+    fstab = tree["/etc/fstab"].content.decode()
+    assert (
+        " /project ceph " in fstab and "secretfile=/run/credentials/@system/cephfs.secret" in fstab
+    )
+    preset = tree["/usr/lib/systemd/system-preset/00-aurora.preset"].content.decode()
+    assert "enable tailscaled.service" in preset.splitlines()
+    unit = tree["/etc/systemd/system/aurora-tailscale-up.service"].content.decode()
+    assert "ConditionPathExists=/usr/sbin/tailscaled" in unit
+    assert "--auth-key=file:${CREDENTIALS_DIRECTORY}/tailscale.authkey" in unit
+    base = render(load_spec(SPEC))
+    assert "/etc/systemd/system/aurora-tailscale-up.service" not in base
+
+
+def test_missing_apt_key_is_a_clear_build_error(tmp_path: Path) -> None:
+    import pytest
+
+    from builder.errors import BuildError
+    from builder.image import apt_sandbox
+
+    path = REPO / "hosts" / "aurora-jasmin.yml"
+    with pytest.raises(BuildError, match=r"apt_repositories\[0\]\.key: .* does not exist"):
+        apt_sandbox(load_spec(path), path, tmp_path / "sandbox")

@@ -182,6 +182,15 @@ def test_alert_readiness_follows_the_msmtp_config(booted: Machine, spec: HostSpe
         booted.succeed(f"mv {rc_file}.away {rc_file}")
 
 
+def _wait_for_status(machine: Machine, host: str, code: int) -> None:
+    """nginx reloads asynchronously: wait until its new workers answer."""
+    machine.wait_until_succeeds(
+        f"curl -s -o /dev/null -w '%{{http_code}}' -H 'Host: {host}' http://127.0.0.1/app"
+        f" | grep -qx {code}",
+        timeout=60,
+    )
+
+
 def test_tls_once_a_certificate_exists(booted: Machine, spec: HostSpec) -> None:
     live = f"{spec.nginx.certificate_dir}/live/{spec.hostname}"
     booted.succeed(
@@ -190,6 +199,7 @@ def test_tls_once_a_certificate_exists(booted: Machine, spec: HostSpec) -> None:
         "2>/dev/null && systemctl restart aurora-nginx-tls && systemctl reload nginx"
     )
     try:
+        _wait_for_status(booted, spec.hostname, 301)
         request = urllib.request.Request(
             _url(booted, "http", "/app"), headers={"Host": spec.hostname}
         )
@@ -213,6 +223,7 @@ def test_tls_once_a_certificate_exists(booted: Machine, spec: HostSpec) -> None:
             f"rm -rf {spec.nginx.certificate_dir}/live && systemctl restart aurora-nginx-tls "
             "&& systemctl reload nginx"
         )
+    _wait_for_status(booted, spec.hostname, 200)
     plain = urllib.request.Request(_url(booted, "http", "/app"), headers={"Host": spec.hostname})
     with urllib.request.urlopen(plain, timeout=60) as response:
         assert response.status == 200
