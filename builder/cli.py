@@ -8,9 +8,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from builder.errors import AuroraError
 from builder.inputs import REPO
+
+if TYPE_CHECKING:
+    from builder.store import ImageRecord
 
 DEFAULT_SPEC = REPO / "hosts" / "aurora.yml"
 DEFAULT_RENDER_DIR = REPO / "build" / "render"
@@ -63,6 +67,64 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_list(args: argparse.Namespace) -> int:
+    from builder.image import images_dir
+    from builder.store import human_size, list_images
+
+    images = list_images()
+    if args.json:
+        print(json.dumps({"store": str(images_dir()), "images": [i.to_json() for i in images]}))
+        return 0
+    if not images:
+        print(f"no images in {images_dir()}")
+        return 0
+    width = max(len(i.tag) for i in images)
+    print(f"{'TAG':<{width}}  {'BUILT (UTC)':<16}  {'SIZE':>9}  ATTESTED")
+    for image in images:
+        built = time.strftime("%Y-%m-%d %H:%M", time.gmtime(image.built_at))
+        size = human_size(image.size_bytes)
+        print(f"{image.tag:<{width}}  {built:<16}  {size:>9}  {_verdict(image)}")
+    return 0
+
+
+def _verdict(image: ImageRecord) -> str:
+    record = image.attestation
+    if record is None:
+        return "no (not tested)"
+    if image.attested:
+        return f"yes ({record.get('counts', {}).get('total', '?')} tests, {record.get('finished')})"
+    if record.get("passed"):
+        return "no (disk differs from the one tested)"
+    return f"no (smoke suite failed {record.get('finished')})"
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from builder.image import images_dir
+    from builder.store import list_images, prune
+
+    removed = prune(args.keep, set(args.live))
+    kept = [i.tag for i in list_images()]
+    if args.json:
+        print(json.dumps({"store": str(images_dir()), "removed": removed, "kept": kept}))
+        return 0
+    for name in removed:
+        print(f"removed {name}")
+    print(f"kept {len(kept)} image{'s' if len(kept) != 1 else ''} in {images_dir()}")
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from builder.diff import diff_images, format_text, to_json
+    from builder.store import resolve_image
+
+    diff = diff_images(resolve_image(args.a), resolve_image(args.b))
+    if args.json:
+        print(json.dumps(to_json(diff)))
+    else:
+        sys.stdout.write(format_text(diff))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aurora-image",
@@ -73,9 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     Handler = Callable[[argparse.Namespace], int]
 
-    def add(name: str, func: Handler, summary: str) -> argparse.ArgumentParser:
+    def add(name: str, func: Handler, summary: str, spec: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=summary, description=summary)
-        p.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="host spec (YAML)")
+        if spec:
+            p.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="host spec (YAML)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(func=func)
         return p
@@ -86,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("lock", cmd_lock, "resolve the dashboard's Python pins into locks/ (with hashes)")
     p = add("build", cmd_build, "build the image (render + mkosi) into images/<tag>/")
     p.add_argument("--progress", action="store_true", help="show mkosi steps even without a TTY")
+    add("list", cmd_list, "list stored images, newest first, with size and attestation", False)
+    p = add("prune", cmd_prune, "remove old images, never live ones or their rollback", False)
+    p.add_argument("--keep", type=int, required=True, metavar="N", help="newest images to keep")
+    p.add_argument("--live", action="append", default=[], metavar="TAG",
+                   help="an image that is running somewhere (repeatable); never removed")
+    p = add("diff", cmd_diff, "show what image B changes against image A", False)
+    p.add_argument("a", metavar="A", help="base image: a tag in the store or a directory")
+    p.add_argument("b", metavar="B", help="candidate image: a tag in the store or a directory")
     return parser
 
 

@@ -15,3 +15,11 @@ class SpecError(AuroraError):
 
 class BuildError(AuroraError):
     """An external build step (mkosi, uv, pip) failed; its log says why."""
+
+
+class UnknownTag(AuroraError):
+    """The named image is neither a tag in the store nor an image directory."""
+
+
+class StoreError(AuroraError):
+    """A stored image does not match its manifest, so nothing may vouch for it."""

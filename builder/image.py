@@ -1,8 +1,8 @@
 """Build an image from a host spec: render, stage, mkosi, manifest, store.
 
 The image store is `images/<tag>/` (aurora.raw, kernel, initrd, cmdline,
-manifest.json, build.log). A tag that is already stored is not rebuilt: the
-tag is a digest of the inputs, so the stored image is that build.
+manifest.json, build.log, rendered.tar). A tag that is already stored is not
+rebuilt: the tag is a digest of the inputs, so the stored image is that build.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ import json
 import os
 import shutil
 import subprocess
+import tarfile
 import time
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 from builder import mkosi
@@ -27,6 +29,7 @@ from builder.tree import atomic_write, write_tree
 
 ARTIFACTS = ("aurora.raw", "aurora.vmlinuz", "aurora.initrd")
 CMDLINE = "root=PARTLABEL=root-x86-64 ro console=ttyS0 systemd.firstboot=off"
+RENDERED_TAR = "rendered.tar"
 
 
 def images_dir() -> Path:
@@ -62,6 +65,31 @@ def _entry_manifest(entry: File) -> dict[str, str]:
     if entry.directory:
         return {"directory": f"{entry.mode:04o}"}
     return {"sha256": hashlib.sha256(entry.content).hexdigest(), "mode": f"{entry.mode:04o}"}
+
+
+def rendered_tar(tree: Tree) -> bytes:
+    """The rendered tree as a tar, byte-identical for the same tree.
+
+    The manifest holds only digests; `aurora-image diff` reads the contents
+    from here. Names are sorted and owner and time zeroed so equal trees
+    give equal archives.
+    """
+    buffer = BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(tree):
+            entry = tree[path]
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            info.mode = entry.mode
+            data = None
+            if entry.link is not None:
+                info.type, info.linkname = tarfile.SYMTYPE, entry.link
+            elif entry.directory:
+                info.type = tarfile.DIRTYPE
+            else:
+                info.size, data = len(entry.content), BytesIO(entry.content)
+            tar.addfile(info, data)
+    return buffer.getvalue()
 
 
 def _stage_app(spec: HostSpec, spec_path: Path, stage: Path, lock: Path) -> None:
@@ -187,6 +215,7 @@ def build(spec_path: Path, *, progress: bool = True) -> BuiltImage:
             raise BuildError(f"mkosi finished but {output / name} is missing; see build.log")
         (output / name).replace(partial / name)
     atomic_write(partial / "cmdline", (CMDLINE + "\n").encode())
+    atomic_write(partial / RENDERED_TAR, rendered_tar(tree))
     manifest = _manifest(spec, inputs, tree, output, partial)
     atomic_write(partial / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
     shutil.rmtree(final, ignore_errors=True)

@@ -11,24 +11,20 @@ rsync, or a full quota, would), so its failure is a real rsync failure.
 from __future__ import annotations
 
 import fcntl
-import functools
-import importlib.machinery
-import importlib.util
-import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from tests import sshd
+from tests.programs import ConfiguredRun, load_program
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = ROOT / "mkosi.extra/usr/lib/aurora/aurora-gws-push"
@@ -101,8 +97,10 @@ def endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
 
 
 @dataclass
-class Job:
+class Job(ConfiguredRun):
     """One job's config dir, local source tree, remote destination and run logs."""
+
+    PROGRAM: ClassVar[Path] = PROGRAM
 
     name: str
     config_dir: Path
@@ -111,25 +109,6 @@ class Job:
     log_dir: Path
     lock: Path
     config: dict[str, Any]
-
-    def write_config(self, **overrides: Any) -> Path:
-        self.config.update(overrides)
-        path = self.config_dir / f"{self.name}.json"
-        path.write_text(json.dumps(self.config, indent=2))
-        return path
-
-    def run(
-        self, *args: str, argv: list[str] | None = None, env: dict[str, str] | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        cmd = argv or [str(PROGRAM), "--config-dir", str(self.config_dir), self.name]
-        return subprocess.run(
-            [*cmd, *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, **(env or {})},
-            check=False,
-        )
 
     def put(self, name: str, content: str | None = None) -> Path:
         path = self.source / name
@@ -394,16 +373,8 @@ def test_rsync_exit_24_counts_as_success(make_job, tmp_path: Path) -> None:
     assert any("rsync ok (exit 24: some source files vanished" in line for line in job.log_lines())
 
 
-@functools.cache
 def _load_program() -> ModuleType:
-    """Import the extension-less program (registered: its dataclasses need the module)."""
-    loader = importlib.machinery.SourceFileLoader("aurora_gws_push", str(PROGRAM))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[loader.name] = module
-    loader.exec_module(module)
-    return module
+    return load_program("aurora-gws-push")
 
 
 @pytest.mark.parametrize(

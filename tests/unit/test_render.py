@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 from builder.render import SYNC_CONFIG_DIR, SYNC_PROGRAM, render
 from builder.spec import load_spec
 from builder.tree import write_tree
+from tests.programs import load_program
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "hosts" / "aurora.yml"
@@ -79,14 +77,7 @@ def test_write_tree_replaces_atomically(tmp_path: Path) -> None:
 
 
 def _program(name: str):
-    path = REPO / "mkosi.extra/usr/lib/aurora" / name
-    loader = importlib.machinery.SourceFileLoader(name.replace("-", "_"), str(path))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[loader.name] = module
-    loader.exec_module(module)
-    return module
+    return load_program(name)
 
 
 def test_mirror_verify_config_is_accepted_by_its_program() -> None:

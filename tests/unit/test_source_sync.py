@@ -8,18 +8,18 @@ every run exercises the real ssh command line, the remote ``find`` quoting and
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from tests import sshd
+from tests.programs import ConfiguredRun
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = ROOT / "mkosi.extra/usr/lib/aurora/aurora-source-sync"
@@ -40,8 +40,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @dataclass
-class Stream:
+class Stream(ConfiguredRun):
     """One stream's config dir, remote source tree and local destination."""
+
+    PROGRAM: ClassVar[Path] = PROGRAM
 
     name: str
     config_dir: Path
@@ -50,25 +52,6 @@ class Stream:
     state: Path
     lock: Path
     config: dict[str, Any]
-
-    def write_config(self, **overrides: Any) -> Path:
-        self.config.update(overrides)
-        path = self.config_dir / f"{self.name}.json"
-        path.write_text(json.dumps(self.config, indent=2))
-        return path
-
-    def run(
-        self, *args: str, argv: list[str] | None = None, env: dict[str, str] | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        cmd = argv or [str(PROGRAM), "--config-dir", str(self.config_dir), self.name]
-        return subprocess.run(
-            [*cmd, *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, **(env or {})},
-            check=False,
-        )
 
     def put(self, name: str, age: float = 60, content: str | None = None) -> Path:
         """Create a remote file whose mtime is ``age`` seconds in the past."""

@@ -4,6 +4,10 @@ testinfra host on it.
 Which image: AURORA_IMAGE (a tag or a directory), else the newest stored one.
 Two blank volumes stand in for /data and /project (ext4, labelled as the spec's
 mounts expect), so the storage layout is created on real mounts as on JASMIN.
+
+When the session booted an image, its end writes `attestation.json` into the
+image directory (builder.store): the disk digest and every test's outcome, so
+the release tooling can tell a tested image from an untested one.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -19,7 +25,10 @@ import testinfra
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope
 
+from builder import accel as accel_mod
+from builder.errors import AuroraError
 from builder.image import images_dir, newest_image
+from builder.store import FAILING, write_attestation
 from builder.vm import BootImage, Machine, boot, free_port
 
 VOLUMES = {"aurora-data": "data.img", "aurora-project": "project.img"}
@@ -27,6 +36,88 @@ VOLUMES = {"aurora-data": "data.img", "aurora-project": "project.img"}
 FORWARDS = {"http": 80, "https": 443, "probe8080": 8080, "probe5006": 5006, "probe9100": 9100}
 # QEMU's user-mode network shows the host's loopback to the guest as 10.0.2.2.
 HOST_FROM_GUEST = "10.0.2.2"
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class _Run:
+    """What the attestation needs, gathered while the suite runs."""
+
+    image: Path | None = None
+    started: float = 0.0
+    accel: str | None = None
+    selected: list[str] = field(default_factory=list)
+    deselected: int = 0
+    outcomes: dict[str, str] = field(default_factory=dict)
+
+
+_run = _Run()
+
+
+def _ours(item: pytest.Item) -> bool:
+    return item.path.is_relative_to(HERE)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    _run.selected = [item.nodeid for item in session.items if _ours(item)]
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    _run.deselected += sum(1 for item in items if _ours(item))
+
+
+def _outcome(report: pytest.TestReport) -> str | None:
+    xfail = hasattr(report, "wasxfail")
+    if report.when == "call":
+        if xfail:
+            return "xfailed" if report.skipped else "xpassed"
+        return report.outcome
+    if report.failed:
+        return "error"
+    if report.when == "setup" and report.skipped:
+        return "xfailed" if xfail else "skipped"
+    return None
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Called for this directory's tests only (pytest routes it by path)."""
+    outcome = _outcome(report)
+    if outcome is not None and _run.outcomes.get(report.nodeid) not in FAILING:
+        _run.outcomes[report.nodeid] = outcome
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Attest the booted image; a partial run that saw no failure proves nothing."""
+    if _run.image is None:
+        return
+    tests = {nodeid: _run.outcomes.get(nodeid, "not run") for nodeid in _run.selected}
+    tests.update(_run.outcomes)
+    failed = any(outcome in FAILING for outcome in tests.values())
+    complete = (
+        bool(tests)
+        and _run.deselected == 0
+        and "not run" not in tests.values()
+        and exitstatus not in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
+    )
+    terminal = session.config.pluginmanager.get_plugin("terminalreporter")
+    say = terminal.write_line if terminal is not None else print
+    if not complete and not failed:
+        say(f"attestation: not written for {_run.image.name} (partial run, no failures)")
+        return
+    try:
+        record = write_attestation(
+            _run.image,
+            passed=complete and not failed,
+            tests=tests,
+            started=_run.started,
+            finished=time.time(),
+            accel=_run.accel,
+        )
+    except AuroraError as exc:
+        say(f"attestation: not written: {exc}")
+        return
+    verdict = "passed" if record["passed"] else "FAILED"
+    say(f"attestation: {_run.image.name} {verdict} ({record['counts']['total']} tests)")
 
 
 class Mailbox:
@@ -68,6 +159,7 @@ def _volume(path: Path, label: str) -> Path:
 def image_dir() -> Path:
     path = _image_dir()
     assert (path / "manifest.json").exists(), f"{path} holds no built image"
+    _run.image, _run.started = path, time.time()
     return path
 
 
@@ -83,8 +175,9 @@ def machine(
         "from": "aurora@data.gamb2le.co.uk",
         "tls": "off",
     }
+    image = BootImage.from_dir(image_dir)
     vm = boot(
-        BootImage.from_dir(image_dir),
+        image,
         work,
         ssh_timeout=900,
         host_forwards=FORWARDS,
@@ -92,6 +185,8 @@ def machine(
         credentials={"msmtp.relay": json.dumps(relay)},
     )
     with vm:
+        # The probe's answer is cached, so asking again costs nothing.
+        _run.accel = vm.accel or accel_mod.choose_accel(image.kernel, image.initrd)
         yield vm
 
 

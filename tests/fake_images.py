@@ -1,0 +1,68 @@
+"""Small fake images for the store and diff tests: real layout, tiny disks.
+
+The manifest's rendered digests and rendered.tar come from builder.image's
+own functions, so the tests read exactly what a build writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from builder.image import RENDERED_TAR, rendered_manifest, rendered_tar, sha256_file
+from builder.render import File, Tree
+
+UNIT = "/etc/systemd/system/aurora-dashboard.service"
+BASE_TREE: Tree = {
+    UNIT: File(b"[Unit]\nDescription=Aurora dashboard\n\n[Service]\nExecStart=/opt/panel serve\n"),
+    "/etc/aurora/source-sync/cl61.json": File(b'{"stream": "cl61"}\n'),
+    "/etc/nginx/sites-enabled/aurora.conf": File(link="../sites-available/aurora.conf"),
+    "/data": File(mode=0o755, directory=True),
+}
+BASE_DEBIAN = {"nginx": "1.26.3-1", "rsync": "3.4.1-1", "systemd": "257.8-1"}
+BASE_PYTHON = {"panel": "1.5.0", "bokeh": "3.8.0"}
+
+
+def make_image(
+    store: Path,
+    tag: str,
+    *,
+    built_at: float,
+    tree: Tree | None = None,
+    debian: dict[str, str] | None = None,
+    python: dict[str, str] | None = None,
+    disk: bytes = b"disk",
+    with_tar: bool = True,
+) -> Path:
+    """An image directory as builder.image.build leaves it, built at `built_at`."""
+    tree = BASE_TREE if tree is None else tree
+    path = store / tag
+    path.mkdir(parents=True)
+    (path / "aurora.raw").write_bytes(disk * 1024)
+    (path / "aurora.vmlinuz").write_bytes(b"kernel")
+    (path / "aurora.initrd").write_bytes(b"initrd")
+    (path / "cmdline").write_text("root=PARTLABEL=root-x86-64 ro\n")
+    (path / "build.log").write_text("built\n")
+    if with_tar:
+        (path / RENDERED_TAR).write_bytes(rendered_tar(tree))
+    artifacts = {
+        name: {"sha256": sha256_file(path / name), "size": (path / name).stat().st_size}
+        for name in ("aurora.raw", "aurora.vmlinuz", "aurora.initrd")
+    }
+    manifest = {
+        "tag": tag,
+        "release": tag.split("-")[0],
+        "hostname": "data.gamb2le.co.uk",
+        "inputs": {"digest": tag.split("-")[-1] * 5, "files": {"spec": tag}, "extra": {}},
+        "source_date_epoch": 1700000000,
+        "seed": "00000000-0000-0000-0000-000000000000",
+        "cmdline": "root=PARTLABEL=root-x86-64 ro",
+        "artifacts": artifacts,
+        "rendered": rendered_manifest(tree),
+        "debian_packages": BASE_DEBIAN if debian is None else debian,
+        "python_packages": BASE_PYTHON if python is None else python,
+    }
+    (path / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    os.utime(path / "manifest.json", (built_at, built_at))
+    return path
