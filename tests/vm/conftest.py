@@ -28,9 +28,11 @@ from aiosmtpd.smtp import Envelope
 from builder import accel as accel_mod
 from builder.errors import AuroraError
 from builder.image import images_dir, newest_image
+from builder.spec import HostSpec, load_spec
 from builder.store import FAILING, write_attestation
 from builder.vm import BootImage, Machine, boot, free_port
 
+SPEC = Path(__file__).resolve().parents[2] / "hosts" / "aurora.yml"
 VOLUMES = {"aurora-data": "data.img", "aurora-project": "project.img"}
 # Host ports the tests reach: nginx, and listeners the firewall must (not) let in.
 FORWARDS = {"http": 80, "https": 443, "probe8080": 8080, "probe5006": 5006, "probe9100": 9100}
@@ -193,3 +195,18 @@ def machine(
 @pytest.fixture(scope="session")
 def host(machine: Machine) -> testinfra.host.Host:
     return testinfra.get_host("ssh://aurora-vm", ssh_config=str(machine.ssh_config))
+
+
+@pytest.fixture(scope="session")
+def spec() -> HostSpec:
+    return load_spec(SPEC)
+
+
+@pytest.fixture(scope="session")
+def booted(machine: Machine) -> Machine:
+    """The machine once boot has finished, whatever its outcome."""
+    machine.wait_until_succeeds(
+        "systemctl is-system-running --wait; systemctl is-system-running | grep -qv starting",
+        timeout=900,
+    )
+    return machine

@@ -9,29 +9,12 @@ import ssl
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from builder.render import SYSTEM_UNITS, render
-from builder.spec import HostSpec, load_spec
+from builder.spec import HostSpec
 from builder.vm import Machine
-
-SPEC = Path(__file__).resolve().parents[2] / "hosts" / "aurora.yml"
-
-
-@pytest.fixture(scope="module")
-def spec() -> HostSpec:
-    return load_spec(SPEC)
-
-
-@pytest.fixture(scope="module")
-def booted(machine: Machine) -> Machine:
-    machine.wait_until_succeeds(
-        "systemctl is-system-running --wait; systemctl is-system-running | grep -qv starting",
-        timeout=900,
-    )
-    return machine
 
 
 def _rendered_units(spec: HostSpec) -> list[str]:

@@ -15,25 +15,8 @@ from testinfra.host import Host
 
 from builder.gpt import partition
 from builder.render import sync_unit
-from builder.spec import HostSpec, load_spec
+from builder.spec import HostSpec
 from builder.vm import Machine
-
-SPEC = Path(__file__).resolve().parents[2] / "hosts" / "aurora.yml"
-
-
-@pytest.fixture(scope="module")
-def spec() -> HostSpec:
-    return load_spec(SPEC)
-
-
-@pytest.fixture(scope="module")
-def booted(machine: Machine) -> Machine:
-    """Wait until boot has finished, whatever its outcome."""
-    machine.wait_until_succeeds(
-        "systemctl is-system-running --wait; systemctl is-system-running | grep -qv starting",
-        timeout=900,
-    )
-    return machine
 
 
 @pytest.fixture(scope="module")
