@@ -126,3 +126,27 @@ def test_missing_apt_key_is_a_clear_build_error(tmp_path: Path) -> None:
     path = REPO / "hosts" / "aurora-jasmin.yml"
     with pytest.raises(BuildError, match=r"apt_repositories\[0\]\.key: .* does not exist"):
         apt_sandbox(load_spec(path), path, tmp_path / "sandbox")
+
+
+def test_switched_off_parts_ship_their_units_but_not_enabled(tmp_path: Path) -> None:
+    import yaml
+
+    data = yaml.safe_load(SPEC.read_text())
+    data["source_sync"]["streams"][0]["enabled"] = False
+    data["jobs"][0]["enabled"] = False
+    data["gws"]["jobs"][0]["enabled"] = False
+    data["mirror_verify"]["enabled"] = False
+    data["dashboard"]["app"]["path"] = str(REPO / "app")
+    path = tmp_path / "spec.yml"
+    path.write_text(yaml.safe_dump(data))
+    tree = render(load_spec(path))
+    preset = tree["/usr/lib/systemd/system-preset/00-aurora.preset"].content.decode().splitlines()
+    for unit in (
+        "aurora-cl61-source-sync.timer",
+        f"aurora-{data['jobs'][0]['name']}.timer",
+        "aurora-gws-rsync-raw.timer",
+        "aurora-mirror-verify.timer",
+    ):
+        assert f"enable {unit}" not in preset, unit
+        assert f"/etc/systemd/system/{unit}" in tree, unit
+    assert "enable aurora-radar-source-sync.timer" in preset
