@@ -37,6 +37,14 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
+    if args.debian is not None:
+        from builder.debian_lock import write_debian_lock
+        from builder.image import newest_image
+        from builder.store import resolve_image
+
+        image = resolve_image(args.debian) if args.debian else newest_image()
+        print(f"wrote {write_debian_lock(image)} from {image.name}")
+        return 0
     from builder.lock import write_lock
     from builder.spec import load_spec
 
@@ -50,8 +58,16 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     result = build(args.spec, progress=(not args.json and sys.stderr.isatty()) or args.progress)
     if args.json:
-        print(json.dumps({"tag": result.tag, "path": str(result.path), "reused": result.reused,
-                          "seconds": round(result.seconds, 1)}))
+        print(
+            json.dumps(
+                {
+                    "tag": result.tag,
+                    "path": str(result.path),
+                    "reused": result.reused,
+                    "seconds": round(result.seconds, 1),
+                }
+            )
+        )
     elif result.reused:
         print(f"{result.tag}: already built at {result.path} (same inputs, same image)")
     else:
@@ -146,14 +162,26 @@ def build_parser() -> argparse.ArgumentParser:
     add("validate", cmd_validate, "check a host spec and exit")
     p = add("render", cmd_render, "render units and configs into a directory")
     p.add_argument("--out", type=Path, default=DEFAULT_RENDER_DIR, help="output directory")
-    add("lock", cmd_lock, "resolve the dashboard's Python pins into locks/ (with hashes)")
+    p = add("lock", cmd_lock, "resolve the dashboard's Python pins into locks/ (with hashes)")
+    p.add_argument(
+        "--debian",
+        nargs="?",
+        const="",
+        metavar="TAG",
+        help="instead record the Debian package set of image TAG (default: newest)",
+    )
     p = add("build", cmd_build, "build the image (render + mkosi) into images/<tag>/")
     p.add_argument("--progress", action="store_true", help="show mkosi steps even without a TTY")
     add("list", cmd_list, "list stored images, newest first, with size and attestation", False)
     p = add("prune", cmd_prune, "remove old images, never live ones or their rollback", False)
     p.add_argument("--keep", type=int, required=True, metavar="N", help="newest images to keep")
-    p.add_argument("--live", action="append", default=[], metavar="TAG",
-                   help="an image that is running somewhere (repeatable); never removed")
+    p.add_argument(
+        "--live",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="an image that is running somewhere (repeatable); never removed",
+    )
     p = add("diff", cmd_diff, "show what image B changes against image A", False)
     p.add_argument("a", metavar="A", help="base image: a tag in the store or a directory")
     p.add_argument("b", metavar="B", help="candidate image: a tag in the store or a directory")

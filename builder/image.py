@@ -12,13 +12,14 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
-from builder import mkosi
+from builder import debian_lock, mkosi
 from builder.errors import BuildError
 from builder.inputs import REPO, Inputs, collect
 from builder.lock import check_lock
@@ -134,13 +135,24 @@ def _checkout_git(url: str, ref: str, dest: Path) -> None:
     shutil.rmtree(dest / ".git")
 
 
-def apt_sandbox(spec: HostSpec, spec_path: Path, dest: Path) -> Path | None:
-    """A sandbox tree adding the spec's extra apt repositories (sources + keys)."""
-    if not spec.apt_repositories:
-        return None
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+def apt_sandbox(spec: HostSpec, spec_path: Path, dest: Path) -> Path:
+    """The package manager's view for the image: Debian (mirror or snapshot) and
+    the spec's extra repositories. Replaces mkosi's own list (whose debug
+    repository the mirrors here refuse)."""
     shutil.rmtree(dest, ignore_errors=True)
     (dest / "etc/apt/sources.list.d").mkdir(parents=True)
     (dest / "usr/share/keyrings").mkdir(parents=True)
+    main, security = spec.debian.urls()
+    valid = "Check-Valid-Until: no\n" if spec.debian.snapshot else ""
+    (dest / "etc/apt/sources.list.d/mkosi.sources").write_text(
+        f"Types: deb\nURIs: {main}\nSuites: trixie trixie-updates\nComponents: main\n"
+        f"Signed-By: {DEBIAN_KEYRING}\n{valid}\n"
+        f"Types: deb\nURIs: {security}\nSuites: trixie-security\nComponents: main\n"
+        f"Signed-By: {DEBIAN_KEYRING}\n{valid}"
+    )
     for index, repo in enumerate(spec.apt_repositories):
         key = (spec_path.parent / repo.key).resolve()
         if not key.is_file():
@@ -207,7 +219,7 @@ def build(spec_path: Path, *, progress: bool = True) -> BuiltImage:
         },
         seed=inputs.seed,
         source_date_epoch=inputs.source_date_epoch,
-        sandbox_trees=(sandbox,) if sandbox else (),
+        sandbox_trees=(sandbox,),
     )
     seconds = mkosi.run(job, partial / "build.log", progress=progress)
     for name in ARTIFACTS:
@@ -217,6 +229,10 @@ def build(spec_path: Path, *, progress: bool = True) -> BuiltImage:
     atomic_write(partial / "cmdline", (CMDLINE + "\n").encode())
     atomic_write(partial / RENDERED_TAR, rendered_tar(tree))
     manifest = _manifest(spec, inputs, tree, output, partial)
+    manifest["debian_lock"] = debian_lock.compare(manifest["debian_packages"])  # type: ignore[arg-type]
+    note = debian_lock.warning(manifest["debian_lock"])  # type: ignore[arg-type]
+    if note:
+        print(f"aurora-image: warning: {note}", file=sys.stderr)
     atomic_write(partial / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 REPO_INPUTS = (
     "mkosi.conf",
     "mkosi.repart",
-    "mkosi.sandbox",
+    "mkosi.tools-sandbox",
     "mkosi.extra",
     "mkosi.postinst.chroot",
     "units",

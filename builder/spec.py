@@ -362,6 +362,24 @@ class Firewall(Model):
         return [f"allow {p}" for p in self.allow] + [f"deny {p}" for p in self.deny]
 
 
+class Debian(Model):
+    """Where Debian packages come from. A snapshot pins the whole archive in time,
+    so the same lock builds the same image; without one the build warns when
+    the archive has moved on from locks/debian-packages.txt."""
+
+    mirror: Annotated[str, Field(pattern=r"^https?://\S+[^/]$")] = "http://deb.debian.org/debian"
+    security_mirror: Annotated[str, Field(pattern=r"^https?://\S+[^/]$")] = (
+        "http://deb.debian.org/debian-security"
+    )
+    snapshot: Annotated[str, Field(pattern=r"^\d{8}T\d{6}Z$")] | None = None
+
+    def urls(self) -> tuple[str, str]:
+        if self.snapshot is None:
+            return self.mirror, self.security_mirror
+        base = "http://snapshot.debian.org/archive"
+        return f"{base}/debian/{self.snapshot}", f"{base}/debian-security/{self.snapshot}"
+
+
 class AptRepository(Model):
     """An extra Debian repository (e.g. Tailscale's) the image installs packages from."""
 
@@ -414,6 +432,7 @@ class HostSpec(Model):
     hostname: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")]
     user: User
     packages: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]+$")]]
+    debian: Debian = Debian()
     apt_repositories: list[AptRepository] = []
     tailscale: Tailscale = Tailscale()
     storage: Storage
