@@ -29,7 +29,11 @@ from builder.tools import cache_dir
 from builder.tree import atomic_write, write_tree
 
 ARTIFACTS = ("aurora.raw", "aurora.vmlinuz", "aurora.initrd")
-CMDLINE = "root=PARTLABEL=root-x86-64 ro console=ttyS0 systemd.firstboot=off"
+# machine_id=firmware: the machine id is the VM's SMBIOS UUID (Nova's server UUID on
+# JASMIN), so it is stable across reboots and rebuilds without a writable /etc.
+CMDLINE = (
+    "root=PARTLABEL=root-x86-64 ro console=ttyS0 systemd.firstboot=off systemd.machine_id=firmware"
+)
 RENDERED_TAR = "rendered.tar"
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
+from uuid import uuid4
 
 from qemu.qmp import EventListener, QMPClient, QMPError
 
@@ -45,7 +46,9 @@ log = logging.getLogger(__name__)
 QEMU = "qemu-system-x86_64"
 SSH_HOST = "aurora-vm"
 SSH_KEY_CREDENTIAL = "ssh.authorized_keys.root"
-DEFAULT_CMDLINE = "root=PARTLABEL=root-x86-64 ro console=ttyS0 systemd.firstboot=off"
+DEFAULT_CMDLINE = (
+    "root=PARTLABEL=root-x86-64 ro console=ttyS0 systemd.firstboot=off systemd.machine_id=firmware"
+)
 DISK_NAME, KERNEL_NAME, INITRD_NAME, CMDLINE_NAME = (
     "aurora.raw",
     "aurora.vmlinuz",
@@ -175,6 +178,8 @@ def build_qemu_argv(
     cpus: int = 2,
     extra_cmdline: str = "",
     extra_drives: Sequence[Path] = (),
+    overlay: Path | None = None,
+    uuid: str | None = None,
     qemu: str = QEMU,
 ) -> list[str]:
     """The full QEMU argv; pure so the command line is testable without QEMU.
@@ -198,7 +203,11 @@ def build_qemu_argv(
         "-kernel", str(image.kernel),
         "-initrd", str(image.initrd),
         "-append", append,
-        "-drive", f"if=none,id=root,file={image.disk},format=raw,snapshot=on",
+        "-drive", (
+            f"if=none,id=root,file={overlay},format=qcow2" if overlay
+            else f"if=none,id=root,file={image.disk},format=raw,snapshot=on"
+        ),
+        *(["-uuid", uuid] if uuid else []),
         "-device", "virtio-scsi-pci,id=scsi",
         "-device", "scsi-hd,drive=root",
         # Scratch volumes (stand-ins for /data and /project): written, unlike the image.
@@ -244,6 +253,15 @@ def render_ssh_config(
         f"  ControlPersist 60s\n"
         f"  LogLevel ERROR\n"
     )
+
+
+def make_overlay(image: BootImage, path: Path) -> Path:
+    """A qcow2 file backed by the image: the guest writes there, never to the image."""
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image.disk), "-F", "raw", str(path)],
+        check=True,
+    )
+    return path
 
 
 def free_port() -> int:
@@ -386,6 +404,8 @@ class Machine:
         host_forwards: Mapping[str, int] | None = None,
         extra_cmdline: str = "",
         extra_drives: Sequence[Path] = (),
+        overlay: Path | None = None,
+        uuid: str | None = None,
     ) -> None:
         self.image = image
         self.workdir = Path(workdir).absolute()
@@ -400,6 +420,10 @@ class Machine:
             raise ValueError("host_forwards: 'ssh' is reserved for guest port 22")
         self.extra_cmdline = extra_cmdline
         self.extra_drives = [Path(d) for d in extra_drives]
+        # A qcow2 overlay over the image keeps writes across reboots (the image
+        # itself stays untouched); without one the disk is snapshot=on.
+        self.overlay = Path(overlay) if overlay else None
+        self.uuid = uuid or str(uuid4())
 
         self.serial_log = self.workdir / "serial.log"
         self.qemu_log = self.workdir / "qemu.log"
@@ -473,6 +497,8 @@ class Machine:
             cpus=self.cpus,
             extra_cmdline=self.extra_cmdline,
             extra_drives=self.extra_drives,
+            overlay=self.overlay,
+            uuid=self.uuid,
         )
 
     def start(self) -> None:

@@ -33,6 +33,9 @@ from builder.store import FAILING, write_attestation
 from builder.vm import BootImage, Machine, boot, free_port
 
 SPEC = Path(__file__).resolve().parents[2] / "hosts" / "aurora.yml"
+BOOT_FINISHED = (
+    "systemctl is-system-running --wait; systemctl is-system-running | grep -qv starting"
+)
 VOLUMES = {"aurora-data": "data.img", "aurora-project": "project.img"}
 # Host ports the tests reach: nginx, and listeners the firewall must (not) let in.
 FORWARDS = {"http": 80, "https": 443, "probe8080": 8080, "probe5006": 5006, "probe9100": 9100}
@@ -205,8 +208,5 @@ def spec() -> HostSpec:
 @pytest.fixture(scope="session")
 def booted(machine: Machine) -> Machine:
     """The machine once boot has finished, whatever its outcome."""
-    machine.wait_until_succeeds(
-        "systemctl is-system-running --wait; systemctl is-system-running | grep -qv starting",
-        timeout=900,
-    )
+    machine.wait_until_succeeds(BOOT_FINISHED, timeout=900)
     return machine
