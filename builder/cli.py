@@ -141,6 +141,14 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from builder.verify import format_text, verify
+
+    result = verify(args.tag, progress=args.progress)
+    print(json.dumps(result.to_json(), indent=2) if args.json else format_text(result))
+    return 0 if result.identical else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aurora-image",
@@ -170,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TAG",
         help="instead record the Debian package set of image TAG (default: newest)",
     )
+    p = add("verify", cmd_verify, "rebuild TAG in an empty cache and compare bit for bit")
+    p.add_argument("tag", help="image tag in the store (or an image directory)")
+    p.add_argument("--progress", action="store_true", help="show mkosi steps")
     p = add("build", cmd_build, "build the image (render + mkosi) into images/<tag>/")
     p.add_argument("--progress", action="store_true", help="show mkosi steps even without a TTY")
     add("list", cmd_list, "list stored images, newest first, with size and attestation", False)

@@ -25,7 +25,7 @@ from builder.inputs import REPO, Inputs, collect
 from builder.lock import check_lock
 from builder.render import File, Tree, render
 from builder.spec import HostSpec, app_source_dir, load_spec
-from builder.tools import cache_dir
+from builder.tools import build_cache_dir, cache_dir
 from builder.tree import atomic_write, write_tree
 
 ARTIFACTS = ("aurora.raw", "aurora.vmlinuz", "aurora.initrd")
@@ -199,11 +199,11 @@ def build(spec_path: Path, *, progress: bool = True) -> BuiltImage:
     if (final / "manifest.json").exists():
         return BuiltImage(inputs.tag, final, reused=True, seconds=0.0)
 
-    work = cache_dir() / "work" / inputs.tag
+    work = build_cache_dir() / "work" / inputs.tag
     tree_dir = write_tree(tree, work / "tree")
     _stage_app(spec, spec_path, work / "stage", lock)
     sandbox = apt_sandbox(spec, spec_path, work / "sandbox")
-    output = cache_dir() / "out"
+    output = build_cache_dir() / "out"
     partial = store / f".{inputs.tag}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -232,7 +232,7 @@ def build(spec_path: Path, *, progress: bool = True) -> BuiltImage:
         (output / name).replace(partial / name)
     atomic_write(partial / "cmdline", (CMDLINE + "\n").encode())
     atomic_write(partial / RENDERED_TAR, rendered_tar(tree))
-    manifest = _manifest(spec, inputs, tree, output, partial)
+    manifest = _manifest(spec, spec_path, inputs, tree, output, partial)
     manifest["debian_lock"] = debian_lock.compare(manifest["debian_packages"])  # type: ignore[arg-type]
     note = debian_lock.warning(manifest["debian_lock"])  # type: ignore[arg-type]
     if note:
@@ -243,8 +243,19 @@ def build(spec_path: Path, *, progress: bool = True) -> BuiltImage:
     return BuiltImage(inputs.tag, final, reused=False, seconds=seconds)
 
 
+def _spec_ref(spec_path: Path) -> str:
+    """The spec as `verify` finds it again: repo-relative when it lives in the repo."""
+    path = spec_path.resolve()
+    return path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else str(path)
+
+
 def _manifest(
-    spec: HostSpec, inputs: Inputs, tree: Tree, output: Path, image_dir: Path
+    spec: HostSpec,
+    spec_path: Path,
+    inputs: Inputs,
+    tree: Tree,
+    output: Path,
+    image_dir: Path,
 ) -> dict[str, object]:
     artifacts = {}
     for name in ARTIFACTS:
@@ -254,6 +265,7 @@ def _manifest(
         "tag": inputs.tag,
         "release": spec.release,
         "hostname": spec.hostname,
+        "spec": _spec_ref(spec_path),
         "inputs": {"digest": inputs.digest, "files": inputs.files, "extra": inputs.extra},
         "source_date_epoch": inputs.source_date_epoch,
         "seed": inputs.seed,

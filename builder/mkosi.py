@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import BuildError
-from builder.tools import cache_dir, mkosi_command, uv_binary
+from builder.tools import build_cache_dir, cache_dir, mkosi_command, uv_binary
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,9 @@ class MkosiJob:
             "--build-sources", ",".join(f"{src}:{dst}" for src, dst in sources.items()),
             "--seed", self.seed,
             "--source-date-epoch", str(self.source_date_epoch),
-            "--cache-directory", str(cache / "mkosi-cache"),
+            "--cache-directory", str(build_cache_dir() / "mkosi-cache"),
             "--package-cache-dir", str(cache / "mkosi-pkgs"),
-            "--workspace-directory", str(cache / "workspace"),
+            "--workspace-directory", str(build_cache_dir() / "workspace"),
             "--output-directory", str(self.output_dir),
         ]  # fmt: skip
         for tree in self.sandbox_trees:
@@ -57,7 +57,7 @@ class MkosiJob:
 def run(job: MkosiJob, log_path: Path, *, progress: bool = True) -> float:
     """Run the build, streaming its output to `log_path`; return seconds taken."""
     command, env_extra = mkosi_command()
-    for path in (cache_dir() / "uv", cache_dir() / "workspace", job.output_dir):
+    for path in (cache_dir() / "uv", build_cache_dir() / "workspace", job.output_dir):
         path.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **env_extra}
     # mkosi must run with Debian's python; pyenv shims and venvs must not leak in.

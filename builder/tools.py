@@ -20,6 +20,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("AURORA_CACHE", "/var/cache/aurora-image"))
 
 
+def build_cache_dir() -> Path:
+    """mkosi's incremental cache, workspace and outputs: what `verify` starts empty.
+
+    Tools (mkosi, uv) and downloads (packages, wheels) stay in cache_dir(): they
+    are addressed by version and hash, so reusing them cannot change an image.
+    """
+    return Path(os.environ.get("AURORA_BUILD_CACHE", cache_dir()))
+
+
 def uv_binary() -> Path:
     candidates = [cache_dir() / "uvboot/bin/uv"]
     found = shutil.which("uv")

@@ -1,0 +1,166 @@
+"""`aurora-image verify TAG`: is the image reproducible from its inputs?
+
+Rebuilds the stored image from the checkout (whose inputs must digest to the
+same tag) with an empty mkosi cache and workspace, then compares the two
+disks. Where they differ, it says which partitions and which files, by
+extracting both ext4 trees with debugfs (no loop devices or root mounts), so
+each cause of non-determinism can be found and fixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from builder.errors import AuroraError
+from builder.gpt import partitions
+from builder.image import build, sha256_file
+from builder.inputs import REPO, collect
+from builder.spec import app_source_dir, load_spec
+from builder.store import resolve_image
+
+EXT4_LABELS = ("root-x86-64", "aurora-var")
+
+
+@dataclass
+class VerifyResult:
+    tag: str
+    identical: bool
+    artifacts: dict[str, tuple[str, str]]
+    partitions: dict[str, bool] = field(default_factory=dict)
+    files: dict[str, list[str]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "tag": self.tag,
+            "identical": self.identical,
+            "artifacts": {k: {"stored": a, "rebuilt": b} for k, (a, b) in self.artifacts.items()},
+            "partitions_identical": self.partitions,
+            "differing_files": self.files,
+        }
+
+
+@contextmanager
+def _env(**values: str) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _partition_digest(disk: Path, offset: int, size: int) -> str:
+    h = hashlib.sha256()
+    with disk.open("rb") as handle:
+        handle.seek(offset)
+        left = size
+        while left:
+            chunk = handle.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            h.update(chunk)
+            left -= len(chunk)
+    return h.hexdigest()
+
+
+def extract_ext4(disk: Path, offset: int, dest: Path) -> Path:
+    """Copy an ext4 partition's tree out of a disk image with debugfs."""
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["debugfs", "-R", f"rdump / {dest}", f"{disk}?offset={offset}"],
+        check=True,
+        capture_output=True,
+    )
+    return dest
+
+
+def _entries(root: Path) -> dict[str, Path]:
+    return {"/" + p.relative_to(root).as_posix(): p for p in root.rglob("*")}
+
+
+def _same(a: Path, b: Path) -> bool:
+    if a.is_symlink() or b.is_symlink():
+        return a.is_symlink() and b.is_symlink() and os.readlink(a) == os.readlink(b)
+    if a.is_dir() or b.is_dir():
+        return a.is_dir() and b.is_dir()
+    return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
+
+
+def differing_files(a: Path, b: Path, limit: int = 200) -> list[str]:
+    """Paths on one side only, or whose content, link target or type differs."""
+    left, right = _entries(a), _entries(b)
+    found = [
+        path
+        for path in sorted(left.keys() | right.keys())
+        if path not in left or path not in right or not _same(left[path], right[path])
+    ]
+    return found[:limit]
+
+
+def compare_disks(stored: Path, rebuilt: Path, scratch: Path) -> tuple[dict[str, bool], dict]:
+    """Per-partition equality, and the differing files of differing ext4 partitions."""
+    same: dict[str, bool] = {}
+    files: dict[str, list[str]] = {}
+    theirs = {p.label: p for p in partitions(rebuilt)}
+    for part in partitions(stored):
+        other = theirs.get(part.label)
+        equal = other is not None and _partition_digest(
+            stored, part.offset, part.size
+        ) == _partition_digest(rebuilt, other.offset, other.size)
+        same[part.label] = equal
+        if not equal and other is not None and part.label in EXT4_LABELS:
+            left = extract_ext4(stored, part.offset, scratch / "stored" / part.label)
+            right = extract_ext4(rebuilt, other.offset, scratch / "rebuilt" / part.label)
+            files[part.label] = differing_files(left, right)
+    return same, files
+
+
+def verify(ref: str, *, progress: bool = False) -> VerifyResult:
+    stored = resolve_image(ref)
+    manifest = json.loads((stored / "manifest.json").read_text())
+    spec_path = REPO / manifest.get("spec", "hosts/aurora.yml")
+    spec = load_spec(spec_path)
+    inputs = collect(spec, spec_path, app_source_dir(spec, spec_path))
+    if inputs.tag != manifest["tag"]:
+        raise AuroraError(
+            f"{manifest['tag']}: this checkout's inputs make {inputs.tag}; check out the "
+            "commit that built the image (and its locks), then verify again"
+        )
+    with tempfile.TemporaryDirectory(prefix="aurora-verify-", dir="/var/tmp") as tmp:
+        work = Path(tmp)
+        with _env(AURORA_BUILD_CACHE=str(work / "cache"), AURORA_IMAGES=str(work / "images")):
+            rebuilt = build(spec_path, progress=progress).path
+        artifacts = {
+            name: (info["sha256"], sha256_file(rebuilt / name))
+            for name, info in manifest["artifacts"].items()
+        }
+        identical = all(a == b for a, b in artifacts.values())
+        result = VerifyResult(manifest["tag"], identical, artifacts)
+        if artifacts["aurora.raw"][0] != artifacts["aurora.raw"][1]:
+            result.partitions, result.files = compare_disks(
+                stored / "aurora.raw", rebuilt / "aurora.raw", work / "trees"
+            )
+    return result
+
+
+def format_text(result: VerifyResult) -> str:
+    lines = [f"{result.tag}: {'bit-for-bit identical' if result.identical else 'DIFFERS'}"]
+    for name, (a, b) in result.artifacts.items():
+        lines.append(f"  {name}: {'same' if a == b else f'{a[:12]} != {b[:12]}'}")
+    for label, same in result.partitions.items():
+        lines.append(f"  partition {label}: {'same' if same else 'differs'}")
+        for path in result.files.get(label, []):
+            lines.append(f"    {path}")
+    return "\n".join(lines)
