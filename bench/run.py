@@ -1,7 +1,7 @@
 """Print the figures that matter to an operator: render, build, rebuild, boot,
 smoke suite. A benchmark, not a test: it asserts nothing and prints numbers.
 
-    python bench/run.py [--spec hosts/aurora.yml] [--cold] [--skip-boot]
+    python bench/run.py [--spec hosts/aurora.yml] [--cold] [--skip-boot] [--verify]
 
 --cold first empties the mkosi caches (the package cache stays), so the build
 figure includes the tools tree and the package install.
@@ -91,6 +91,9 @@ def main() -> None:
     parser.add_argument("--spec", type=Path, default=REPO / "hosts" / "aurora.yml")
     parser.add_argument("--cold", action="store_true")
     parser.add_argument("--skip-boot", action="store_true")
+    parser.add_argument(
+        "--verify", action="store_true", help="also rebuild in an empty cache and compare"
+    )
     args = parser.parse_args()
     spec_path = args.spec.resolve()
 
@@ -112,6 +115,12 @@ def main() -> None:
     if not args.skip_boot:
         bench_boot(image.path)
         bench_smoke(image.path)
+    if args.verify:
+        from builder.verify import format_text, verify
+
+        took, result = timed(verify, image.tag)
+        print(f"verify (rebuild in an empty build cache): {took:.0f} s")
+        print(format_text(result))
 
 
 if __name__ == "__main__":

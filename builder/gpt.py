@@ -3,6 +3,7 @@ inside a partition (e.g. with debugfs) without loop devices or root mounts."""
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import uuid
 from dataclasses import dataclass
@@ -54,3 +55,15 @@ def partition(image: Path, label: str) -> Partition:
         if part.label == label:
             return part
     raise KeyError(f"{image}: no partition labelled {label!r}")
+
+
+def partition_digest(image: Path, part: Partition) -> str:
+    """sha256 of one partition's bytes, read straight from the disk image."""
+    h = hashlib.sha256()
+    with image.open("rb") as disk:
+        disk.seek(part.offset)
+        left = part.size
+        while left and (chunk := disk.read(min(left, 1 << 20))):
+            h.update(chunk)
+            left -= len(chunk)
+    return h.hexdigest()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from builder import debian_lock, mkosi
 from builder.errors import BuildError
+from builder.gpt import partition, partition_digest
 from builder.inputs import REPO, Inputs, collect
 from builder.lock import check_lock
 from builder.render import File, Tree, render
@@ -243,6 +244,10 @@ def build(spec_path: Path, *, progress: bool = True) -> BuiltImage:
     return BuiltImage(inputs.tag, final, reused=False, seconds=seconds)
 
 
+def root_digest(disk: Path) -> str:
+    return partition_digest(disk, partition(disk, "root-x86-64"))
+
+
 def _spec_ref(spec_path: Path) -> str:
     """The spec as `verify` finds it again: repo-relative when it lives in the repo."""
     path = spec_path.resolve()
@@ -271,6 +276,8 @@ def _manifest(
         "seed": inputs.seed,
         "cmdline": CMDLINE,
         "artifacts": artifacts,
+        # The read-only root as shipped: a changed bit anywhere in it changes this.
+        "root_partition_sha256": root_digest(image_dir / "aurora.raw"),
         "rendered": rendered_manifest(tree),
         "debian_packages": debian_packages(output / "aurora.manifest"),
         "python_packages": python_packages(output / "python-packages.json"),

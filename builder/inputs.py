@@ -50,7 +50,8 @@ def _files(root: Path) -> list[Path]:
     if root.is_file():
         return [root]
     return sorted(
-        p for p in root.rglob("*")
+        p
+        for p in root.rglob("*")
         if (p.is_file() or p.is_symlink()) and "__pycache__" not in p.parts
     )
 
@@ -61,11 +62,7 @@ def digest_paths(paths: list[tuple[str, Path]]) -> dict[str, str]:
     for name, root in paths:
         for path in _files(root):
             key = name if path == root else f"{name}/{path.relative_to(root).as_posix()}"
-            data = (
-                f"symlink:{path.readlink()}".encode()
-                if path.is_symlink()
-                else path.read_bytes()
-            )
+            data = f"symlink:{path.readlink()}".encode() if path.is_symlink() else path.read_bytes()
             mode = "x" if path.is_file() and path.stat().st_mode & 0o111 else "-"
             digests[key] = hashlib.sha256(mode.encode() + data).hexdigest()
     return dict(sorted(digests.items()))

@@ -50,9 +50,21 @@ def write_lock(spec: HostSpec, lock: Path = LOCK_FILE) -> Path:
         req_in.write_text("\n".join(spec.dashboard.requirements) + "\n")
         out = Path(tmp) / "requirements.txt"
         cmd = [
-            *uv_command(), "pip", "compile", "--quiet", "--no-header", "--generate-hashes",
-            "--only-binary", ":all:", "--python-version", TARGET_PYTHON,
-            "--python-platform", TARGET_PLATFORM, str(req_in), "-o", str(out),
+            *uv_command(),
+            "pip",
+            "compile",
+            "--quiet",
+            "--no-header",
+            "--generate-hashes",
+            "--only-binary",
+            ":all:",
+            "--python-version",
+            TARGET_PYTHON,
+            "--python-platform",
+            TARGET_PLATFORM,
+            str(req_in),
+            "-o",
+            str(out),
         ]
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:

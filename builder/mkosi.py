@@ -84,7 +84,5 @@ def run(job: MkosiJob, log_path: Path, *, progress: bool = True) -> float:
         rc = proc.wait()
     if rc != 0:
         tail = log_path.read_text(errors="replace").splitlines()[-15:]
-        raise BuildError(
-            f"mkosi failed (exit {rc}); full log: {log_path}\n" + "\n".join(tail)
-        )
+        raise BuildError(f"mkosi failed (exit {rc}); full log: {log_path}\n" + "\n".join(tail))
     return time.monotonic() - start

@@ -159,19 +159,21 @@ def mirror_verify_config(spec: HostSpec) -> dict[str, object]:
     for stream in spec.source_sync.streams:
         if stream.mode != "incremental":
             continue
-        streams.append({
-            "name": stream.name,
-            "patterns": list(stream.patterns),
-            "source": {
-                "host": stream.host,
-                "user": stream.user or spec.user.name,
-                "path": stream.path,
-                "ssh": _ssh(stream.identity, spec),
-            },
-            "local": f"{s.raw_root}/{stream.dest}",
-            "gws": raw_dest.rstrip("/") + f"/{stream.dest}",
-            "settle": "local",
-        })
+        streams.append(
+            {
+                "name": stream.name,
+                "patterns": list(stream.patterns),
+                "source": {
+                    "host": stream.host,
+                    "user": stream.user or spec.user.name,
+                    "path": stream.path,
+                    "ssh": _ssh(stream.identity, spec),
+                },
+                "local": f"{s.raw_root}/{stream.dest}",
+                "gws": raw_dest.rstrip("/") + f"/{stream.dest}",
+                "settle": "local",
+            }
+        )
     return {
         "manifest_root": mv.manifest_root,
         "keep": mv.keep,
@@ -393,12 +395,20 @@ def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
     tree[f"/usr/local/bin/{MIRROR_VERIFY}"] = File(link=MIRROR_VERIFY_PROGRAM)
 
     if spec.tailscale.enabled:
-        put(f"{SYSTEM_UNITS}/aurora-tailscale-up.service", "tailscale-up.service.j2",
-            ts=spec.tailscale, hostname=spec.hostname)
+        put(
+            f"{SYSTEM_UNITS}/aurora-tailscale-up.service",
+            "tailscale-up.service.j2",
+            ts=spec.tailscale,
+            hostname=spec.hostname,
+        )
 
     installed = [s for s in spec.secrets if s.path]
-    put(f"{SYSTEM_UNITS}/aurora-credentials.service", "credentials.service.j2",
-        secrets=installed, home=spec.user.home)
+    put(
+        f"{SYSTEM_UNITS}/aurora-credentials.service",
+        "credentials.service.j2",
+        secrets=installed,
+        home=spec.user.home,
+    )
     creds = [
         {"name": s.name, "path": s.path, "mode": s.mode, "owner": s.owner, "format": s.format}
         for s in installed

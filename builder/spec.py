@@ -450,8 +450,11 @@ class HostSpec(Model):
     @field_validator("secrets", "mounts", "jobs")
     @classmethod
     def _unique_items(cls, items: list[Any], info: ValidationInfo) -> list[Any]:
-        key, what = {"secrets": ("name", "secret"), "mounts": ("where", "mount point"),
-                     "jobs": ("name", "job")}[info.field_name or ""]
+        key, what = {
+            "secrets": ("name", "secret"),
+            "mounts": ("where", "mount point"),
+            "jobs": ("name", "job"),
+        }[info.field_name or ""]
         _unique(items, key, what)
         return items
 

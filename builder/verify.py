@@ -9,7 +9,6 @@ each cause of non-determinism can be found and fixed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import AuroraError
-from builder.gpt import partitions
+from builder.gpt import partition_digest, partitions
 from builder.image import build, sha256_file
 from builder.inputs import REPO, collect
 from builder.spec import app_source_dir, load_spec
@@ -59,20 +58,6 @@ def _env(**values: str) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-def _partition_digest(disk: Path, offset: int, size: int) -> str:
-    h = hashlib.sha256()
-    with disk.open("rb") as handle:
-        handle.seek(offset)
-        left = size
-        while left:
-            chunk = handle.read(min(left, 1 << 20))
-            if not chunk:
-                break
-            h.update(chunk)
-            left -= len(chunk)
-    return h.hexdigest()
 
 
 def extract_ext4(disk: Path, offset: int, dest: Path) -> Path:
@@ -116,9 +101,9 @@ def compare_disks(stored: Path, rebuilt: Path, scratch: Path) -> tuple[dict[str,
     theirs = {p.label: p for p in partitions(rebuilt)}
     for part in partitions(stored):
         other = theirs.get(part.label)
-        equal = other is not None and _partition_digest(
-            stored, part.offset, part.size
-        ) == _partition_digest(rebuilt, other.offset, other.size)
+        equal = other is not None and partition_digest(stored, part) == partition_digest(
+            rebuilt, other
+        )
         same[part.label] = equal
         if not equal and other is not None and part.label in EXT4_LABELS:
             left = extract_ext4(stored, part.offset, scratch / "stored" / part.label)
