@@ -41,7 +41,7 @@ test: image ## everything: lint, unit tests, then the QEMU smoke suite on the im
 	$(RUN) pytest tests/unit tests/vm -v
 
 bench: setup ## print render, build, boot and smoke-suite figures
-	$(RUN) python bench/run.py --spec $(SPEC)
+	$(RUN) python -u bench/run.py --spec $(SPEC)
 
 clean: ## remove build/ and images/ (the caches in $(AURORA_CACHE) stay)
 	rm -rf build images

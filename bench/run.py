@@ -25,7 +25,7 @@ from builder.image import build  # noqa: E402
 from builder.render import render  # noqa: E402
 from builder.spec import load_spec  # noqa: E402
 from builder.tools import cache_dir  # noqa: E402
-from builder.vm import BootImage, Machine  # noqa: E402
+from builder.vm import BootImage, Machine, scratch_volumes  # noqa: E402
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, object]:
@@ -39,8 +39,10 @@ def bench_render(spec_path: Path, rounds: int = 20) -> None:
     for _ in range(rounds):
         took, _ = timed(lambda: render(load_spec(spec_path)))
         times.append(took)
-    print(f"render (load + validate + render), median of {rounds}: "
-          f"{statistics.median(times) * 1000:.1f} ms")
+    print(
+        f"render (load + validate + render), median of {rounds}: "
+        f"{statistics.median(times) * 1000:.1f} ms"
+    )
 
 
 def one_line_change(spec_path: Path, workdir: Path) -> Path:
@@ -58,9 +60,20 @@ def one_line_change(spec_path: Path, workdir: Path) -> Path:
     return out
 
 
-def bench_boot(image_dir: Path) -> None:
+def bench_boot(image_dir: Path, spec_path: Path) -> None:
+    labels = [
+        m.what.removeprefix("LABEL=")
+        for m in load_spec(spec_path).mounts
+        if m.what.startswith("LABEL=")
+    ]
     with tempfile.TemporaryDirectory() as tmp:
-        vm = Machine(BootImage.from_dir(image_dir), Path(tmp), host_forwards={"http": 80})
+        drives = scratch_volumes(labels, Path(tmp))
+        vm = Machine(
+            BootImage.from_dir(image_dir),
+            Path(tmp),
+            host_forwards={"http": 80},
+            extra_drives=drives,
+        )
         start = time.perf_counter()
         with vm:  # starts QEMU
             vm.wait_for_ssh(timeout=900)
@@ -113,7 +126,7 @@ def main() -> None:
     size = sum(p.stat().st_blocks * 512 for p in image.path.iterdir())
     print(f"image directory on disk: {size / 2**30:.2f} GiB")
     if not args.skip_boot:
-        bench_boot(image.path)
+        bench_boot(image.path, spec_path)
         bench_smoke(image.path)
     if args.verify:
         from builder.verify import format_text, verify

@@ -264,6 +264,18 @@ def make_overlay(image: BootImage, path: Path) -> Path:
     return path
 
 
+def scratch_volumes(labels: Sequence[str], workdir: Path, size: str = "1G") -> list[Path]:
+    """Blank ext4 disks with the given labels: stand-ins for the persistent volumes
+    (the image mounts its volumes by label, so it cannot tell the difference)."""
+    drives = []
+    for label in labels:
+        path = workdir / f"{label}.img"
+        subprocess.run(["truncate", "-s", size, str(path)], check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-L", label, str(path)], check=True)
+        drives.append(path)
+    return drives
+
+
 def free_port() -> int:
     """A currently free loopback TCP port (QEMU binds it moments later)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

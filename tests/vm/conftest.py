@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,13 +29,14 @@ from builder.errors import AuroraError
 from builder.image import images_dir, newest_image
 from builder.spec import HostSpec, load_spec
 from builder.store import FAILING, write_attestation
-from builder.vm import BootImage, Machine, boot, free_port
+from builder.vm import BootImage, Machine, boot, free_port, scratch_volumes
 
 SPEC = Path(__file__).resolve().parents[2] / "hosts" / "aurora.yml"
 BOOT_FINISHED = (
     "systemctl is-system-running --wait; systemctl is-system-running | grep -qv starting"
 )
-VOLUMES = {"aurora-data": "data.img", "aurora-project": "project.img"}
+# The default spec mounts its two volumes by these labels.
+VOLUMES = ("aurora-data", "aurora-project")
 # Host ports the tests reach: nginx, and listeners the firewall must (not) let in.
 FORWARDS = {"http": 80, "https": 443, "probe8080": 8080, "probe5006": 5006, "probe9100": 9100}
 # QEMU's user-mode network shows the host's loopback to the guest as 10.0.2.2.
@@ -154,12 +154,6 @@ def _image_dir() -> Path:
     return path if path.is_dir() else images_dir() / chosen
 
 
-def _volume(path: Path, label: str) -> Path:
-    subprocess.run(["truncate", "-s", "1G", str(path)], check=True)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", label, str(path)], check=True)
-    return path
-
-
 @pytest.fixture(scope="session")
 def image_dir() -> Path:
     path = _image_dir()
@@ -173,7 +167,7 @@ def machine(
     image_dir: Path, tmp_path_factory: pytest.TempPathFactory, mailbox: tuple[Mailbox, int]
 ) -> Iterator[Machine]:
     work = tmp_path_factory.mktemp("vm")
-    drives = [_volume(work / name, label) for label, name in VOLUMES.items()]
+    drives = scratch_volumes(VOLUMES, work)
     relay = {
         "host": HOST_FROM_GUEST,
         "port": mailbox[1],
