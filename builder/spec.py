@@ -8,6 +8,7 @@ path and the fix, on one line.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -17,8 +18,6 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
-    field_validator,
     model_validator,
 )
 
@@ -71,13 +70,21 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
-def _unique(items: list[Any], key: str, what: str) -> None:
-    seen: dict[str, int] = {}
-    for index, item in enumerate(items):
-        value = getattr(item, key)
-        if value in seen:
-            raise ValueError(f"duplicate {what} {value!r} at [{index}] (first at [{seen[value]}])")
-        seen[value] = index
+def _unique_by(key: str, what: str) -> Callable[[list[Any]], list[Any]]:
+    """A list validator: items must differ in `key` (errors point at the list)."""
+
+    def check(items: list[Any]) -> list[Any]:
+        seen: dict[str, int] = {}
+        for index, item in enumerate(items):
+            value = getattr(item, key)
+            if value in seen:
+                raise ValueError(
+                    f"duplicate {what} {value!r} at [{index}] (first at [{seen[value]}])"
+                )
+            seen[value] = index
+        return items
+
+    return check
 
 
 class User(Model):
@@ -226,13 +233,7 @@ class Stream(Model):
 
 class SourceSync(Model):
     defaults: SyncDefaults = SyncDefaults()
-    streams: list[Stream]
-
-    @field_validator("streams")
-    @classmethod
-    def _unique_streams(cls, streams: list[Stream]) -> list[Stream]:
-        _unique(streams, "name", "stream name")
-        return streams
+    streams: Annotated[list[Stream], AfterValidator(_unique_by("name", "stream name"))]
 
 
 class Mount(Model):
@@ -315,14 +316,8 @@ class Gws(Model):
     log_dir: AbsPath
     timeout: TimeSpan = "6h"
     jitter: TimeSpan = "60s"
-    jobs: list[GwsJob]
+    jobs: Annotated[list[GwsJob], AfterValidator(_unique_by("name", "GWS job name"))]
     mount: GwsMount
-
-    @field_validator("jobs")
-    @classmethod
-    def _unique_jobs(cls, jobs: list[GwsJob]) -> list[GwsJob]:
-        _unique(jobs, "name", "GWS job name")
-        return jobs
 
 
 class Settle(Model):
@@ -437,26 +432,15 @@ class HostSpec(Model):
     tailscale: Tailscale = Tailscale()
     storage: Storage
     firewall: Firewall
-    mounts: list[Mount] = []
+    mounts: Annotated[list[Mount], AfterValidator(_unique_by("where", "mount point"))] = []
     dashboard: Dashboard
     environment: dict[EnvName, str] = {}
     nginx: Nginx
     source_sync: SourceSync
-    jobs: list[Job] = []
+    jobs: Annotated[list[Job], AfterValidator(_unique_by("name", "job"))] = []
     gws: Gws
     mirror_verify: MirrorVerify
-    secrets: list[Secret] = []
-
-    @field_validator("secrets", "mounts", "jobs")
-    @classmethod
-    def _unique_items(cls, items: list[Any], info: ValidationInfo) -> list[Any]:
-        key, what = {
-            "secrets": ("name", "secret"),
-            "mounts": ("where", "mount point"),
-            "jobs": ("name", "job"),
-        }[info.field_name or ""]
-        _unique(items, key, what)
-        return items
+    secrets: Annotated[list[Secret], AfterValidator(_unique_by("name", "secret"))] = []
 
 
 def _format_loc(loc: tuple[str | int, ...]) -> str:

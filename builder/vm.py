@@ -418,6 +418,7 @@ class Machine:
         extra_drives: Sequence[Path] = (),
         overlay: Path | None = None,
         uuid: str | None = None,
+        ssh_key: Path | None = None,
     ) -> None:
         self.image = image
         self.workdir = Path(workdir).absolute()
@@ -441,6 +442,9 @@ class Machine:
         self.qemu_log = self.workdir / "qemu.log"
         self.ssh_config = self.workdir / "ssh_config"
         self.ssh_key = self.workdir / "id_ed25519"
+        # An operator's existing key (e.g. the same one across reboots of one
+        # disk: systemd provisions root's authorized_keys only when absent).
+        self._given_key = Path(ssh_key) if ssh_key else None
         self._socket_dir: Path | None = None
         self._ports: dict[str, int] = {}
         self._proc: subprocess.Popen[bytes] | None = None
@@ -484,6 +488,11 @@ class Machine:
         return self._qmp
 
     def _generate_key(self) -> str:
+        if self._given_key is not None:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(self._given_key, self.ssh_key)
+            shutil.copy2(self._given_key.with_suffix(".pub"), self.ssh_key.with_suffix(".pub"))
+            return self.ssh_key.with_suffix(".pub").read_text()
         for p in (self.ssh_key, self.ssh_key.with_suffix(".pub")):
             p.unlink(missing_ok=True)
         subprocess.run(

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -64,3 +65,19 @@ class ConfiguredRun:
             env={**os.environ, **(env or {})},
             check=False,
         )
+
+
+Mutation = Callable[[dict[str, Any]], None]
+
+
+def drop(key: str) -> Mutation:
+    """A config change for the bad-config tests: remove a key."""
+    return lambda config: config.pop(key)
+
+
+def set_key(key: str, value: Any) -> Mutation:
+    return lambda config: config.update({key: value})
+
+
+def set_ssh(key: str, value: Any) -> Mutation:
+    return lambda config: config["ssh"].update({key: value})

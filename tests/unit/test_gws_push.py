@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import pytest
 
 from tests import sshd
-from tests.programs import ConfiguredRun, load_program
+from tests.programs import ConfiguredRun, drop, load_program, set_key, set_ssh
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = ROOT / "mkosi.extra/usr/lib/aurora/aurora-gws-push"
@@ -452,42 +452,30 @@ def test_program_name_without_job_is_a_usage_error(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------
 
 
-def _drop(key: str) -> Callable[[dict[str, Any]], None]:
-    return lambda config: config.pop(key)
-
-
-def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
-    return lambda config: config.update({key: value})
-
-
-def _set_ssh(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
-    return lambda config: config["ssh"].update({key: value})
-
-
 @pytest.mark.parametrize(
     ("mutate", "key"),
     [
-        (_drop("dest"), "'dest'"),
-        (_drop("excludes"), "'excludes'"),
-        (_set("source", "relative/products/"), "'source'"),
-        (_set("dest", "gws/relative"), "'dest'"),
-        (_set("hosts", []), "'hosts'"),
-        (_set("hosts", "xfer-vm-03.jasmin.ac.uk"), "'hosts'"),
-        (_set("hosts", ["xfer-vm-03.jasmin.ac.uk:0"]), "'hosts'"),
-        (_set("hosts", ["xfer-vm-03:ssh"]), "'hosts'"),
-        (_set("hosts", ["-oProxyCommand=touch /tmp/pwned"]), "'hosts'"),
-        (_set("user", "rrniii@xfer"), "'user'"),
-        (_set("excludes", "wxcam/"), "'excludes'"),
-        (_set("rsync_options", [""]), "'rsync_options'"),
-        (_set("log_dir", None), "'log_dir'"),
-        (_set("lock_file", "run/gws.lock"), "'lock_file'"),
-        (_set("host", "typo"), "'host'"),
-        (_set("ssh", None), "'ssh'"),
-        (_set_ssh("port", True), "'ssh.port'"),
-        (_set_ssh("port", 70000), "'ssh.port'"),
-        (_set_ssh("identity", "id_rsa"), "'ssh.identity'"),
-        (_set_ssh("options", "BatchMode=yes"), "'ssh.options'"),
-        (_set_ssh("ciphers", []), "'ssh.ciphers'"),
+        (drop("dest"), "'dest'"),
+        (drop("excludes"), "'excludes'"),
+        (set_key("source", "relative/products/"), "'source'"),
+        (set_key("dest", "gws/relative"), "'dest'"),
+        (set_key("hosts", []), "'hosts'"),
+        (set_key("hosts", "xfer-vm-03.jasmin.ac.uk"), "'hosts'"),
+        (set_key("hosts", ["xfer-vm-03.jasmin.ac.uk:0"]), "'hosts'"),
+        (set_key("hosts", ["xfer-vm-03:ssh"]), "'hosts'"),
+        (set_key("hosts", ["-oProxyCommand=touch /tmp/pwned"]), "'hosts'"),
+        (set_key("user", "rrniii@xfer"), "'user'"),
+        (set_key("excludes", "wxcam/"), "'excludes'"),
+        (set_key("rsync_options", [""]), "'rsync_options'"),
+        (set_key("log_dir", None), "'log_dir'"),
+        (set_key("lock_file", "run/gws.lock"), "'lock_file'"),
+        (set_key("host", "typo"), "'host'"),
+        (set_key("ssh", None), "'ssh'"),
+        (set_ssh("port", True), "'ssh.port'"),
+        (set_ssh("port", 70000), "'ssh.port'"),
+        (set_ssh("identity", "id_rsa"), "'ssh.identity'"),
+        (set_ssh("options", "BatchMode=yes"), "'ssh.options'"),
+        (set_ssh("ciphers", []), "'ssh.ciphers'"),
         (lambda c: c["ssh"].pop("known_hosts"), "'ssh.known_hosts'"),
     ],
 )

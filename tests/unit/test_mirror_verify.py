@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests import sshd
+from tests.programs import drop, set_key
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = ROOT / "mkosi.extra/usr/lib/aurora/aurora-mirror-verify"
@@ -485,22 +486,14 @@ def test_nothing_writable_exits_1(site: Site) -> None:
 # --------------------------------------------------------------------------
 
 
-def _drop(key: str) -> Callable[[dict[str, Any]], None]:
-    return lambda config: config.pop(key)
-
-
-def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
-    return lambda config: config.update({key: value})
-
-
 @pytest.mark.parametrize(
     ("mutate", "key"),
     [
-        (_drop("manifest_root"), "'manifest_root'"),
-        (_set("keep", 0), "'keep'"),
-        (_set("keep", True), "'keep'"),
-        (_set("lock_file", "relative.lock"), "'lock_file'"),
-        (_set("extra", 1), "'extra'"),
+        (drop("manifest_root"), "'manifest_root'"),
+        (set_key("keep", 0), "'keep'"),
+        (set_key("keep", True), "'keep'"),
+        (set_key("lock_file", "relative.lock"), "'lock_file'"),
+        (set_key("extra", 1), "'extra'"),
         (lambda c: c["settle_seconds"].pop("gws"), "'settle_seconds.gws'"),
         (lambda c: c["checksum"].update(mode="some"), "'checksum.mode'"),
         (lambda c: c["checksum"].update(spot_modulus=0), "'checksum.spot_modulus'"),
@@ -517,7 +510,7 @@ def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
             "'streams[0].source.ssh.known_hosts'",
         ),
         (lambda c: c["streams"].append(dict(c["streams"][0])), "'streams[1].name'"),
-        (_set("streams", []), "'streams'"),
+        (set_key("streams", []), "'streams'"),
     ],
 )
 def test_bad_config_is_a_one_line_error_naming_file_and_key(

@@ -49,9 +49,7 @@ ALLOWED: dict[tuple[tuple[str, ...], str], str] = {
 
 
 def _allowed(name: str, key: str) -> bool:
-    return any(
-        key == k and any(fnmatch(name, g) for g in globs) for globs, k in ALLOWED
-    )
+    return any(key == k and any(fnmatch(name, g) for g in globs) for globs, k in ALLOWED)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import pytest
 
 from tests import sshd
-from tests.programs import ConfiguredRun
+from tests.programs import ConfiguredRun, drop, set_key, set_ssh
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = ROOT / "mkosi.extra/usr/lib/aurora/aurora-source-sync"
@@ -373,31 +373,19 @@ def test_program_name_without_stream_is_a_usage_error(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------
 
 
-def _drop(key: str) -> Callable[[dict[str, Any]], None]:
-    return lambda config: config.pop(key)
-
-
-def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
-    return lambda config: config.update({key: value})
-
-
-def _set_ssh(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
-    return lambda config: config["ssh"].update({key: value})
-
-
 @pytest.mark.parametrize(
     ("mutate", "key"),
     [
-        (_drop("source_dir"), "'source_dir'"),
-        (_set("dest_dir", "relative/raw"), "'dest_dir'"),
-        (_set("mode", "copy"), "'mode'"),
-        (_set("patterns", []), "'patterns'"),
-        (_set("lookback_days", "10"), "'lookback_days'"),
-        (_set("start_fresh", 1), "'start_fresh'"),
-        (_set("stamp_regex", r"_\d{12}\.dat$"), "'min_stamp'"),
+        (drop("source_dir"), "'source_dir'"),
+        (set_key("dest_dir", "relative/raw"), "'dest_dir'"),
+        (set_key("mode", "copy"), "'mode'"),
+        (set_key("patterns", []), "'patterns'"),
+        (set_key("lookback_days", "10"), "'lookback_days'"),
+        (set_key("start_fresh", 1), "'start_fresh'"),
+        (set_key("stamp_regex", r"_\d{12}\.dat$"), "'min_stamp'"),
         (lambda c: c.update(stamp_regex=r"_\d{12}", min_stamp="1"), "'stamp_regex'"),
-        (_set("sourcedir", "/typo"), "'sourcedir'"),
-        (_set_ssh("port", "22"), "'ssh.port'"),
+        (set_key("sourcedir", "/typo"), "'sourcedir'"),
+        (set_ssh("port", "22"), "'ssh.port'"),
         (lambda c: c["ssh"].pop("known_hosts"), "'ssh.known_hosts'"),
     ],
 )

@@ -20,7 +20,14 @@ def test_the_aurora_spec_is_valid() -> None:
     spec = load_spec(SPEC)
     assert spec.hostname == "data.gamb2le.co.uk"
     assert [s.name for s in spec.source_sync.streams] == [
-        "cl61", "radar", "hatpro", "vaisalamet", "asfs-logger", "asfs-fast-sonic", "power", "wxcam"
+        "cl61",
+        "radar",
+        "hatpro",
+        "vaisalamet",
+        "asfs-logger",
+        "asfs-fast-sonic",
+        "power",
+        "wxcam",
     ]
 
 
@@ -46,19 +53,48 @@ CASES = [
     ("  port: 5006", "  port: lots", "dashboard.port", "integer", "port: lots"),
     ("  entry: app.py\n", "", None, None, None),
     ("      label: CL61\n", "", "source_sync.streams[0].label", "missing", "- name: cl61"),
-    ("    every: 2min", "    every: fast", "source_sync.defaults.every", "time span",
-     "every: fast"),
-    ("  keep_alive: 15s", "  keep_alive: 15 parsecs", "dashboard.keep_alive", "time span",
-     "keep_alive:"),
-    ("    - name: radar", "    - name: cl61", "source_sync.streams", "duplicate stream name",
-     "  streams:"),
-    ("  raw_root: /project/aurora/raw", "  raw_root: project/aurora/raw", "storage.raw_root",
-     "absolute", "raw_root:"),
-    ("      dest: cl61", "      dest: ../cl61", "source_sync.streams[0].dest", "relative",
-     "dest: ../cl61"),
-    ("  OPS_ALERT_TRANSPORT: auto", "  OPS_ALERT_SMTP_PASSWORD: hunter2",
-     "environment.OPS_ALERT_SMTP_PASSWORD",
-     "secret", "OPS_ALERT_SMTP_PASSWORD"),
+    (
+        "    every: 2min",
+        "    every: fast",
+        "source_sync.defaults.every",
+        "time span",
+        "every: fast",
+    ),
+    (
+        "  keep_alive: 15s",
+        "  keep_alive: 15 parsecs",
+        "dashboard.keep_alive",
+        "time span",
+        "keep_alive:",
+    ),
+    (
+        "    - name: radar",
+        "    - name: cl61",
+        "source_sync.streams",
+        "duplicate stream name",
+        "  streams:",
+    ),
+    (
+        "  raw_root: /project/aurora/raw",
+        "  raw_root: project/aurora/raw",
+        "storage.raw_root",
+        "absolute",
+        "raw_root:",
+    ),
+    (
+        "      dest: cl61",
+        "      dest: ../cl61",
+        "source_sync.streams[0].dest",
+        "relative",
+        "dest: ../cl61",
+    ),
+    (
+        "  OPS_ALERT_TRANSPORT: auto",
+        "  OPS_ALERT_SMTP_PASSWORD: hunter2",
+        "environment.OPS_ALERT_SMTP_PASSWORD",
+        "secret",
+        "OPS_ALERT_SMTP_PASSWORD",
+    ),
     ("  every: 2min", "  every: 2min\n    jitter: 45s", None, "duplicate key", "jitter: 30s"),
 ]
 

@@ -327,7 +327,8 @@ def test_vm_conftest_attests_the_image_it_used(store: Path, tmp_path: Path) -> N
     suite = tmp_path / "suite"
     suite.mkdir()
     shutil.copy(REPO / "tests" / "vm" / "conftest.py", suite / "conftest.py")
-    (suite / "test_fake.py").write_text(textwrap.dedent("""
+    (suite / "test_fake.py").write_text(
+        textwrap.dedent("""
         import os
 
         def test_one(image_dir):
@@ -335,14 +336,13 @@ def test_vm_conftest_attests_the_image_it_used(store: Path, tmp_path: Path) -> N
 
         def test_two(image_dir):
             assert os.environ.get("FAIL") != "1"
-    """))
+    """)
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO), "AURORA_IMAGE": tag}
 
     def pytest_run(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
         argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
-        return subprocess.run(
-            argv, cwd=suite, env={**env, **extra}, capture_output=True, text=True
-        )
+        return subprocess.run(argv, cwd=suite, env={**env, **extra}, capture_output=True, text=True)
 
     result = pytest_run(str(suite))
     assert result.returncode == 0, result.stdout + result.stderr

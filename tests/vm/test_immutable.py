@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.vm import BootImage, Machine, boot, make_overlay
-from tests.vm.conftest import BOOT_FINISHED
+from builder.vm import BootImage, Machine, boot, make_overlay, scratch_volumes
+from tests.vm.conftest import BOOT_FINISHED, VOLUMES
 
 TREE_DIGEST = (
     "find /usr /etc -xdev \\( -type f -o -type l \\) -printf '%p %s %m %l\\n' | sort | sha256sum"
@@ -37,11 +37,20 @@ def two_boots(image_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     work = tmp_path_factory.mktemp("reboot")
     image = BootImage.from_dir(image_dir)
     overlay = make_overlay(image, work / "disk.qcow2")
+    volumes = scratch_volumes(VOLUMES, work)
     raw_before = hashlib.sha256((image_dir / "aurora.raw").read_bytes()[: 1 << 24]).hexdigest()
     uuid = "6f1c2a6e-5b7d-4c1e-9a55-0d2f3b4c5d6e"
     seen: list[dict] = []
     for index in range(2):
-        vm = boot(image, work / f"boot{index}", ssh_timeout=900, overlay=overlay, uuid=uuid)
+        vm = boot(
+            image,
+            work / f"boot{index}",
+            ssh_timeout=900,
+            overlay=overlay,
+            uuid=uuid,
+            extra_drives=volumes,
+            ssh_key=None if index == 0 else work / "boot0" / "id_ed25519",
+        )
         with vm:
             vm.wait_until_succeeds(BOOT_FINISHED, timeout=900)
             record = _snapshot(vm)
