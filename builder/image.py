@@ -111,7 +111,9 @@ def _stage_app(spec: HostSpec, spec_path: Path, stage: Path, lock: Path) -> None
             )
         shutil.copytree(local, stage / "app", ignore=shutil.ignore_patterns("__pycache__"))
     else:
-        _checkout_git(spec.dashboard.app.git or "", spec.dashboard.app.ref or "", stage / "app")
+        _checkout_git(
+            spec.dashboard.app.git or "", spec.dashboard.app.ref or "", stage / "app", spec_path
+        )
     shutil.copy2(lock, stage / "requirements.txt")
     # The build host's CA bundle, so the install inside the image trusts the
     # same TLS path to PyPI as the host (proxies with their own CA included).
@@ -121,14 +123,17 @@ def _stage_app(spec: HostSpec, spec_path: Path, stage: Path, lock: Path) -> None
         shutil.copy2(bundle, stage / "ca-certificates.crt")
 
 
-def _checkout_git(url: str, ref: str, dest: Path) -> None:
+def _checkout_git(url: str, ref: str, dest: Path, spec_path: Path) -> None:
     mirror = cache_dir() / "git" / hashlib.sha256(url.encode()).hexdigest()[:16]
 
     def git(*args: str, cwd: Path | None = None) -> None:
         result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
         if result.returncode != 0:
             msg = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise BuildError(f"dashboard.app.git: git {args[0]} {url} failed: {msg}")
+            raise BuildError(
+                f"{spec_path}: dashboard.app: git {args[0]} of {url} failed ({msg}); "
+                "check the URL and that 'ref' is a commit in it"
+            )
 
     if not mirror.exists():
         mirror.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +141,7 @@ def _checkout_git(url: str, ref: str, dest: Path) -> None:
     else:
         git("fetch", "--quiet", "--prune", "origin", cwd=mirror)
     git("clone", "--quiet", "--no-checkout", str(mirror), str(dest))
-    git("-c", "advice.detachedHead=false", "checkout", "--quiet", ref, cwd=dest)
+    git("checkout", "--quiet", ref, cwd=dest)
     shutil.rmtree(dest / ".git")
 
 
