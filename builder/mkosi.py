@@ -63,6 +63,8 @@ def run(job: MkosiJob, log_path: Path, *, progress: bool = True) -> float:
     # mkosi must run with Debian's python; pyenv shims and venvs must not leak in.
     env.pop("VIRTUAL_ENV", None)
     env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    # ext4's directory hash seed is random by default: derive it from the inputs.
+    env["SYSTEMD_REPART_MKFS_OPTIONS_EXT4"] = f"-E hash_seed={job.seed}"
     start = time.monotonic()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as log:

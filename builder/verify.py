@@ -80,11 +80,17 @@ def _same(a: Path, b: Path) -> bool:
         return a.is_symlink() and b.is_symlink() and os.readlink(a) == os.readlink(b)
     if a.is_dir() or b.is_dir():
         return a.is_dir() and b.is_dir()
-    return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
+    sa, sb = a.stat(), b.stat()
+    return (
+        sa.st_size == sb.st_size
+        and int(sa.st_mtime) == int(sb.st_mtime)
+        and sa.st_mode == sb.st_mode
+        and a.read_bytes() == b.read_bytes()
+    )
 
 
 def differing_files(a: Path, b: Path, limit: int = 200) -> list[str]:
-    """Paths on one side only, or whose content, link target or type differs."""
+    """Paths on one side only, or whose content, mtime, mode, link target or type differs."""
     left, right = _entries(a), _entries(b)
     found = [
         path
@@ -146,6 +152,11 @@ def format_text(result: VerifyResult) -> str:
         lines.append(f"  {name}: {'same' if a == b else f'{a[:12]} != {b[:12]}'}")
     for label, same in result.partitions.items():
         lines.append(f"  partition {label}: {'same' if same else 'differs'}")
+        if not same and label in result.files and not result.files[label]:
+            lines.append(
+                "    same files, contents, modes and mtimes: the difference is file-system"
+                " metadata (UUIDs, hash seed, inode layout, superblock times)"
+            )
         for path in result.files.get(label, []):
             lines.append(f"    {path}")
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -13,6 +14,7 @@ def _ext4(tmp_path: Path, name: str, files: dict[str, str]) -> Path:
     for rel, text in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
+        os.utime(root / rel, (1000, 1000))  # same times on both sides unless a test says not
     image = tmp_path / f"{name}.ext4"
     subprocess.run(["truncate", "-s", "8M", str(image)], check=True)
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(root), str(image)], check=True)
@@ -39,3 +41,10 @@ def test_same_size_different_content_is_caught(tmp_path: Path) -> None:
     left = extract_ext4(_ext4(tmp_path, "a", {"etc/seed": "aaaa"}), 0, tmp_path / "left")
     right = extract_ext4(_ext4(tmp_path, "b", {"etc/seed": "bbbb"}), 0, tmp_path / "right")
     assert differing_files(left, right) == ["/etc/seed"]
+
+
+def test_mtime_difference_is_reported(tmp_path: Path) -> None:
+    left = extract_ext4(_ext4(tmp_path, "a", {"etc/x": "1"}), 0, tmp_path / "left")
+    right = extract_ext4(_ext4(tmp_path, "b", {"etc/x": "1"}), 0, tmp_path / "right")
+    os.utime(right / "etc/x", (1, 1))
+    assert differing_files(left, right) == ["/etc/x"]
