@@ -30,7 +30,8 @@ def _spec_with_app(tmp_path: Path, app: dict[str, str]) -> Path:
     return path
 
 
-def test_git_app_is_checked_out_at_the_pinned_commit(tmp_path: Path, monkeypatch) -> None:
+def _origin(tmp_path: Path, monkeypatch) -> Path:
+    """A git repository with one commit of app.py, and a private build cache."""
     monkeypatch.setenv("AURORA_CACHE", str(tmp_path / "cache"))
     origin = tmp_path / "origin"
     origin.mkdir()
@@ -38,6 +39,11 @@ def test_git_app_is_checked_out_at_the_pinned_commit(tmp_path: Path, monkeypatch
     (origin / "app.py").write_text("VERSION = 1\n")
     _git("add", ".", cwd=origin)
     _git("commit", "-qm", "one", cwd=origin)
+    return origin
+
+
+def test_git_app_is_checked_out_at_the_pinned_commit(tmp_path: Path, monkeypatch) -> None:
+    origin = _origin(tmp_path, monkeypatch)
     pinned = _git("rev-parse", "HEAD", cwd=origin)
     (origin / "app.py").write_text("VERSION = 2\n")
     _git("commit", "-qam", "two", cwd=origin)
@@ -53,13 +59,7 @@ def test_git_app_is_checked_out_at_the_pinned_commit(tmp_path: Path, monkeypatch
 
 
 def test_unknown_commit_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("AURORA_CACHE", str(tmp_path / "cache"))
-    origin = tmp_path / "origin"
-    origin.mkdir()
-    _git("init", "-q", "-b", "main", cwd=origin)
-    (origin / "app.py").write_text("x\n")
-    _git("add", ".", cwd=origin)
-    _git("commit", "-qm", "one", cwd=origin)
+    origin = _origin(tmp_path, monkeypatch)
     spec_path = _spec_with_app(tmp_path, {"git": f"file://{origin}", "ref": "0" * 40})
     lock = tmp_path / "requirements.txt"
     lock.write_text("")
