@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import time
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -296,6 +295,3 @@ def newest_image() -> Path:
         raise BuildError(f"no image in {images_dir()}; run `make image` first")
     return max(candidates, key=lambda p: p.stat().st_mtime).parent
 
-
-def elapsed(start: float) -> str:
-    return f"{time.monotonic() - start:.1f}s"

@@ -20,7 +20,7 @@ def test_render_is_deterministic() -> None:
 
 
 def test_every_stream_config_is_accepted_by_the_sync_program() -> None:
-    program = _program("aurora-source-sync")
+    program = load_program("aurora-source-sync")
     tree = render(load_spec(SPEC))
     configs = {p: e for p, e in tree.items() if p.startswith(SYNC_CONFIG_DIR + "/")}
     assert len(configs) == 8
@@ -76,12 +76,8 @@ def test_write_tree_replaces_atomically(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["render"]
 
 
-def _program(name: str):
-    return load_program(name)
-
-
 def test_mirror_verify_config_is_accepted_by_its_program() -> None:
-    program = _program("aurora-mirror-verify")
+    program = load_program("aurora-mirror-verify")
     tree = render(load_spec(SPEC))
     data = json.loads(tree["/etc/aurora/mirror-verify.json"].content)
     program.parse_config(data, Path("/etc/aurora/mirror-verify.json"))
@@ -90,7 +86,7 @@ def test_mirror_verify_config_is_accepted_by_its_program() -> None:
 
 
 def test_gws_configs_are_accepted_by_the_push_program() -> None:
-    program = _program("aurora-gws-push")
+    program = load_program("aurora-gws-push")
     tree = render(load_spec(SPEC))
     names = []
     for path, entry in tree.items():
