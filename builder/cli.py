@@ -10,11 +10,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from builder import cli_ops, cli_release
 from builder.errors import AuroraError
 from builder.inputs import REPO
 
 if TYPE_CHECKING:
     from builder.store import ImageRecord
+
+Handler = Callable[[argparse.Namespace], int]
+"""A command: takes the parsed arguments, prints, returns the exit code."""
 
 DEFAULT_SPEC = REPO / "hosts" / "aurora.yml"
 DEFAULT_RENDER_DIR = REPO / "build" / "render"
@@ -157,8 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    Handler = Callable[[argparse.Namespace], int]
-
     def add(name: str, func: Handler, summary: str, spec: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=summary, description=summary)
         if spec:
@@ -196,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("diff", cmd_diff, "show what image B changes against image A", False)
     p.add_argument("a", metavar="A", help="base image: a tag in the store or a directory")
     p.add_argument("b", metavar="B", help="candidate image: a tag in the store or a directory")
+    cli_ops.register(add)
+    cli_release.register(add)
     return parser
 
 

@@ -7,6 +7,7 @@ rebuilt: the tag is a digest of the inputs, so the stored image is that build.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -14,6 +15,8 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -35,6 +38,8 @@ CMDLINE = (
     "root=PARTLABEL=root-x86-64 ro console=ttyS0 systemd.firstboot=off systemd.machine_id=firmware"
 )
 RENDERED_TAR = "rendered.tar"
+# The running host names the image it was built as here (read by `aurora-image audit`).
+IDENTITY = "/usr/lib/aurora/image.json"
 
 
 def images_dir() -> Path:
@@ -203,7 +208,42 @@ def build(spec_path: Path, *, progress: bool = True) -> BuiltImage:
     final = store / inputs.tag
     if (final / "manifest.json").exists():
         return BuiltImage(inputs.tag, final, reused=True, seconds=0.0)
+    with _exclusive(build_cache_dir() / "build.lock"):
+        if (final / "manifest.json").exists():
+            return BuiltImage(inputs.tag, final, reused=True, seconds=0.0)
+        tree = {**tree, **identity(inputs)}
+        return _build(spec, spec_path, lock, tree, inputs, final, progress=progress)
 
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """One mkosi run at a time per build cache: they share its output directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def identity(inputs: Inputs) -> Tree:
+    """What the running host says about itself: the tag it was built as (for audits)."""
+    data = {"tag": inputs.tag, "release": inputs.release, "inputs_digest": inputs.digest}
+    return {IDENTITY: File((json.dumps(data, indent=2) + "\n").encode())}
+
+
+def _build(
+    spec: HostSpec,
+    spec_path: Path,
+    lock: Path,
+    tree: Tree,
+    inputs: Inputs,
+    final: Path,
+    *,
+    progress: bool,
+) -> BuiltImage:
+    store = final.parent
     work = build_cache_dir() / "work" / inputs.tag
     tree_dir = write_tree(tree, work / "tree")
     _stage_app(spec, spec_path, work / "stage", lock)

@@ -400,6 +400,7 @@ def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
             "tailscale-up.service.j2",
             ts=spec.tailscale,
             hostname=spec.hostname,
+            store=spec.credential_store,
         )
 
     installed = [s for s in spec.secrets if s.path]
@@ -408,7 +409,9 @@ def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
         "credentials.service.j2",
         secrets=installed,
         home=spec.user.home,
+        store=spec.credential_store,
     )
+    tree["/etc/credstore"] = File(link=spec.credential_store)
     creds = [
         {"name": s.name, "path": s.path, "mode": s.mode, "owner": s.owner, "format": s.format}
         for s in installed

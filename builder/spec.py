@@ -405,6 +405,27 @@ class Secret(Model):
     format: Literal["raw", "msmtprc"] = "raw"
 
 
+class Deploy(Model):
+    """Where releases of this image go on JASMIN Cloud, and how the probe reaches it.
+
+    Not part of the image's behaviour: the release tooling reads it, and every
+    field can be overridden on the command line.
+    """
+
+    # clouds.yaml entry; None uses OS_CLOUD / the OS_* variables like the openstack CLI.
+    cloud: str | None = None
+    server: str = "aurora"
+    # Address the probe uses; None takes the server's address from Nova.
+    address: str | None = None
+    ssh_user: str = "root"
+    ssh_port: Annotated[int, Field(ge=1, le=65535)] = 22
+    http_port: Annotated[int, Field(ge=1, le=65535)] = 80
+    https_port: Annotated[int, Field(ge=1, le=65535)] = 443
+    probe_timeout: TimeSpan = "10min"
+    # Images kept in Glance by `glance-prune` (the live one and its predecessor always are).
+    keep_images: Annotated[int, Field(ge=2)] = 3
+
+
 _SECRET_KEY = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|AUTHKEY|PRIVATE", re.IGNORECASE)
 
 
@@ -441,6 +462,10 @@ class HostSpec(Model):
     gws: Gws
     mirror_verify: MirrorVerify
     secrets: Annotated[list[Secret], AfterValidator(_unique_by("name", "secret"))] = []
+    # Where the host finds its credentials when none came with the boot (JASMIN):
+    # /etc/credstore points here, on the persistent /data volume, root-only.
+    credential_store: AbsPath = "/data/aurora/credstore"
+    deploy: Deploy = Deploy()
 
 
 def _format_loc(loc: tuple[str | int, ...]) -> str:

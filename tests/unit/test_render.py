@@ -101,16 +101,27 @@ def test_gws_configs_are_accepted_by_the_push_program() -> None:
 def test_production_overlay_adds_tailscale_and_cephfs() -> None:
     tree = render(load_spec(REPO / "hosts" / "aurora-jasmin.yml"))
     fstab = tree["/etc/fstab"].content.decode()
-    assert (
-        " /project ceph " in fstab and "secretfile=/run/credentials/@system/cephfs.secret" in fstab
-    )
+    assert " /project ceph " in fstab
+    # The key comes from the credential store on /data, installed before the mount.
+    assert "secretfile=/run/aurora/credentials/cephfs.secret" in fstab
+    assert "x-systemd.requires=aurora-credentials.service" in fstab
     preset = tree["/usr/lib/systemd/system-preset/00-aurora.preset"].content.decode()
     assert "enable tailscaled.service" in preset.splitlines()
     unit = tree["/etc/systemd/system/aurora-tailscale-up.service"].content.decode()
     assert "ConditionPathExists=/usr/sbin/tailscaled" in unit
     assert "--auth-key=file:${CREDENTIALS_DIRECTORY}/tailscale.authkey" in unit
+    # ConditionCredential= would not see the credential store: the check is at exec time.
+    assert "\nConditionCredential=" not in unit and "\nExecCondition=" in unit
     base = render(load_spec(SPEC))
     assert "/etc/systemd/system/aurora-tailscale-up.service" not in base
+
+
+def test_credential_store_is_on_the_data_volume() -> None:
+    tree = render(load_spec(SPEC))
+    assert tree["/etc/credstore"].link == "/data/aurora/credstore"
+    unit = tree["/etc/systemd/system/aurora-credentials.service"].content.decode()
+    assert "WantsMountsFor=/data/aurora/credstore" in unit
+    assert "ImportCredential=ssh.authorized_keys.root" in unit
 
 
 def test_missing_apt_key_is_a_clear_build_error(tmp_path: Path) -> None:
