@@ -12,7 +12,7 @@ RUN := $(UV) run --frozen --no-sync
 CLI := $(RUN) aurora-image
 
 .DEFAULT_GOAL := help
-.PHONY: help setup render image smoke test unit lint bench clean
+.PHONY: help setup render image smoke test unit lint bench docs promote rollback releases clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,12 +33,29 @@ unit: setup ## fast tests: spec, render, programs against real sshd/rsync
 lint: setup ## ruff over the Python code
 	$(RUN) ruff check builder tests bench
 
-smoke: setup ## boot the newest image under QEMU and run the testinfra suite
-	$(RUN) pytest tests/vm -v
+smoke: setup ## boot the newest image (or TAG=…) under QEMU and run the testinfra suite
+	$(if $(TAG),AURORA_IMAGE=$(TAG)) $(RUN) pytest tests/vm -v
 
-test: image ## everything: lint, unit tests, then the QEMU smoke suite on the image
+# The release suite runs after the smoke suite has attested the image (the
+# attestation is written when that pytest session ends).
+test: image ## everything: lint, unit tests, the QEMU smoke suite, then the release suite
 	$(RUN) ruff check builder tests bench
 	$(RUN) pytest tests/unit tests/vm -v
+	$(RUN) pytest tests/release -v
+
+docs: setup ## regenerate the spec reference and build the MkDocs site into build/site
+	$(RUN) python -m builder.spec_reference
+	$(RUN) mkdocs build --strict --site-dir build/site
+
+promote: setup ## upload image TAG=… to Glance, rebuild the JASMIN server from it, probe it
+	@test -n "$(TAG)" || { echo "make promote: give the image, e.g. make promote TAG=2026.11-3f9c2a1b7e4d (see make releases)" >&2; exit 2; }
+	$(CLI) promote --spec $(SPEC) $(TAG)
+
+rollback: setup ## rebuild the server from TAG=… (default: the image live before the current one)
+	$(CLI) rollback --spec $(SPEC) $(TAG)
+
+releases: setup ## images in Glance and here, which one is live, who promoted what when
+	$(CLI) releases --spec $(SPEC)
 
 bench: setup ## print render, build, boot and smoke-suite figures
 	$(RUN) python -u bench/run.py --spec $(SPEC)

@@ -263,6 +263,7 @@ def _build(
             "AURORA_APP_DIR": spec.dashboard.checkout,
             "AURORA_MOUNT_POINTS": " ".join(m.where for m in spec.mounts),
             "AURORA_CERT_DIR": spec.nginx.certificate_dir,
+            "AURORA_CREDENTIAL_STORE": spec.credential_store,
             "AURORA_UFW_DEFAULT": spec.firewall.default_incoming,
             "AURORA_UFW_RULES": ",".join(r.replace(" ", ":", 1) for r in spec.firewall.rules()),
         },

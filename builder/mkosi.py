@@ -49,7 +49,11 @@ class MkosiJob:
             argv += ["--sandbox-tree", str(tree)]
         if self.packages:
             argv += ["--package", ",".join(self.packages)]
-        for key, value in sorted(self.environment.items()):
+        # mkosi hands systemd-repart only its configured environment, split at spaces:
+        # ext4's directory hash seed is random unless given, so derive it from the inputs.
+        seed = {"SYSTEMD_REPART_MKFS_OPTIONS_EXT4": f"-Ehash_seed={self.seed}"}
+        environment = {**self.environment, **seed}
+        for key, value in sorted(environment.items()):
             argv += ["--environment", f"{key}={value}"]
         return [*argv, "--force", "build"]
 
@@ -63,8 +67,6 @@ def run(job: MkosiJob, log_path: Path, *, progress: bool = True) -> float:
     # mkosi must run with Debian's python; pyenv shims and venvs must not leak in.
     env.pop("VIRTUAL_ENV", None)
     env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    # ext4's directory hash seed is random by default: derive it from the inputs.
-    env["SYSTEMD_REPART_MKFS_OPTIONS_EXT4"] = f"-E hash_seed={job.seed}"
     start = time.monotonic()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as log:

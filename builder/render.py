@@ -202,7 +202,12 @@ def storage_entries(spec: HostSpec, mount: Mount) -> list[dict[str, str]]:
             parents.append(parent)
             parent = parent.rsplit("/", 1)[0]
     ordered = sorted(set(parents) | set(below), key=lambda p: (p.count("/"), p))
-    return [{"path": p, "mode": s.mode, "user": user, "group": user} for p in ordered]
+    entries = [{"path": p, "mode": s.mode, "user": user, "group": user} for p in ordered]
+    if spec.credential_store.startswith(mount.where.rstrip("/") + "/"):
+        # Made root-only before anyone puts a secret in it.
+        store = spec.credential_store
+        entries.append({"path": store, "mode": "0700", "user": "root", "group": "root"})
+    return entries
 
 
 def _var_entries(spec: HostSpec) -> list[dict[str, str]]:
@@ -411,7 +416,7 @@ def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
         home=spec.user.home,
         store=spec.credential_store,
     )
-    tree["/etc/credstore"] = File(link=spec.credential_store)
+
     creds = [
         {"name": s.name, "path": s.path, "mode": s.mode, "owner": s.owner, "format": s.format}
         for s in installed

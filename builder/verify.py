@@ -35,6 +35,8 @@ class VerifyResult:
     artifacts: dict[str, tuple[str, str]]
     partitions: dict[str, bool] = field(default_factory=dict)
     files: dict[str, list[str]] = field(default_factory=dict)
+    # Superblock fields (dumpe2fs -h) that differ, per ext4 partition: stored, rebuilt.
+    superblock: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -43,6 +45,10 @@ class VerifyResult:
             "artifacts": {k: {"stored": a, "rebuilt": b} for k, (a, b) in self.artifacts.items()},
             "partitions_identical": self.partitions,
             "differing_files": self.files,
+            "differing_superblock_fields": {
+                label: {k: {"stored": a, "rebuilt": b} for k, (a, b) in fields.items()}
+                for label, fields in self.superblock.items()
+            },
         }
 
 
@@ -69,6 +75,30 @@ def extract_ext4(disk: Path, offset: int, dest: Path) -> Path:
         capture_output=True,
     )
     return dest
+
+
+def superblock(disk: Path, offset: int) -> dict[str, str]:
+    """An ext4 partition's superblock fields as dumpe2fs -h prints them."""
+    out = subprocess.run(
+        ["dumpe2fs", "-h", f"{disk}?offset={offset}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    fields = {}
+    for line in out.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and value.strip():
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def superblock_diff(a: dict[str, str], b: dict[str, str]) -> dict[str, tuple[str, str]]:
+    return {
+        k: (a.get(k, "-"), b.get(k, "-"))
+        for k in sorted(a.keys() | b.keys())
+        if a.get(k) != b.get(k)
+    }
 
 
 def _entries(root: Path) -> dict[str, Path]:
@@ -100,10 +130,9 @@ def differing_files(a: Path, b: Path, limit: int = 200) -> list[str]:
     return found[:limit]
 
 
-def compare_disks(stored: Path, rebuilt: Path, scratch: Path) -> tuple[dict[str, bool], dict]:
-    """Per-partition equality, and the differing files of differing ext4 partitions."""
-    same: dict[str, bool] = {}
-    files: dict[str, list[str]] = {}
+def compare_disks(stored: Path, rebuilt: Path, scratch: Path, result: VerifyResult) -> None:
+    """Per-partition equality; for differing ext4 partitions, the files and superblock fields."""
+    same, files, fields = result.partitions, result.files, result.superblock
     theirs = {p.label: p for p in partitions(rebuilt)}
     for part in partitions(stored):
         other = theirs.get(part.label)
@@ -115,7 +144,9 @@ def compare_disks(stored: Path, rebuilt: Path, scratch: Path) -> tuple[dict[str,
             left = extract_ext4(stored, part.offset, scratch / "stored" / part.label)
             right = extract_ext4(rebuilt, other.offset, scratch / "rebuilt" / part.label)
             files[part.label] = differing_files(left, right)
-    return same, files
+            fields[part.label] = superblock_diff(
+                superblock(stored, part.offset), superblock(rebuilt, other.offset)
+            )
 
 
 def verify(ref: str, *, progress: bool = False) -> VerifyResult:
@@ -140,9 +171,7 @@ def verify(ref: str, *, progress: bool = False) -> VerifyResult:
         identical = all(a == b for a, b in artifacts.values())
         result = VerifyResult(manifest["tag"], identical, artifacts)
         if artifacts["aurora.raw"][0] != artifacts["aurora.raw"][1]:
-            result.partitions, result.files = compare_disks(
-                stored / "aurora.raw", rebuilt / "aurora.raw", work / "trees"
-            )
+            compare_disks(stored / "aurora.raw", rebuilt / "aurora.raw", work / "trees", result)
     return result
 
 
@@ -159,4 +188,6 @@ def format_text(result: VerifyResult) -> str:
             )
         for path in result.files.get(label, []):
             lines.append(f"    {path}")
+        for key, (a, b) in result.superblock.get(label, {}).items():
+            lines.append(f"    superblock {key}: {a} != {b}")
     return "\n".join(lines)

@@ -9,7 +9,7 @@ MKOSI_SERIES=25.3
 mkdir -p "$CACHE"
 
 host_packages="qemu-system-x86 qemu-utils openssh-server openssh-client rsync git curl
-  python3-venv zstd e2fsprogs dosfstools mtools cpio apt debian-archive-keyring"
+  python3-venv zstd e2fsprogs dosfstools mtools cpio apt debian-archive-keyring ovmf"
 missing=""
 for pkg in $host_packages; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"
