@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
-from builder import debian_lock, mkosi
+from builder import debian_lock, mkosi, uki
 from builder.errors import BuildError
 from builder.gpt import partition, partition_digest
 from builder.inputs import REPO, Inputs, collect
@@ -32,11 +32,9 @@ from builder.tools import build_cache_dir, cache_dir
 from builder.tree import atomic_write, write_tree
 
 ARTIFACTS = ("aurora.raw", "aurora.vmlinuz", "aurora.initrd")
-# machine_id=firmware: the machine id is the VM's SMBIOS UUID (Nova's server UUID on
-# JASMIN), so it is stable across reboots and rebuilds without a writable /etc.
-CMDLINE = (
-    "root=PARTLABEL=root-x86-64 ro console=ttyS0 systemd.firstboot=off systemd.machine_id=firmware"
-)
+# The UKI mkosi writes next to the split kernel and initrd; its .cmdline (with the
+# dm-verity roothash= mkosi adds) is what the image boots with, under UEFI or direct.
+UKI = "aurora.efi"
 RENDERED_TAR = "rendered.tar"
 # The running host names the image it was built as here (read by `aurora-image audit`).
 IDENTITY = "/usr/lib/aurora/image.json"
@@ -276,7 +274,7 @@ def _build(
         if not (output / name).exists():
             raise BuildError(f"mkosi finished but {output / name} is missing; see build.log")
         (output / name).replace(partial / name)
-    atomic_write(partial / "cmdline", (CMDLINE + "\n").encode())
+    atomic_write(partial / "cmdline", (uki.cmdline(output / UKI) + "\n").encode())
     atomic_write(partial / RENDERED_TAR, rendered_tar(tree))
     manifest = _manifest(spec, spec_path, inputs, tree, output, partial)
     manifest["debian_lock"] = debian_lock.compare(manifest["debian_packages"])  # type: ignore[arg-type]
@@ -319,13 +317,17 @@ def _manifest(
         "inputs": {"digest": inputs.digest, "files": inputs.files, "extra": inputs.extra},
         "source_date_epoch": inputs.source_date_epoch,
         "seed": inputs.seed,
-        "cmdline": CMDLINE,
+        "cmdline": (command_line := (image_dir / "cmdline").read_text().strip()),
+        # dm-verity's root hash: the kernel refuses any root block that does not match it.
+        "root_hash": uki.root_hash(command_line),
         "artifacts": artifacts,
         # The read-only root as shipped: a changed bit anywhere in it changes this.
         "root_partition_sha256": root_digest(image_dir / "aurora.raw"),
         "rendered": rendered_manifest(tree),
         "debian_packages": debian_packages(output / "aurora.manifest"),
         "python_packages": python_packages(output / "python-packages.json"),
+        # Where those Python packages live on the host (what `audit` lists there).
+        "python_venv": spec.dashboard.venv,
     }
 
 

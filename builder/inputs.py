@@ -43,6 +43,7 @@ BUILDER_INPUTS = (
     "lock.py",
     "mkosi.py",
     "image.py",
+    "uki.py",
 )
 
 

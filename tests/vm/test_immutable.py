@@ -8,6 +8,7 @@ untouched), with the same SMBIOS UUID, as a VM keeps across reboots on JASMIN.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +59,11 @@ def two_boots(image_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 vm.succeed("echo kept > /var/lib/aurora/reboot-marker")
                 record["usr_write"] = vm.execute("touch /usr/aurora-x 2>&1")[1]
                 record["units_write"] = vm.execute("touch /etc/systemd/system/aurora-x 2>&1")[1]
+                record["root_source"] = vm.succeed("findmnt -n -o SOURCE /").strip()
+                record["root_dm_uuid"] = vm.succeed(
+                    "cat /sys/block/$(basename $(readlink -f /dev/mapper/root))/dm/uuid"
+                ).strip()
+                record["cmdline"] = vm.succeed("cat /proc/cmdline").split()
             else:
                 record["marker"] = vm.succeed("cat /var/lib/aurora/reboot-marker").strip()
             seen.append(record)
@@ -74,6 +80,15 @@ def test_writes_to_usr_and_units_fail(two_boots) -> None:
     first = two_boots[0]
     assert "Read-only file system" in first["usr_write"]
     assert "Read-only file system" in first["units_write"]
+
+
+def test_root_is_dm_verity_with_the_manifest_root_hash(two_boots, image_dir: Path) -> None:
+    first = two_boots[0]
+    manifest = json.loads((image_dir / "manifest.json").read_text())
+    assert first["root_source"] == "/dev/mapper/root"
+    assert first["root_dm_uuid"].startswith("CRYPT-VERITY-"), first["root_dm_uuid"]
+    assert manifest["root_hash"], "the manifest records no dm-verity root hash"
+    assert f"roothash={manifest['root_hash']}" in first["cmdline"]
 
 
 def test_second_boot_is_identical(two_boots) -> None:
