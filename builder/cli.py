@@ -15,6 +15,7 @@ from builder.errors import AuroraError
 from builder.inputs import REPO
 
 if TYPE_CHECKING:
+    from builder.render import Tree
     from builder.store import ImageRecord
 
 Handler = Callable[[argparse.Namespace], int]
@@ -31,12 +32,33 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     tree = render(load_spec(args.spec))
+    if args.diff or args.against:
+        return _render_diff(tree, args)
     dest = write_tree(tree, args.out)
     took = time.perf_counter() - start
     if args.json:
         print(json.dumps({"out": str(dest), "files": len(tree), "seconds": round(took, 3)}))
     else:
         print(f"rendered {len(tree)} files into {dest} in {took * 1000:.0f} ms")
+    return 0
+
+
+def _render_diff(tree: Tree, args: argparse.Namespace) -> int:
+    """Show what the spec changes in the rendered files; writes nothing."""
+    from builder.image import newest_image
+    from builder.render_diff import diff_tree, directory_base, format_text, image_base
+    from builder.store import MANIFEST, resolve_image
+
+    against = args.against
+    if against and Path(against).is_dir() and not (Path(against) / MANIFEST).is_file():
+        base = directory_base(Path(against))
+    else:
+        base = image_base(resolve_image(against) if against else newest_image())
+    diff = diff_tree(tree, base)
+    if args.json:
+        print(json.dumps(diff.to_json()))
+    else:
+        sys.stdout.write(format_text(diff))
     return 0
 
 
@@ -172,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("validate", cmd_validate, "check a host spec and exit")
     p = add("render", cmd_render, "render units and configs into a directory")
     p.add_argument("--out", type=Path, default=DEFAULT_RENDER_DIR, help="output directory")
+    p.add_argument(
+        "--diff",
+        action="store_true",
+        help="show what changes against the newest image instead of writing (unified diff)",
+    )
+    p.add_argument(
+        "--against",
+        metavar="REF",
+        help="with --diff: an image tag or directory, or a directory `render` wrote",
+    )
     p = add("lock", cmd_lock, "resolve the dashboard's Python pins into locks/ (with hashes)")
     p.add_argument(
         "--debian",

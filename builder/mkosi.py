@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder import progress as live
 from builder.errors import BuildError
 from builder.tools import build_cache_dir, cache_dir, mkosi_command, uv_binary
 
@@ -59,7 +60,12 @@ class MkosiJob:
 
 
 def run(job: MkosiJob, log_path: Path, *, progress: bool = True) -> float:
-    """Run the build, streaming its output to `log_path`; return seconds taken."""
+    """Run the build, streaming its output to `log_path`; return seconds taken.
+
+    On a terminal mkosi's current step ("‣ ..." lines) and the elapsed time
+    show live; ``progress`` prints each step as a line where there is no live
+    display (a pipe, CI).
+    """
     command, env_extra = mkosi_command()
     for path in (cache_dir() / "uv", build_cache_dir() / "workspace", job.output_dir):
         path.mkdir(parents=True, exist_ok=True)
@@ -69,7 +75,7 @@ def run(job: MkosiJob, log_path: Path, *, progress: bool = True) -> float:
     env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     start = time.monotonic()
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("w") as log:
+    with log_path.open("w") as log, live.step("mkosi build") as shown:
         proc = subprocess.Popen(
             [*command, *job.argv()],
             stdout=subprocess.PIPE,
@@ -82,11 +88,14 @@ def run(job: MkosiJob, log_path: Path, *, progress: bool = True) -> float:
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
-            if progress and line.startswith("‣"):
+            if not line.startswith("‣"):
+                continue
+            shown.note(line.removeprefix("‣").strip()[:80])
+            if progress and not live.enabled():
                 elapsed = time.monotonic() - start
                 print(f"  [{elapsed:6.1f}s] {line.rstrip()[:110]}", file=sys.stderr, flush=True)
         rc = proc.wait()
-    if rc != 0:
-        tail = log_path.read_text(errors="replace").splitlines()[-15:]
-        raise BuildError(f"mkosi failed (exit {rc}); full log: {log_path}\n" + "\n".join(tail))
+        if rc != 0:
+            tail = log_path.read_text(errors="replace").splitlines()[-15:]
+            raise BuildError(f"mkosi failed (exit {rc}); full log: {log_path}\n" + "\n".join(tail))
     return time.monotonic() - start

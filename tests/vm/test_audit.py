@@ -1,0 +1,80 @@
+"""`aurora-image audit` against the booted image: clean, then drifted, then clean.
+
+The drift is made at run time only (a stopped timer, a runtime drop-in under
+/run/systemd/system, a failed transient unit) and undone afterwards, because
+every other test shares this VM.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from builder.audit import audit, format_table
+from builder.cli import main
+from builder.vm import SSH_HOST, Machine
+
+TIMER = "aurora-cl61-source-sync.timer"
+DROPIN = "/run/systemd/system/aurora-dashboard.service.d/50-audit-probe.conf"
+PROBE = "aurora-audit-probe.service"
+DRIFT = f"""\
+systemctl stop {TIMER}
+mkdir -p {Path(DROPIN).parent}
+printf '[Service]\\nEnvironment=AURORA_AUDIT_PROBE=1\\n' > {DROPIN}
+systemctl daemon-reload
+systemd-run --quiet --unit={PROBE} false
+for i in $(seq 30); do systemctl is-failed --quiet {PROBE} && break; sleep 1; done
+"""
+RESTORE = f"""\
+rm -rf {Path(DROPIN).parent}
+systemctl daemon-reload
+systemctl reset-failed {PROBE} || true
+systemctl start {TIMER}
+"""
+
+
+@pytest.fixture(scope="module")
+def manifest(image_dir: Path) -> dict:
+    return json.loads((image_dir / "manifest.json").read_text())
+
+
+@pytest.fixture
+def drifted(booted: Machine) -> Iterator[Machine]:
+    booted.succeed(DRIFT)
+    try:
+        yield booted
+    finally:
+        booted.succeed(RESTORE)
+
+
+def cli_audit(machine: Machine, *extra: str) -> int:
+    port = str(machine.forwarded_port("ssh"))
+    return main(
+        ["audit", SSH_HOST, "--ssh-config", str(machine.ssh_config), "--port", port, *extra]
+    )
+
+
+def test_clean_host_matches_its_manifest(booted: Machine, manifest: dict) -> None:
+    report = audit(booted.remote(), manifest)
+    assert report.ok, format_table(report)
+    assert report.claimed == manifest["tag"]
+    assert len(report.rows) > len(manifest["rendered"]) + len(manifest["debian_packages"])
+
+
+def test_runtime_drift_is_reported(drifted: Machine, manifest: dict, capsys) -> None:
+    report = audit(drifted.remote(), manifest)
+    rows = {row.what: row for row in report.drifted}
+    assert set(rows) == {TIMER, "aurora-dashboard.service", PROBE}, format_table(report)
+    assert DROPIN in rows["aurora-dashboard.service"].found
+    assert rows[PROBE].verdict == "failed"
+    assert cli_audit(drifted, "--json") == 1
+    assert json.loads(capsys.readouterr().out)["drift"] == 3
+
+
+def test_restored_host_is_clean_again(booted: Machine, manifest: dict, capsys) -> None:
+    """Runs after the drift test has undone its changes; the CLI exits 0."""
+    assert cli_audit(booted) == 0
+    assert "no drift" in capsys.readouterr().out
