@@ -7,6 +7,7 @@ checked without building or booting anything.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,10 @@ def expand(text: str, names: dict[str, str]) -> str:
     return text
 
 
+@functools.cache
 def environment(units_dir: Path = UNITS_DIR) -> jinja2.Environment:
+    """One environment per template directory: it caches compiled templates
+    (and reloads one whose file changed), so repeated renders stay cheap."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(units_dir),
         undefined=jinja2.StrictUndefined,
