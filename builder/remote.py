@@ -29,7 +29,8 @@ class Remote:
 
     host: str
     user: str = "root"
-    port: int = 22
+    # None leaves the port to the ssh configuration (an alias's Port, else 22).
+    port: int | None = 22
     identity: Path | None = None
     ssh_config: Path | None = None
     known_hosts: Path | None = None
@@ -39,7 +40,7 @@ class Remote:
 
     @property
     def name(self) -> str:
-        port = f":{self.port}" if self.port != 22 else ""
+        port = f":{self.port}" if self.port not in (None, 22) else ""
         return f"{self.user}@{self.host}{port}"
 
     def argv(self, command: str | None = None, *, tty: bool = False) -> list[str]:
@@ -56,9 +57,10 @@ class Remote:
         argv += [
             "-o", f"ConnectTimeout={self.connect_timeout}",
             "-o", "LogLevel=ERROR",
-            "-p", str(self.port),
             "-l", self.user,
         ]  # fmt: skip
+        if self.port is not None:
+            argv += ["-p", str(self.port)]
         argv += ["-t"] if tty else ["-T", "-o", "BatchMode=yes"]
         argv += ["--", self.host]
         if command is not None:
