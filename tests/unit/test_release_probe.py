@@ -1,0 +1,226 @@
+"""The health probe's parts against real servers on loopback, and the secrets
+check's reading of a host's answer.
+
+The dashboard check talks to a real nginx (the host's) proxying to a real
+upstream, to a dead one (502) and redirecting to HTTPS with a self-signed
+certificate; the ssh check and its host-key policy run against a real sshd.
+"""
+
+from __future__ import annotations
+
+import http.server
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from builder.credcheck import MARK, assess
+from builder.probe import Endpoint, fetch_dashboard, forget_host_keys, parse_restarts, probe
+from builder.remote import Remote
+from builder.spec import Secret
+from builder.vm import free_port
+from tests.sshd import running_sshd
+
+HOSTNAME = "data.gamb2le.co.uk"
+
+
+class _Page(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"<title>Aurora cloud dashboard</title>"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[int]:
+    """A real HTTP server standing in for Panel behind nginx."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def nginx(tmp_path_factory: pytest.TempPathFactory, upstream: int) -> Iterator[dict[str, int]]:
+    """The host's nginx on loopback: good proxy, dead upstream, and an HTTPS redirect."""
+    if shutil.which("nginx") is None:
+        pytest.fail("nginx is not installed; run `make setup`")
+    root = tmp_path_factory.mktemp("nginx")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=someone-else.example", "-keyout", str(root / "key.pem"),
+         "-out", str(root / "cert.pem")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    ports = {name: free_port() for name in ("good", "dead", "redirect", "tls", "panel", "away")}
+    up, down = f"http://127.0.0.1:{upstream}", f"http://127.0.0.1:{free_port()}"
+    (root / "nginx.conf").write_text(f"""
+pid {root}/nginx.pid;
+error_log {root}/error.log;
+events {{}}
+http {{
+  access_log off;
+  client_body_temp_path {root}/body; proxy_temp_path {root}/proxy;
+  fastcgi_temp_path {root}/fcgi; uwsgi_temp_path {root}/uwsgi; scgi_temp_path {root}/scgi;
+  server {{ listen 127.0.0.1:{ports["good"]}; location / {{ proxy_pass {up}; }} }}
+  server {{ listen 127.0.0.1:{ports["dead"]}; location / {{ proxy_pass {down}; }} }}
+  server {{ listen 127.0.0.1:{ports["redirect"]}; return 301 https://$host$request_uri; }}
+  server {{ listen 127.0.0.1:{ports["panel"]}; location = / {{ return 302 /app; }}
+           location /app {{ proxy_pass {up}; }} }}
+  server {{ listen 127.0.0.1:{ports["away"]}; return 302 https://elsewhere.example/; }}
+  server {{ listen 127.0.0.1:{ports["tls"]} ssl; ssl_certificate {root}/cert.pem;
+           ssl_certificate_key {root}/key.pem; return 200 "tls"; }}
+}}
+""")  # fmt: skip
+    proc = subprocess.Popen(
+        ["nginx", "-e", str(root / "error.log"), "-p", str(root), "-c", str(root / "nginx.conf"),
+         "-g", "daemon off;"],
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while not fetch_dashboard(Endpoint("127.0.0.1", HOSTNAME, ports["good"]))[0]:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, "nginx did not come up"
+        time.sleep(0.1)
+    yield ports
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_dashboard_answering_through_nginx_passes(nginx: dict[str, int]) -> None:
+    ok, detail = fetch_dashboard(Endpoint("127.0.0.1", HOSTNAME, nginx["good"]))
+    assert ok and "HTTP 200 from nginx" in detail
+
+
+def test_redirects_on_the_same_host_are_followed_like_a_browser(nginx: dict[str, int]) -> None:
+    ok, detail = fetch_dashboard(Endpoint("127.0.0.1", HOSTNAME, nginx["panel"]))
+    assert ok and detail.endswith(f"{nginx['panel']}/app: HTTP 200 from nginx")
+    ok, detail = fetch_dashboard(Endpoint("127.0.0.1", HOSTNAME, nginx["away"]))
+    assert not ok and "HTTP 302 from nginx" in detail
+
+
+def test_dashboard_down_behind_nginx_fails_with_the_status(nginx: dict[str, int]) -> None:
+    ok, detail = fetch_dashboard(Endpoint("127.0.0.1", HOSTNAME, nginx["dead"]))
+    assert not ok and "HTTP 502 from nginx" in detail and "dashboard behind it is not up" in detail
+
+
+def test_an_answer_not_from_nginx_fails(upstream: int) -> None:
+    ok, detail = fetch_dashboard(Endpoint("127.0.0.1", HOSTNAME, upstream))
+    assert not ok and "not nginx" in detail
+
+
+def test_https_redirect_checks_the_certificate_for_the_hostname(nginx: dict[str, int]) -> None:
+    endpoint = Endpoint("127.0.0.1", HOSTNAME, nginx["redirect"], nginx["tls"])
+    ok, detail = fetch_dashboard(endpoint)
+    assert not ok and f"certificate not valid for {HOSTNAME}" in detail
+
+
+def test_nothing_listening_fails_with_the_address() -> None:
+    port = free_port()
+    ok, detail = fetch_dashboard(Endpoint("127.0.0.1", HOSTNAME, port))
+    assert not ok and f"http://127.0.0.1:{port}/" in detail
+
+
+# -- ssh and host keys ----------------------------------------------------------
+
+
+def test_probe_pins_the_host_key_after_a_rebuild_and_refuses_a_changed_one(
+    tmp_path: Path,
+) -> None:
+    known_hosts = tmp_path / "state" / "known_hosts"
+    with running_sshd(tmp_path / "sshd", count=2) as (server, other):
+        remote = Remote(
+            host=server.host, user=server.user, port=server.port,
+            identity=server.client_key, known_hosts=known_hosts,
+            host_key_checking="accept-new",
+        )  # fmt: skip
+        endpoint = Endpoint("127.0.0.1", HOSTNAME, free_port())
+        forget_host_keys(known_hosts)  # what release.py does right before its rebuild
+        report = probe(remote, endpoint, None, timeout=20)
+        assert report.checks[0].name == "ssh" and report.checks[0].ok, report.summary()
+        pinned = server.known_hosts.read_text().split()[1:]
+        assert known_hosts.read_text().split()[1:] == pinned
+        assert oct(known_hosts.stat().st_mode & 0o777) == "0o600"
+
+        # The same address and port now shows another key, with no rebuild by the tool.
+        stranger = other.known_hosts.read_text().split()[1:]
+        known_hosts.write_text(f"[{server.host}]:{server.port} {' '.join(stranger)}\n")
+        report = probe(remote, endpoint, None, timeout=20)
+    assert not report.ok and report.checks[0].name == "ssh"
+    assert "changed without a rebuild by this tool" in report.checks[0].detail
+
+
+def test_probe_without_ssh_fails_at_the_deadline_saying_so(tmp_path: Path) -> None:
+    remote = Remote(host="127.0.0.1", port=free_port(), known_hosts=tmp_path / "kh",
+                    host_key_checking="accept-new", connect_timeout=2)  # fmt: skip
+    start = time.monotonic()
+    report = probe(remote, Endpoint("127.0.0.1", HOSTNAME, free_port()), None, timeout=3)
+    assert time.monotonic() - start < 30
+    assert [c.name for c in report.checks] == ["ssh"]
+    assert "no ssh within the probe timeout" in report.summary()
+
+
+def test_restart_loops_are_read_from_systemctl_show() -> None:
+    output = (
+        "NRestarts=0\nId=nginx.service\n\n"
+        "Id=aurora-dashboard.service\nNRestarts=7\n\n"
+        "NRestarts=2\nId=ssh.service\n"
+    )
+    assert parse_restarts(output) == ["aurora-dashboard.service (7 restarts)"]
+    assert parse_restarts(output, limit=2) == [
+        "aurora-dashboard.service (7 restarts)",
+        "ssh.service (2 restarts)",
+    ]
+
+
+# -- secrets check ----------------------------------------------------------------
+
+SECRETS = [
+    Secret(name="ssh.authorized_keys.root", purpose="root's keys"),
+    Secret(name="msmtp.relay", purpose="mail"),
+    Secret(name="tailscale.authkey", purpose="tailnet"),
+    Secret(name="cl61.ssh_key", purpose="CL61"),
+]
+
+
+def answer(store_mode: str = "700 root") -> str:
+    return (
+        f"{MARK}system\nmsmtp.relay 112\n"
+        f"{MARK}dir /run/credstore\n"
+        f"{MARK}dir /etc/credstore\nssh.authorized_keys.root 96\ntailscale.authkey 0\n"
+        f"{MARK}dir /etc/credstore.encrypted\n"
+        f"{MARK}store\n{store_mode}\n"
+    )
+
+
+def test_secrets_check_reports_present_empty_and_missing_without_values() -> None:
+    report = assess("root@aurora", SECRETS, answer())
+    states = {c.name: (c.state, c.where) for c in report.credentials}
+    assert states == {
+        "ssh.authorized_keys.root": ("present", ("/etc/credstore",)),
+        "msmtp.relay": ("present", ("system credential",)),
+        "tailscale.authkey": ("empty", ("/etc/credstore",)),
+        "cl61.ssh_key": ("missing", ()),
+    }
+    assert not report.ok
+    assert report.missing == ["tailscale.authkey", "cl61.ssh_key"]
+    assert "2 of 4 missing or empty: tailscale.authkey, cl61.ssh_key" in report.summary()
+    assert "/etc/credstore/<name>" in report.summary()
+
+
+def test_secrets_check_flags_a_credential_store_others_can_read() -> None:
+    present = [s for s in SECRETS if s.name in ("ssh.authorized_keys.root", "msmtp.relay")]
+    assert assess("h", present, answer()).ok
+    loose = assess("h", present, answer("755 root"))
+    assert not loose.ok and "not root-only: chmod 700" in loose.summary()
+    assert loose.to_json()["credstore"] == {"path": "/etc/credstore", "mode": "755 root",
+                                            "private": False}  # fmt: skip
