@@ -65,9 +65,15 @@ Name = Annotated[str, AfterValidator(_unit_name_part)]
 
 
 class Model(BaseModel):
-    """Strict base: unknown keys are errors, models are immutable."""
+    """Strict base: unknown keys are errors, models are immutable.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    Each field's docstring is its description in the spec reference
+    (docs/reference/spec.md, written by builder.spec_reference).
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=False, use_attribute_docstrings=True
+    )
 
 
 def _unique_by(key: str, what: str) -> Callable[[list[Any]], list[Any]]:
@@ -89,27 +95,41 @@ def _unique_by(key: str, what: str) -> Callable[[list[Any]], list[Any]]:
 
 class User(Model):
     name: Name
+    """Login name of the service user that runs the syncs, the jobs and the dashboard."""
     uid: int = Field(ge=1000, lt=60000)
+    """Fixed uid and gid, so files on the persistent volumes keep their owner across images."""
     home: AbsPath
+    """Home directory (bound from `/var`); SSH keys and `.msmtprc` are installed below it."""
     shell: AbsPath = "/bin/bash"
+    """Login shell."""
 
 
 class Storage(Model):
     mode: Annotated[str, Field(pattern=r"^0?[0-7]{3,4}$")] = "02775"
+    """Mode of every directory made below the two roots (setgid, group-writable)."""
     raw_root: AbsPath
+    """Root of the raw mirror on `/project`; each stream's `dest` is below it."""
     raw_dirs: list[RelPath]
+    """Directories made below `raw_root` (owner: the user) once its volume is mounted."""
     product_root: AbsPath
+    """Root of the derived products (Zarrs, quicklooks, catalogs, videos) on `/data`."""
     product_dirs: list[RelPath]
+    """Directories made below `product_root` once its volume is mounted."""
     log_dir: AbsPath
+    """Log directory of the Aurora services, made at boot."""
     state_dir: AbsPath
+    """Sync and push state (`<stream>.last`, lock files), made at boot on `/var`."""
 
 
 class AppSource(Model):
     """Where the dashboard app comes from: a local tree or a git commit."""
 
     path: str | None = None
+    """A local app tree, relative to the spec file (the sample app in `app/`)."""
     git: str | None = None
+    """The app's git URL; needs `ref`. Cloned at build time, baked into the image."""
     ref: str | None = None
+    """The commit to build from `git`, so two builds of one spec get the same app."""
 
     @model_validator(mode="after")
     def _one_source(self) -> AppSource:
@@ -122,18 +142,32 @@ class AppSource(Model):
 
 class Dashboard(Model):
     app: AppSource
+    """Where the Panel app comes from: a local `path`, or `git` with a pinned `ref`."""
     checkout: AbsPath
+    """Where the app is installed in the image; its venv is `<checkout>/venv`."""
     entry: str = "app.py"
+    """The app file `panel serve` runs, relative to `checkout`."""
     address: str = "127.0.0.1"
+    """Address Panel listens on; loopback, so only nginx reaches it."""
     port: int = Field(ge=1, le=65535)
+    """Port Panel listens on (nginx proxies to it; the firewall denies it from outside)."""
     websocket_origins: list[str]
+    """Origins allowed to open Panel's websocket (`--allow-websocket-origin`)."""
     static_dirs: dict[str, AbsPath] = {}
+    """URL name → directory Panel serves as static files (`--static-dirs`)."""
     keep_alive: TimeSpan
+    """Websocket keep-alive ping interval (`--keep-alive`)."""
     check_unused_sessions: TimeSpan
+    """How often Panel looks for unused sessions (`--check-unused-sessions`)."""
     unused_session_lifetime: TimeSpan
+    """How long an unused session is kept (`--unused-session-lifetime`)."""
     session_token_expiration: TimeSpan
+    """How long a session token is accepted (`--session-token-expiration`)."""
     num_procs: int = Field(default=1, ge=1)
+    """Panel server processes (`--num-procs`)."""
     requirements: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-\[\]]+==[\w.+!-]+$")]]
+    """The app's Python pins, `name==version`; `aurora-image lock` resolves them with hashes into
+    `locks/app-requirements.txt`, which the build installs."""
 
     @property
     def venv(self) -> str:
@@ -142,31 +176,44 @@ class Dashboard(Model):
 
 class WxcamMedia(Model):
     location: Annotated[str, Field(pattern=r"^/.*/$")]
+    """URL prefix nginx serves the WXcam media under (starts and ends with `/`)."""
     root: AbsPath
+    """Directory served there as static files, with byte ranges (MP4s stream over HTTP)."""
 
 
 class Nginx(Model):
     wxcam_media: WxcamMedia
+    """The static WXcam media location."""
     proxy_timeout: TimeSpan = "3600s"
-    # Let's Encrypt state lives on the persistent volume; /etc/letsencrypt links here.
+    """Read and send timeout of the proxy to Panel (long-lived websockets)."""
     certificate_dir: AbsPath
+    """Let's Encrypt state on the persistent volume; `/etc/letsencrypt` links here, and nginx
+    switches to TLS once a certificate for `hostname` exists in it."""
     security_headers: list[str] = [
         'X-Content-Type-Options "nosniff"',
         'X-Frame-Options "SAMEORIGIN"',
         'Referrer-Policy "strict-origin-when-cross-origin"',
     ]
+    """`add_header` values sent with every response."""
 
 
 class Schedule(Model):
     """A timer's schedule: a calendar expression and/or monotonic intervals."""
 
     calendar: Calendar | None = None
+    """`OnCalendar=`: a systemd calendar expression, e.g. `*:02/5` or `*-*-* 00:10:00`."""
     on_boot: TimeSpan | None = None
+    """`OnBootSec=`: first run this long after boot."""
     on_active: TimeSpan | None = None
+    """`OnActiveSec=`: first run this long after the timer starts."""
     every: TimeSpan | None = None
+    """`OnUnitActiveSec=`: run again this long after the last run started."""
     every_after_finish: TimeSpan | None = None
+    """`OnUnitInactiveSec=`: run again this long after the last run finished."""
     jitter: TimeSpan | None = None
+    """`RandomizedDelaySec=`: random delay added to each run."""
     persistent: bool = True
+    """`Persistent=`: catch up on a calendar run missed while the host was down."""
 
     @model_validator(mode="after")
     def _one_kind(self) -> Schedule:
@@ -177,12 +224,18 @@ class Schedule(Model):
 
 class SyncDefaults(Model):
     on_boot: TimeSpan = "2min"
+    """First run of every sync this long after boot."""
     every: TimeSpan = "2min"
+    """Each sync runs again this long after its last run started."""
     jitter: TimeSpan = "30s"
+    """Random delay added to each sync run."""
     persistent: bool = True
+    """`Persistent=` of the sync timers."""
     after: list[str] = ["network-online.target"]
-    # The sources are reached over the tailnet: without it, skip instead of fail.
+    """Units every sync service starts after (`After=`)."""
     condition_path_exists: AbsPath | None = None
+    """Syncs run only when this path exists (`ConditionPathExists=`): the sources are reached over
+    the tailnet, so without it they are skipped, not failed."""
 
     @property
     def schedule(self) -> Schedule:
@@ -195,24 +248,47 @@ class Stream(Model):
     """One instrument stream pulled from its source host into the raw mirror."""
 
     name: Name
+    """Stream name: units `aurora-<name>-source-sync.{service,timer}`, command
+    `/usr/local/bin/aurora-<name>-sync`, state `<state_dir>/<name>.last`."""
     label: str
+    """Short human name, used in the timer's description."""
     description: str
+    """Description of the sync service."""
     enabled: bool = True
+    """False: the stream's timer is not enabled (its state file is kept)."""
     host: str
+    """Source host (a tailnet address)."""
     user: str | None = None
+    """Login on the source host; default: the spec's `user.name`."""
     path: AbsPath
+    """Directory on the source host to pull from."""
     dest: RelPath
+    """Destination below `storage.raw_root`."""
     mode: Literal["incremental", "mirror"] = "incremental"
+    """`incremental`: pull files changed since the last run that match `patterns`; `mirror`: rsync
+    the tree through `filters`."""
     patterns: list[str] = []
+    """File name globs to pull (incremental streams)."""
     lookback_days: int | None = Field(default=None, ge=1)
+    """Without a state file (first run, rebuilt host), pull only files this recent."""
     stamp_regex: str | None = None
+    """Regex with one group capturing a time stamp in the file name; with `min_stamp`, older files
+    are never pulled."""
     min_stamp: Annotated[str, Field(pattern=r"^\d+$")] | None = None
+    """Files whose captured stamp sorts before this are skipped (digits, e.g. `202605020000`)."""
     start_fresh: bool = False
+    """Without a state file, record "now" and pull nothing instead of the history."""
     filters: list[Annotated[str, Field(pattern=r"^[+-] \S")]] = []
+    """rsync filter rules for a mirror stream, in order (`+ HDR_*.jpg`, `- *`)."""
     delete_excluded: bool = False
+    """Mirror streams: delete local files the filters exclude."""
     identity: AbsPath | None = None
+    """SSH private key for the source host (installed from a credential; see `secrets`); default:
+    the user's keys or Tailscale SSH."""
     port: int = 22
+    """SSH port of the source host."""
     timeout: TimeSpan | None = None
+    """`TimeoutStartSec=` of one sync run."""
 
     @model_validator(mode="after")
     def _mode_fields(self) -> Stream:
@@ -233,16 +309,22 @@ class Stream(Model):
 
 class SourceSync(Model):
     defaults: SyncDefaults = SyncDefaults()
+    """Schedule and ordering shared by every stream."""
     streams: Annotated[list[Stream], AfterValidator(_unique_by("name", "stream name"))]
+    """The instrument streams pulled into the raw mirror, one sync service and timer each."""
 
 
 class Mount(Model):
     """A persistent volume: mounted by the image, never owned by it."""
 
     where: AbsPath
+    """Mount point."""
     what: str
+    """What to mount: `LABEL=...` for a volume, or a CephFS source."""
     type: str
+    """File system type (`ext4`, `ceph`, ...)."""
     options: str = "defaults,nofail,x-systemd.device-timeout=30s"
+    """Mount options; keep `nofail` so the image boots without the volume."""
 
     @property
     def unit_part(self) -> str:
@@ -257,16 +339,30 @@ class Job(Model):
     """A processing job: one of the dashboard app's scripts on a timer."""
 
     name: Name
+    """Job name: units `aurora-<name>.{service,timer}`."""
     description: str
+    """Description of the job's service."""
     timer_description: str
+    """Description of the job's timer."""
     enabled: bool = True
+    """False: the job's timer is not enabled."""
     schedule: Schedule
+    """When the job runs."""
     command: str
+    """Command run in `dashboard.checkout` with the app's environment; must run one of the app's
+    `.py` scripts. `{venv}`, `{checkout}`, `{raw}` and `{products}` stand for the spec's paths.
+    Skipped, not failed, when the app lacks the script."""
     after: list[str] = ["network-online.target"]
+    """Units the job starts after (`After=`)."""
     wants: list[str] | None = None
+    """`Wants=`; default: `network-online.target` when it is in `after`."""
     exec_condition: str | None = None
+    """`ExecCondition=`: the run is skipped when this command fails (same placeholders as
+    `command`)."""
     io_best_effort: bool = False
+    """Run with best-effort I/O scheduling at low priority."""
     timeout: TimeSpan | None = None
+    """`TimeoutStartSec=` of one run."""
 
     @property
     def script(self) -> str:
@@ -293,54 +389,86 @@ class GwsJob(Model):
     """One push of a local tree to the GWS, with failover across transfer hosts."""
 
     name: Name
+    """Job name: units `aurora-gws-rsync-<name>.{service,timer}`."""
     source: AbsPath
+    """Local tree to push (a trailing `/` pushes its contents)."""
     dest: RelPath
+    """Destination below `gws.root`."""
     calendar: Calendar
+    """When to push (`OnCalendar=`)."""
     excludes: list[str] = []
+    """rsync `--exclude` patterns."""
     timeout: TimeSpan | None = None
+    """`TimeoutStartSec=` of one push; default `gws.timeout`."""
     enabled: bool = True
+    """False: the push's timer is not enabled."""
 
 
 class GwsMount(Model):
     enabled: bool = False
+    """Mount the GWS over SSHFS (off, as in the Ansible repository)."""
     where: AbsPath
+    """Mount point of the SSHFS view."""
     host: str
+    """Transfer host the SSHFS mount goes through."""
     options: list[str] = []
+    """Extra SSHFS mount options."""
 
 
 class Gws(Model):
     user: str
+    """JASMIN account the pushes log in as."""
     hosts: list[str] = Field(min_length=1)
+    """Transfer hosts, tried in this order until one succeeds."""
     root: AbsPath
+    """Group workspace path on JASMIN; job destinations are below it."""
     identity: AbsPath
+    """SSH private key for the transfer hosts (installed from a credential)."""
     log_dir: AbsPath
+    """One log file per push run is written here."""
     timeout: TimeSpan = "6h"
+    """Default `TimeoutStartSec=` of a push."""
     jitter: TimeSpan = "60s"
+    """Random delay added to each push."""
     jobs: Annotated[list[GwsJob], AfterValidator(_unique_by("name", "GWS job name"))]
+    """The pushes, one service and timer each."""
     mount: GwsMount
+    """The optional SSHFS view of the GWS."""
 
 
 class Settle(Model):
     local: TimeSpan
+    """A raw file counts as settled locally once its mtime is this old."""
     gws: TimeSpan
+    """A file counts as settled on the GWS once its mtime is this old."""
     products: TimeSpan
+    """Settle time for product trees."""
 
 
 class Checksum(Model):
     mode: Literal["none", "spot", "full"] = "spot"
+    """`none`, `spot` (a stable sample of files) or `full` (every file)."""
     spot_modulus: int = Field(default=10, ge=1)
+    """`spot` checks about one file in this many, chosen by a hash of its name."""
 
 
 class MirrorVerify(Model):
     """Manifests of source, local and GWS copies, so pruning is decided on evidence."""
 
     enabled: bool = True
+    """False: the verification timer is not enabled."""
     calendar: Calendar
+    """When to verify (`OnCalendar=`)."""
     jitter: TimeSpan = "60s"
+    """Random delay added to each run."""
     manifest_root: AbsPath
+    """Where the source, local and GWS manifests are written."""
     keep: int = Field(default=48, ge=1)
+    """Manifest sets kept; older ones are removed."""
     settle: Settle
+    """How old a file must be before its copies are compared."""
     checksum: Checksum = Checksum()
+    """Which files are compared by content, not just by size and mtime."""
 
 
 _UFW_PORT = r"^\d{1,5}(:\d{1,5})?(/(tcp|udp))?$"
@@ -350,8 +478,11 @@ class Firewall(Model):
     """ufw policy, applied when the image is built (the root is read-only at run time)."""
 
     default_incoming: Literal["deny", "reject", "allow"] = "deny"
+    """ufw's default policy for incoming traffic."""
     allow: list[Annotated[str, Field(pattern=_UFW_PORT)]]
+    """Ports let in: `22/tcp`, `111/udp`, ranges `6000:6007/tcp`."""
     deny: list[Annotated[str, Field(pattern=_UFW_PORT)]] = []
+    """Ports explicitly denied (e.g. Panel's, which must stay private)."""
 
     def rules(self) -> list[str]:
         return [f"allow {p}" for p in self.allow] + [f"deny {p}" for p in self.deny]
@@ -363,10 +494,14 @@ class Debian(Model):
     the archive has moved on from locks/debian-packages.txt."""
 
     mirror: Annotated[str, Field(pattern=r"^https?://\S+[^/]$")] = "http://deb.debian.org/debian"
+    """Debian archive the image's packages come from."""
     security_mirror: Annotated[str, Field(pattern=r"^https?://\S+[^/]$")] = (
         "http://deb.debian.org/debian-security"
     )
+    """Debian security archive."""
     snapshot: Annotated[str, Field(pattern=r"^\d{8}T\d{6}Z$")] | None = None
+    """A snapshot.debian.org time stamp (`20261101T000000Z`): both archives are read as they were
+    then, so the package set cannot move."""
 
     def urls(self) -> tuple[str, str]:
         if self.snapshot is None:
@@ -379,30 +514,45 @@ class AptRepository(Model):
     """An extra Debian repository (e.g. Tailscale's) the image installs packages from."""
 
     name: Name
+    """Name of the repository (its sources file and key are named after it)."""
     url: Annotated[str, Field(pattern=r"^https?://\S+$")]
+    """Repository URL."""
     suite: str
+    """Suite, e.g. `trixie`."""
     components: list[str] = ["main"]
-    # The repository's signing key, relative to the spec file; its bytes are a build input.
+    """Components to use."""
     key: str
+    """The repository's signing key, relative to the spec file; its bytes are a build input."""
 
 
 class Tailscale(Model):
     """Joining the instrument tailnet; the client comes from an extra repository."""
 
     enabled: bool = False
+    """Join the tailnet at boot (the client must come from `apt_repositories`)."""
     auth_credential: str = "tailscale.authkey"
+    """Name of the credential holding the auth key."""
     ssh: bool = True
+    """Enable Tailscale SSH on this node (`tailscale up --ssh`)."""
 
 
 class Secret(Model):
     """A secret's name and where it is installed at boot; never its value."""
 
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+    """Credential name, the same under QEMU (SMBIOS) and on JASMIN (the credential store)."""
     purpose: str
+    """What the secret is for, for the operator (never its value)."""
     path: AbsPath | None = None
+    """Where `aurora-credentials.service` installs it; unset: read only by the units that import
+    it."""
     mode: Annotated[str, Field(pattern=r"^0[0-7]{3}$")] = "0600"
+    """File mode of the installed secret."""
     owner: str = "root"
+    """Owner of the installed secret."""
     format: Literal["raw", "msmtprc"] = "raw"
+    """`raw`: copied as given; `msmtprc`: relay settings as JSON (`host`, `port`, `from`, `user`,
+    `password`, `tls`, `ca_file`) turned into an msmtp configuration."""
 
 
 class Deploy(Model):
@@ -412,18 +562,25 @@ class Deploy(Model):
     field can be overridden on the command line.
     """
 
-    # clouds.yaml entry; None uses OS_CLOUD / the OS_* variables like the openstack CLI.
     cloud: str | None = None
+    """The `clouds.yaml` entry; unset: `OS_CLOUD` and the `OS_*` variables, as the openstack CLI
+    does."""
     server: str = "aurora"
-    # Address the probe uses; None takes the server's address from Nova.
+    """Name (or id) of the Nova server releases rebuild."""
     address: str | None = None
+    """Address the health probe uses; unset: the server's address from Nova."""
     ssh_user: str = "root"
+    """User the probe, `audit` and `secrets check` log in as."""
     ssh_port: Annotated[int, Field(ge=1, le=65535)] = 22
+    """SSH port the probe uses."""
     http_port: Annotated[int, Field(ge=1, le=65535)] = 80
+    """HTTP port the probe checks the dashboard on."""
     https_port: Annotated[int, Field(ge=1, le=65535)] = 443
+    """HTTPS port the probe checks the dashboard on."""
     probe_timeout: TimeSpan = "10min"
-    # Images kept in Glance by `glance-prune` (the live one and its predecessor always are).
+    """How long the probe waits for the rebuilt server to answer."""
     keep_images: Annotated[int, Field(ge=2)] = 3
+    """Images kept in Glance by the prune; never fewer than the live one and the one before it."""
 
 
 _SECRET_KEY = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|AUTHKEY|PRIVATE", re.IGNORECASE)
@@ -445,27 +602,47 @@ EnvName = Annotated[str, AfterValidator(_env_name)]
 
 class HostSpec(Model):
     release: Annotated[str, Field(pattern=r"^[0-9][0-9A-Za-z.]*$")]
+    """Release name; the first part of every image tag (`<release>-<digest>`)."""
     hostname: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")]
+    """The host's public name: `/etc/hostname`, nginx's `server_name`, the certificate."""
     user: User
+    """The service user."""
     packages: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]+$")]]
+    """Debian packages installed in the image (besides the base system)."""
     debian: Debian = Debian()
+    """Where Debian packages come from."""
     apt_repositories: list[AptRepository] = []
+    """Extra apt repositories (e.g. Tailscale's)."""
     tailscale: Tailscale = Tailscale()
+    """Joining the instrument tailnet."""
     storage: Storage
+    """The directory layout on the volumes and on `/var`."""
     firewall: Firewall
+    """ufw rules, set at build time."""
     mounts: Annotated[list[Mount], AfterValidator(_unique_by("where", "mount point"))] = []
+    """Persistent volumes: mounted by the image, never owned by it."""
     dashboard: Dashboard
+    """The Panel dashboard service."""
     environment: dict[EnvName, str] = {}
+    """`/etc/aurora-dashboard.env`, read by the dashboard and every job; keys that look like
+    secrets (`PASSWORD`, `TOKEN`, ...) are refused."""
     nginx: Nginx
+    """The public nginx site."""
     source_sync: SourceSync
+    """Pulling the instrument streams into the raw mirror."""
     jobs: Annotated[list[Job], AfterValidator(_unique_by("name", "job"))] = []
+    """Processing and operations jobs: the app's scripts on timers."""
     gws: Gws
+    """Pushes to the JASMIN group workspace."""
     mirror_verify: MirrorVerify
+    """Manifests of the source, local and GWS copies, so pruning upstream is decided on evidence."""
     secrets: Annotated[list[Secret], AfterValidator(_unique_by("name", "secret"))] = []
-    # Where the host finds its credentials when none came with the boot (JASMIN):
-    # /etc/credstore points here, on the persistent /data volume, root-only.
+    """The credentials the host is given at boot, by name; never their values."""
     credential_store: AbsPath = "/data/aurora/credstore"
+    """Where the host finds credentials not given at boot (JASMIN): `/etc/credstore` links here, on
+    the persistent volume, root-only."""
     deploy: Deploy = Deploy()
+    """Where releases go on JASMIN Cloud; read by the release commands only."""
 
 
 def _format_loc(loc: tuple[str | int, ...]) -> str:
@@ -522,7 +699,7 @@ def load_spec(path: Path) -> HostSpec:
         line = line_for(lines, loc) or 1
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            message = "unknown key (check its spelling against docs/spec.md)"
+            message = "unknown key (check its spelling against docs/reference/spec.md)"
         elif err["type"] == "missing":
             message = "required key is missing"
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
