@@ -207,6 +207,9 @@ def storage_entries(spec: HostSpec, mount: Mount) -> list[dict[str, str]]:
             parent = parent.rsplit("/", 1)[0]
     ordered = sorted(set(parents) | set(below), key=lambda p: (p.count("/"), p))
     entries = [{"path": p, "mode": s.mode, "user": user, "group": user} for p in ordered]
+    state = spec.storage.state_on_volume
+    if state is not None and state.startswith(mount.where.rstrip("/") + "/"):
+        entries.append({"path": state, "mode": "0755", "user": user, "group": user})
     if spec.credential_store.startswith(mount.where.rstrip("/") + "/"):
         # Made root-only before anyone puts a secret in it.
         store = spec.credential_store
@@ -222,9 +225,16 @@ def _var_entries(spec: HostSpec) -> list[dict[str, str]]:
         {"path": f"/var{spec.user.home}/.ssh", "mode": "0700", "user": user, "group": user},
         {"path": "/var/roothome", "mode": "0700", "user": "root", "group": "root"},
         {"path": spec.storage.log_dir, "mode": "0755", "user": user, "group": user},
-        {"path": spec.storage.state_dir, "mode": "0755", "user": user, "group": user},
+        _state_entry(spec),
         {"path": "/var/lib/aurora/ssh", "mode": "0755", "user": "root", "group": "root"},
     ]
+
+
+def _state_entry(spec: HostSpec) -> dict[str, str]:
+    storage, user = spec.storage, spec.user.name
+    if storage.state_on_volume is not None:
+        return {"path": storage.state_dir, "link": storage.state_on_volume}
+    return {"path": storage.state_dir, "mode": "0755", "user": user, "group": user}
 
 
 def enabled_units(spec: HostSpec) -> list[str]:

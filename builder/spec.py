@@ -118,7 +118,11 @@ class Storage(Model):
     log_dir: AbsPath
     """Log directory of the Aurora services, made at boot."""
     state_dir: AbsPath
-    """Sync and push state (`<stream>.last`, lock files), made at boot on `/var`."""
+    """Sync and push state (`<stream>.last`, lock files), the path the programs use."""
+    state_on_volume: AbsPath | None = None
+    """Where `state_dir` really lives, on a persistent volume: `state_dir` becomes a link
+    to it, so a rebuild (which replaces `/var`) does not reset the syncs' progress.
+    Unset: `state_dir` is a plain directory on `/var`."""
 
 
 class AppSource(Model):

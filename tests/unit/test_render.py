@@ -156,3 +156,12 @@ def test_switched_off_parts_ship_their_units_but_not_enabled(tmp_path: Path) -> 
         assert f"enable {unit}" not in preset, unit
         assert f"/etc/systemd/system/{unit}" in tree, unit
     assert "enable aurora-radar-source-sync.timer" in preset
+
+
+def test_sync_state_lives_on_the_data_volume() -> None:
+    """A promotion replaces /var; the streams' progress must survive it."""
+    tree = render(load_spec(SPEC))
+    var = tree["/usr/lib/tmpfiles.d/aurora.conf"].content.decode().splitlines()
+    assert "L /var/lib/aurora-cloud - - - - /data/aurora/state" in var
+    data = tree["/usr/lib/aurora/storage/data.conf"].content.decode().splitlines()
+    assert "d /data/aurora/state 0755 aurora aurora -" in data
