@@ -34,7 +34,7 @@ def register(add: Add) -> None:
     p = add("audit", cmd_audit, "check a running host for drift from its image (observe only)")
     p.add_argument("host", metavar="HOST", help="[user@]host, or vm[:TAG] for a kept local VM")
     p.add_argument("--image", metavar="TAG", help="audit against TAG, whatever the host says")
-    p.add_argument("--port", type=int, default=None, help="ssh port (default: the spec's)")
+    p.add_argument("--ssh-port", type=int, default=None, help="ssh port (default: the spec's)")
     p.add_argument("--identity", type=Path, help="ssh private key")
     p.add_argument("--ssh-config", type=Path, help="ssh client config file")
     p.add_argument("--all", action="store_true", help="list every check, not only drift")
@@ -174,7 +174,7 @@ def _audit_remote(args: argparse.Namespace) -> Runner:
     return Remote(
         host=name,
         user=user or deploy.ssh_user,
-        port=args.port or deploy.ssh_port,
+        port=args.ssh_port or deploy.ssh_port,
         identity=args.identity,
         ssh_config=args.ssh_config,
     )

@@ -82,7 +82,7 @@ def test_audit_over_ssh(cache: Path, capsys: pytest.CaptureFixture) -> None:
             f"Host *\n  UserKnownHostsFile {server.known_hosts}\n  StrictHostKeyChecking yes\n"
         )
         host = f"{server.user}@{server.host}"
-        common = ["--port", str(server.port), "--identity", str(server.client_key)]
+        common = ["--ssh-port", str(server.port), "--identity", str(server.client_key)]
         common += ["--ssh-config", str(config)]
         # This machine carries no image identity: the audit must be told which image.
         assert main(["audit", host, *common]) == 1
@@ -103,7 +103,7 @@ def test_audit_unreachable_host_is_one_line(cache: Path, capsys: pytest.CaptureF
     from tests.sshd import free_port
 
     make_image(cache / "store", TAG, built_at=1.0)
-    argv = ["audit", "127.0.0.1", "--port", str(free_port()), "--image", TAG]
+    argv = ["audit", "127.0.0.1", "--ssh-port", str(free_port()), "--image", TAG]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("aurora-image: root@127.0.0.1:") and err.count("\n") == 1

@@ -53,7 +53,7 @@ def drifted(booted: Machine) -> Iterator[Machine]:
 def cli_audit(machine: Machine, *extra: str) -> int:
     port = str(machine.forwarded_port("ssh"))
     return main(
-        ["audit", SSH_HOST, "--ssh-config", str(machine.ssh_config), "--port", port, *extra]
+        ["audit", SSH_HOST, "--ssh-config", str(machine.ssh_config), "--ssh-port", port, *extra]
     )
 
 
