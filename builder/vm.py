@@ -19,6 +19,7 @@ import base64
 import contextlib
 import ctypes
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -39,6 +40,7 @@ from uuid import uuid4
 from qemu.qmp import EventListener, QMPClient, QMPError
 
 from builder import accel as accel_mod
+from builder.remote import Remote
 from builder.retry import RetryTimeout, retry
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,11 @@ DISK_NAME, KERNEL_NAME, INITRD_NAME, CMDLINE_NAME = (
     "aurora.initrd",
     "cmdline",
 )
+# UEFI firmware (Debian's ``ovmf``): the 4M pair, code read-only and shared, vars
+# copied per machine because the firmware writes its boot entries there. Not the
+# secure-boot build: the image's UKI is not signed with Microsoft's keys.
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 # Credential names end up inside a QEMU option string, where ',' and '=' are
 # syntax; systemd also restricts names to a filename-safe set.
 _CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_.@-]+$")
@@ -131,12 +138,27 @@ class _SshServiceFailed(Exception):
 
 @dataclass(frozen=True)
 class BootImage:
-    """The split artifacts mkosi writes: disk, kernel, initrd, and kernel cmdline."""
+    """What QEMU boots: by default the split artifacts mkosi writes (disk, kernel,
+    initrd, cmdline, booted directly); without a kernel, the disk alone through
+    UEFI firmware, as a cloud boots it (systemd-boot and a UKI on the ESP)."""
 
     disk: Path
-    kernel: Path
-    initrd: Path
+    kernel: Path | None = None
+    initrd: Path | None = None
     cmdline: str = DEFAULT_CMDLINE
+    disk_format: str = "raw"
+
+    @property
+    def firmware(self) -> bool:
+        """True when the firmware boots the disk (no kernel handed to QEMU)."""
+        return self.kernel is None
+
+    @classmethod
+    def uefi(cls, disk: Path, disk_format: str = "qcow2") -> BootImage:
+        """A whole-disk image booted by OVMF; its kernel cmdline lives in the UKI."""
+        if disk_format not in ("raw", "qcow2"):
+            raise ValueError(f"{disk}: disk format {disk_format!r}; expected raw or qcow2")
+        return cls(disk=Path(disk), cmdline="", disk_format=disk_format)
 
     @classmethod
     def from_dir(cls, image_dir: Path) -> BootImage:
@@ -181,13 +203,27 @@ def build_qemu_argv(
     overlay: Path | None = None,
     uuid: str | None = None,
     qemu: str = QEMU,
+    firmware_vars: Path | None = None,
+    firmware_code: Path = OVMF_CODE,
 ) -> list[str]:
     """The full QEMU argv; pure so the command line is testable without QEMU.
 
     ``forwards`` is ``(host_port, guest_port)`` pairs, bound to 127.0.0.1 only
-    so the VM is never reachable from the network.
+    so the VM is never reachable from the network. A firmware image needs
+    ``firmware_vars``, the machine's own writable copy of the UEFI variables.
     """
-    append = " ".join(f"{image.cmdline} {extra_cmdline}".split())
+    if image.firmware:
+        if firmware_vars is None:
+            raise ValueError(f"{image.disk}: firmware boot needs a per-machine firmware_vars file")
+        if extra_cmdline.strip():
+            raise ValueError("extra_cmdline: a firmware boot takes its cmdline from the UKI")
+        boot = [
+            "-drive", f"if=pflash,format=raw,unit=0,file={firmware_code},readonly=on",
+            "-drive", f"if=pflash,format=raw,unit=1,file={firmware_vars}",
+        ]  # fmt: skip
+    else:
+        append = " ".join(f"{image.cmdline} {extra_cmdline}".split())
+        boot = ["-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", append]
     hostfwds = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in forwards)
     argv = [
         qemu,
@@ -200,16 +236,14 @@ def build_qemu_argv(
         "-no-reboot",
         "-serial", f"file:{serial_log}",
         "-qmp", f"unix:{qmp_socket},server=on,wait=off",
-        "-kernel", str(image.kernel),
-        "-initrd", str(image.initrd),
-        "-append", append,
+        *boot,
         "-drive", (
             f"if=none,id=root,file={overlay},format=qcow2" if overlay
-            else f"if=none,id=root,file={image.disk},format=raw,snapshot=on"
+            else f"if=none,id=root,file={image.disk},format={image.disk_format},snapshot=on"
         ),
         *(["-uuid", uuid] if uuid else []),
         "-device", "virtio-scsi-pci,id=scsi",
-        "-device", "scsi-hd,drive=root",
+        "-device", "scsi-hd,drive=root" + (",bootindex=0" if image.firmware else ""),
         # Scratch volumes (stand-ins for /data and /project): written, unlike the image.
         *(arg for i, drive in enumerate(extra_drives) for arg in (
             "-drive", f"if=none,id=vol{i},file={drive},format=raw",
@@ -258,20 +292,32 @@ def render_ssh_config(
 def make_overlay(image: BootImage, path: Path) -> Path:
     """A qcow2 file backed by the image: the guest writes there, never to the image."""
     subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image.disk), "-F", "raw", str(path)],
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image.disk),
+         "-F", image.disk_format, str(path)],
         check=True,
-    )
+    )  # fmt: skip
     return path
 
 
-def scratch_volumes(labels: Sequence[str], workdir: Path, size: str = "1G") -> list[Path]:
-    """Blank ext4 disks with the given labels: stand-ins for the persistent volumes
-    (the image mounts its volumes by label, so it cannot tell the difference)."""
+def scratch_volumes(
+    labels: Sequence[str],
+    workdir: Path,
+    size: str = "1G",
+    contents: Mapping[str, Path] | None = None,
+) -> list[Path]:
+    """Ext4 disks with the given labels: stand-ins for the persistent volumes
+    (the image mounts its volumes by label, so it cannot tell the difference).
+
+    ``contents`` maps a label to a directory copied in at mkfs time (``mkfs.ext4
+    -d`` keeps modes and owners), e.g. a credential store the guest reads at boot.
+    """
     drives = []
     for label in labels:
         path = workdir / f"{label}.img"
         subprocess.run(["truncate", "-s", size, str(path)], check=True)
-        subprocess.run(["mkfs.ext4", "-q", "-F", "-L", label, str(path)], check=True)
+        seed = (contents or {}).get(label)
+        populate = ["-d", str(seed)] if seed is not None else []
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-L", label, *populate, str(path)], check=True)
         drives.append(path)
     return drives
 
@@ -419,6 +465,8 @@ class Machine:
         overlay: Path | None = None,
         uuid: str | None = None,
         ssh_key: Path | None = None,
+        ssh_key_via_smbios: bool = True,
+        host_ports: Mapping[str, int] | None = None,
     ) -> None:
         self.image = image
         self.workdir = Path(workdir).absolute()
@@ -437,8 +485,18 @@ class Machine:
         # itself stays untouched); without one the disk is snapshot=on.
         self.overlay = Path(overlay) if overlay else None
         self.uuid = uuid or str(uuid4())
+        # False: root's key must reach the guest some other way (a credential
+        # store on a volume, as on the cloud); the harness still uses the key.
+        self.ssh_key_via_smbios = ssh_key_via_smbios
+        # Fixed loopback ports by forward name ("ssh" included), for a VM that
+        # must keep its address across restarts; the rest are picked at start.
+        self.host_ports = dict(host_ports or {})
+        unknown = set(self.host_ports) - {"ssh", *self.host_forwards}
+        if unknown:
+            raise ValueError(f"host_ports: no forward named {', '.join(sorted(unknown))}")
 
         self.serial_log = self.workdir / "serial.log"
+        self.firmware_vars = self.workdir / "OVMF_VARS.fd"
         self.qemu_log = self.workdir / "qemu.log"
         self.ssh_config = self.workdir / "ssh_config"
         self.ssh_key = self.workdir / "id_ed25519"
@@ -502,9 +560,18 @@ class Machine:
         )  # fmt: skip
         return self.ssh_key.with_suffix(".pub").read_text()
 
+    def _choose_accel(self) -> str:
+        if self.accel:
+            return self.accel
+        if self.image.kernel is None or self.image.initrd is None:
+            # The KVM probe boots a kernel directly; a firmware image has none to
+            # hand over, and OVMF fails under the nested KVM seen here: TCG unless forced.
+            return accel_mod.forced_accel() or "tcg"
+        return accel_mod.choose_accel(self.image.kernel, self.image.initrd)
+
     def _argv(self) -> list[str]:
         """The QEMU command line for this machine (needs the ports from ``start``)."""
-        accel = self.accel or accel_mod.choose_accel(self.image.kernel, self.image.initrd)
+        accel = self._choose_accel()
         forwards = [(self._ports["ssh"], 22)]
         forwards += [(self._ports[n], g) for n, g in self.host_forwards.items()]
         return build_qemu_argv(
@@ -520,10 +587,15 @@ class Machine:
             extra_drives=self.extra_drives,
             overlay=self.overlay,
             uuid=self.uuid,
+            firmware_vars=self.firmware_vars if self.image.firmware else None,
         )
 
     def start(self) -> None:
-        """Launch QEMU and connect QMP; returns before the guest has booted."""
+        """Launch QEMU and connect QMP; returns before the guest has booted.
+
+        Call it from a thread that outlives the VM: the kernel's parent-death
+        signal that stops a leaked QEMU fires when the starting *thread* exits.
+        """
         if self._proc is not None:
             raise MachineError("machine already started")
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -531,12 +603,16 @@ class Machine:
             stale.unlink(missing_ok=True)
 
         pubkey = self._generate_key()
-        extra_keys = self.credentials.get(SSH_KEY_CREDENTIAL, b"")
-        if isinstance(extra_keys, str):
-            extra_keys = extra_keys.encode()
-        self.credentials[SSH_KEY_CREDENTIAL] = pubkey.encode() + extra_keys
+        if self.ssh_key_via_smbios:
+            extra_keys = self.credentials.get(SSH_KEY_CREDENTIAL, b"")
+            if isinstance(extra_keys, str):
+                extra_keys = extra_keys.encode()
+            self.credentials[SSH_KEY_CREDENTIAL] = pubkey.encode() + extra_keys
+        if self.image.firmware:
+            shutil.copyfile(OVMF_VARS, self.firmware_vars)
 
-        self._ports = {"ssh": free_port(), **{n: free_port() for n in self.host_forwards}}
+        names = ("ssh", *self.host_forwards)
+        self._ports = {n: self.host_ports.get(n) or free_port() for n in names}
         self.ssh_config.write_text(
             render_ssh_config(
                 port=self._ports["ssh"], identity_file=self.ssh_key, control_path=self.control_path
@@ -575,6 +651,10 @@ class Machine:
         assert self._qmp is not None
         self._qmp.connect(self.qmp_socket)
         return True
+
+    def check_alive(self) -> None:
+        """Raise :class:`QemuExited` or :class:`GuestPanic` if the VM is gone or panicked."""
+        self._check_alive()
 
     def _check_alive(self) -> None:
         if self._proc is None:
@@ -695,6 +775,16 @@ class Machine:
     def serial_tail(self, n: int = 80) -> str:
         """Last ``n`` lines of the serial console (what to look at when boot stalls)."""
         return tail_text(self.serial_log, n)
+
+    def remote(self) -> Remote:
+        """A :class:`builder.remote.Remote` on this VM, for tools that take any host."""
+        return Remote(
+            host="127.0.0.1",
+            port=self.forwarded_port("ssh"),
+            identity=self.ssh_key,
+            known_hosts=Path(os.devnull),
+            host_key_checking="no",
+        )
 
     def forwarded_port(self, name: str) -> int:
         """Loopback host port forwarded to the guest port registered as ``name``."""

@@ -399,3 +399,107 @@ def test_boot_retries_only_after_a_panic(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(BootTimeout):
         vm.boot(img, tmp_path / "w2")
     assert made[-1].stopped
+
+
+# -- UEFI firmware boot ------------------------------------------------------------------
+
+
+def _uefi_argv(tmp_path: Path, **kw: object) -> list[str]:
+    disk = tmp_path / "disk.qcow2"
+    disk.write_bytes(b"QFI\xfb")
+    args: dict[str, object] = {
+        "serial_log": tmp_path / "serial.log",
+        "qmp_socket": tmp_path / "qmp.sock",
+        "accel_args": accel.accel_args("tcg"),
+        "forwards": [(40022, 22)],
+        "firmware_vars": tmp_path / "vars.fd",
+    }
+    args.update(kw)
+    return build_qemu_argv(BootImage.uefi(disk), **args)  # type: ignore[arg-type]
+
+
+def test_uefi_argv_boots_firmware_not_a_kernel(tmp_path: Path) -> None:
+    argv = _uefi_argv(tmp_path)
+    assert not {"-kernel", "-initrd", "-append"} & set(argv)
+    pflash, root = _values(argv, "-drive")[:2], _values(argv, "-drive")[2]
+    code = pflash[0].split(",")
+    assert {"if=pflash", "unit=0", "readonly=on", f"file={vm.OVMF_CODE}"} <= set(code)
+    vars_ = pflash[1].split(",")
+    assert {"if=pflash", "unit=1", f"file={tmp_path / 'vars.fd'}"} <= set(vars_)
+    assert "readonly=on" not in vars_  # the firmware writes its boot entries there
+    assert {"format=qcow2", "snapshot=on", f"file={tmp_path / 'disk.qcow2'}"} <= set(
+        root.split(",")
+    )
+    assert "scsi-hd,drive=root,bootindex=0" in _values(argv, "-device")
+
+
+def test_uefi_argv_with_overlay_and_volumes(tmp_path: Path) -> None:
+    argv = _uefi_argv(
+        tmp_path, overlay=tmp_path / "root.qcow2", extra_drives=[tmp_path / "aurora-data.img"]
+    )
+    drives = _values(argv, "-drive")
+    assert f"if=none,id=root,file={tmp_path / 'root.qcow2'},format=qcow2" in drives
+    assert f"if=none,id=vol0,file={tmp_path / 'aurora-data.img'},format=raw" in drives
+
+
+def test_uefi_argv_refuses_missing_vars_and_cmdline(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="firmware_vars"):
+        _uefi_argv(tmp_path, firmware_vars=None)
+    with pytest.raises(ValueError, match="extra_cmdline"):
+        _uefi_argv(tmp_path, extra_cmdline="debug")
+    with pytest.raises(ValueError, match="vmdk"):
+        BootImage.uefi(tmp_path / "disk.vmdk", disk_format="vmdk")
+
+
+def test_direct_kernel_stays_the_default(tmp_path: Path) -> None:
+    img = BootImage.from_dir(_fake_image_dir(tmp_path))
+    assert not img.firmware
+    argv = _argv(tmp_path, firmware_vars=tmp_path / "ignored.fd")
+    assert not any("pflash" in d for d in _values(argv, "-drive"))
+    assert "scsi-hd,drive=root" in _values(argv, "-device")
+
+
+def test_machine_copies_firmware_vars_and_keeps_fixed_ports(tmp_path: Path) -> None:
+    disk = tmp_path / "disk.qcow2"
+    disk.write_bytes(b"")
+    m = Machine(
+        BootImage.uefi(disk),
+        tmp_path / "w",
+        accel="tcg",
+        host_forwards={"http": 80},
+        host_ports={"ssh": 40022, "http": 40080},
+        ssh_key_via_smbios=False,
+    )
+    m._ports = {"ssh": 40022, "http": 40080}
+    argv = m._argv()
+    assert f"if=pflash,format=raw,unit=1,file={tmp_path / 'w' / 'OVMF_VARS.fd'}" in argv
+    assert "hostfwd=tcp:127.0.0.1:40080-:80" in _values(argv, "-netdev")[0]
+    assert "-smbios" not in argv
+    with pytest.raises(ValueError, match="no forward named https"):
+        Machine(BootImage.uefi(disk), tmp_path / "w", host_ports={"https": 1})
+
+
+@pytest.mark.skipif(shutil.which("mkfs.ext4") is None, reason="e2fsprogs missing")
+@pytest.mark.skipif(shutil.which("debugfs") is None, reason="e2fsprogs missing")
+def test_scratch_volume_populated_from_directory(tmp_path: Path) -> None:
+    seed = tmp_path / "seed"
+    store = seed / "aurora" / "credstore"
+    store.mkdir(parents=True)
+    store.chmod(0o700)
+    (store / "ssh.authorized_keys.root").write_text("ssh-ed25519 AAAA k\n")
+    (store / "ssh.authorized_keys.root").chmod(0o600)
+    (data,) = vm.scratch_volumes(
+        ["aurora-data"], tmp_path, size="16M", contents={"aurora-data": seed}
+    )
+    out = subprocess.run(
+        ["debugfs", "-R", "stat /aurora/credstore/ssh.authorized_keys.root", str(data)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "Mode:  0600" in out
+    cat = subprocess.run(
+        ["debugfs", "-R", "cat /aurora/credstore/ssh.authorized_keys.root", str(data)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert cat == "ssh-ed25519 AAAA k\n"
+    label = subprocess.run(["e2label", str(data)], capture_output=True, text=True, check=True)
+    assert label.stdout.strip() == "aurora-data"
