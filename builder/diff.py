@@ -13,6 +13,7 @@ import difflib
 import hashlib
 import json
 import tarfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -260,16 +261,23 @@ def _counts(d: MappingDiff | TreeDiff) -> str:
     return f"{len(d.added)} added, {len(d.removed)} removed, {len(d.changed)} changed"
 
 
+def change_lines(
+    added: Iterable[str], removed: Iterable[str], changed: list[FileChange], indent: str = ""
+) -> list[str]:
+    """`+ path`, `- path`, `~ path [notes]` and each change's unified diff below it."""
+    lines = [f"{indent}+ {p}" for p in added]
+    lines += [f"{indent}- {p}" for p in removed]
+    for change in changed:
+        notes = change.notes()
+        lines.append(f"{indent}~ {change.path}" + (f"  [{'; '.join(notes)}]" if notes else ""))
+        if change.diff:
+            lines += [f"{indent}    {line}" for line in change.diff.rstrip("\n").split("\n")]
+    return lines
+
+
 def _tree_text(title: str, tree: TreeDiff) -> list[str]:
     lines = [f"{title}: {_counts(tree)}" if tree else f"{title}: no changes"]
-    lines += [f"  + {p}" for p in tree.added]
-    lines += [f"  - {p}" for p in tree.removed]
-    for change in tree.changed:
-        notes = change.notes()
-        lines.append(f"  ~ {change.path}" + (f"  [{'; '.join(notes)}]" if notes else ""))
-        if change.diff:
-            lines += ["      " + line for line in change.diff.rstrip("\n").split("\n")]
-    return lines
+    return lines + change_lines(tree.added, tree.removed, tree.changed, indent="  ")
 
 
 def _packages_text(title: str, packages: MappingDiff) -> list[str]:

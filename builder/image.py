@@ -52,12 +52,14 @@ class BuiltImage:
     seconds: float
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a (possibly multi-GB) file, read in chunks."""
     with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(handle, algorithm).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    return file_digest(path)
 
 
 def rendered_manifest(tree: Tree) -> dict[str, dict[str, str]]:

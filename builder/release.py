@@ -49,7 +49,7 @@ from builder import progress
 from builder.cloud import Cloud, CloudError, GlanceImage, ImageNotFound, Server
 from builder.errors import AuroraError
 from builder.gpt import partitions
-from builder.image import sha256_file
+from builder.image import file_digest, sha256_file
 from builder.probe import Endpoint, ProbeReport, forget_host_keys, known_hosts_for, probe
 from builder.remote import Remote
 from builder.store import (
@@ -356,16 +356,6 @@ def image_properties(image_dir: Path) -> dict[str, str]:
     return props
 
 
-def _file_hash(path: Path, algo: str) -> str:
-    import hashlib
-
-    h = hashlib.new(algo)
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # -- Glance --------------------------------------------------------------------
 
 
@@ -400,7 +390,7 @@ def ensure_upload(cloud: Cloud, image_dir: Path, *, note: Callable[[str], None] 
     with progress.step(f"upload {name}", total=qcow.size) as step:
         cloud.upload(created.id, qcow.path, step.advance)
         image = cloud.wait_image(created.id, UPLOAD_SETTLE_SECONDS)
-    local_hash = _file_hash(qcow.path, image.hash_algo or "sha512")
+    local_hash = file_digest(qcow.path, image.hash_algo or "sha512")
     if image.status != "active" or image.size != qcow.size or image.hash_value != local_hash:
         cloud.delete_image(image.id)
         raise ReleaseError(

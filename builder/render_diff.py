@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.diff import FileChange, rendered_contents, unified
+from builder.diff import FileChange, change_lines, rendered_contents, unified
 from builder.errors import AuroraError
 from builder.image import IDENTITY, rendered_manifest
 from builder.render import Tree
@@ -122,14 +122,7 @@ def diff_tree(tree: Tree, base: Base) -> RenderDiff:
 
 def format_text(diff: RenderDiff) -> str:
     """Unified diffs for changed files, then one line saying what changed in all."""
-    lines = []
-    lines += [f"+ {p}" for p in diff.added]
-    lines += [f"- {p}" for p in diff.removed]
-    for change in diff.changed:
-        notes = change.notes()
-        lines.append(f"~ {change.path}" + (f"  [{'; '.join(notes)}]" if notes else ""))
-        if change.diff:
-            lines += ["    " + line for line in change.diff.rstrip("\n").split("\n")]
+    lines = change_lines(diff.added, diff.removed, diff.changed)
     if diff.empty:
         lines.append(f"no changes against {diff.base} ({diff.unchanged} files)")
     else:

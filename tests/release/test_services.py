@@ -7,7 +7,6 @@ real rebuilds (one VM at a time) and prints the timings the report quotes.
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 import subprocess
 import time
@@ -19,6 +18,7 @@ import pytest
 from keystoneauth1 import exceptions as ks_exc
 from openstack import exceptions as os_exc
 
+from builder.image import file_digest
 from builder.retry import retry
 from tests.release.conftest import SERVER, boot_image_dir
 from tests.release.glance import GlanceServer
@@ -38,12 +38,6 @@ def _connect() -> openstack.connection.Connection:
     return openstack.connect()
 
 
-def _sha512(path: Path) -> str:
-    h = hashlib.sha512()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _upload(conn: openstack.connection.Connection, path: Path, name: str, **props: str) -> str:
@@ -80,7 +74,7 @@ def test_glance_upload_download_properties_and_tags(
     image = conn.image.get_image(image_id)  # create_image(wait=True) returns a stale object
     assert image.status == "active"
     assert image.size == small_qcow2.stat().st_size
-    assert (image.hash_algo, image.hash_value) == ("sha512", _sha512(small_qcow2))
+    assert (image.hash_algo, image.hash_value) == ("sha512", file_digest(small_qcow2, "sha512"))
     assert sorted(image.tags) == ["aurora", "aurora-r1-small"]
     assert image.visibility == "private"
     assert image.properties["aurora_digest"] == "abc"
@@ -229,7 +223,7 @@ def test_real_rebuild_boots_newest_image_and_keeps_data(
     t0 = time.monotonic()
     image_id = _upload(conn, qcow2, f"aurora-{image_dir.name}", **STFC_PROPERTIES)
     upload_s = time.monotonic() - t0
-    assert conn.image.get_image(image_id).hash_value == _sha512(qcow2)
+    assert conn.image.get_image(image_id).hash_value == file_digest(qcow2, "sha512")
 
     t0 = time.monotonic()
     _rebuild_and_wait(conn, image_id)
