@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -77,10 +78,15 @@ def _spec(args: argparse.Namespace) -> HostSpec:
 
 
 def _cloud(args: argparse.Namespace, spec: HostSpec) -> Cloud:
-    """--cloud, else deploy.cloud, else OS_CLOUD / the OS_* variables."""
+    """As the openstack CLI: --cloud, else OS_CLOUD, else the OS_* variables when
+    OS_AUTH_URL is set; the spec's deploy.cloud is the default behind them all."""
     from builder.cloud import Cloud
 
-    return Cloud.connect(args.cloud or spec.deploy.cloud)
+    if args.cloud:
+        return Cloud.connect(args.cloud)
+    if os.environ.get("OS_CLOUD") or os.environ.get("OS_AUTH_URL"):
+        return Cloud.connect(None)
+    return Cloud.connect(spec.deploy.cloud)
 
 
 def _target(args: argparse.Namespace) -> Target:

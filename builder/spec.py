@@ -567,8 +567,8 @@ class Deploy(Model):
     """
 
     cloud: str | None = None
-    """The `clouds.yaml` entry; unset: `OS_CLOUD` and the `OS_*` variables, as the openstack CLI
-    does."""
+    """The default `clouds.yaml` entry; `--cloud`, `OS_CLOUD` or `OS_AUTH_URL` (the `OS_*`
+    variables) take precedence, as with the openstack CLI."""
     server: str = "aurora"
     """Name (or id) of the Nova server releases rebuild."""
     address: str | None = None
