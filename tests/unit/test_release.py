@@ -23,6 +23,7 @@ from builder import release
 from builder.cli import main
 from builder.cloud import Cloud, CloudUnreachable, ImageNotFound, Server
 from builder.errors import UnknownTag
+from builder.image import file_digest
 from builder.release import (
     MARK,
     NotAttested,
@@ -197,7 +198,7 @@ def test_upload_is_private_tagged_verified_and_carries_the_properties(
     assert is_ready(image)
     qcow = path / release.QCOW
     assert image.size == qcow.stat().st_size
-    assert image.hash_value == release._file_hash(qcow, image.hash_algo or "sha512")
+    assert image.hash_value == file_digest(qcow, image.hash_algo or "sha512")
     manifest = json.loads((path / "manifest.json").read_text())
     props = image.properties
     assert props["aurora_image_sha256"] == manifest["artifacts"]["aurora.raw"]["sha256"]
