@@ -69,13 +69,16 @@ def cmd_lock(args: argparse.Namespace) -> int:
         from builder.store import resolve_image
 
         image = resolve_image(args.debian) if args.debian else newest_image()
-        print(f"wrote {write_debian_lock(image)} from {image.name}")
+        path = write_debian_lock(image)
+        print(json.dumps({"wrote": str(path), "image": image.name}) if args.json else (
+            f"wrote {path} from {image.name}"
+        ))
         return 0
     from builder.lock import write_lock
     from builder.spec import load_spec
 
     path = write_lock(load_spec(args.spec))
-    print(f"wrote {path}")
+    print(json.dumps({"wrote": str(path)}) if args.json else f"wrote {path}")
     return 0
 
 
@@ -105,7 +108,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from builder.spec import load_spec
 
     spec = load_spec(args.spec)
-    print(f"{args.spec}: valid ({len(spec.source_sync.streams)} streams)")
+    streams = len(spec.source_sync.streams)
+    if args.json:
+        print(json.dumps({"spec": str(args.spec), "valid": True, "release": spec.release,
+                          "streams": streams}))  # fmt: skip
+    else:
+        print(f"{args.spec}: valid ({streams} streams)")
     return 0
 
 
