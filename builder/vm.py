@@ -324,9 +324,19 @@ def scratch_volumes(
 
 def free_port() -> int:
     """A currently free loopback TCP port (QEMU binds it moments later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports: all are held open until every one is
+    chosen, since the kernel may hand a just-closed port out again at once."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind(("127.0.0.1", 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
 
 
 def tail_text(path: Path, n: int) -> str:
@@ -612,7 +622,9 @@ class Machine:
             shutil.copyfile(OVMF_VARS, self.firmware_vars)
 
         names = ("ssh", *self.host_forwards)
-        self._ports = {n: self.host_ports.get(n) or free_port() for n in names}
+        unfixed = [n for n in names if not self.host_ports.get(n)]
+        fresh = iter(free_ports(len(unfixed)))
+        self._ports = {n: self.host_ports.get(n) or next(fresh) for n in names}
         self.ssh_config.write_text(
             render_ssh_config(
                 port=self._ports["ssh"], identity_file=self.ssh_key, control_path=self.control_path

@@ -52,7 +52,7 @@ from builder.vm import (
     Machine,
     MachineError,
     QemuExited,
-    free_port,
+    free_ports,
     scratch_volumes,
     tail_text,
 )
@@ -148,8 +148,7 @@ class NovaDouble:
         self.glance = glance_endpoint.rstrip("/")
         self.ssh_key = ssh_key
         self.memory_mb = memory_mb
-        self.port = free_port()
-        self.ssh_port, self.http_port, self.https_port = free_port(), free_port(), free_port()
+        self.port, self.ssh_port, self.http_port, self.https_port = free_ports(4)
         #: Every request seen, as (method, path with query), for assertions.
         self.requests: list[tuple[str, str]] = []
         #: Image ids of accepted rebuilds, in order.

@@ -503,3 +503,11 @@ def test_scratch_volume_populated_from_directory(tmp_path: Path) -> None:
     assert cat == "ssh-ed25519 AAAA k\n"
     label = subprocess.run(["e2label", str(data)], capture_output=True, text=True, check=True)
     assert label.stdout.strip() == "aurora-data"
+
+
+def test_free_ports_are_distinct() -> None:
+    """Two forwards on one host port make QEMU refuse to start."""
+    from builder.vm import free_ports
+
+    ports = free_ports(64)
+    assert len(set(ports)) == 64
