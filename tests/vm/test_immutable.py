@@ -61,7 +61,7 @@ def two_boots(image_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 record["units_write"] = vm.execute("touch /etc/systemd/system/aurora-x 2>&1")[1]
                 record["root_source"] = vm.succeed("findmnt -n -o SOURCE /").strip()
                 record["root_dm_uuid"] = vm.succeed(
-                    "cat /sys/dev/block/$(findmnt -n -o MAJ:MIN /)/dm/uuid"
+                    "cat /sys/dev/block/$(mountpoint -d /)/dm/uuid"
                 ).strip()
                 record["cmdline"] = vm.succeed("cat /proc/cmdline").split()
             else:
