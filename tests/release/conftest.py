@@ -32,6 +32,12 @@ def boot_image_dir() -> Path:
     return resolve_image(chosen) if chosen else newest_image()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The services' own tests first: they expect the session's server as created
+    (nobody has promoted to it); the end-to-end release scenario changes that."""
+    items.sort(key=lambda item: item.path.name == "test_release.py")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
