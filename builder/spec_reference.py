@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import os
 import re
 import sys
-import tempfile
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from pydantic.fields import FieldInfo
 from builder import spec as spec_mod
 from builder.errors import AuroraError
 from builder.spec import HostSpec
+from builder.tree import atomic_write
 
 REPO = Path(__file__).resolve().parent.parent
 PAGE = REPO / "docs" / "reference" / "spec.md"
@@ -360,16 +359,7 @@ def render_page() -> str:
 
 def write_page(page: Path = PAGE) -> Path:
     """Write the reference atomically (temp file + rename); return its path."""
-    page.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{page.name}.", dir=page.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(render_page())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, page)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(page, render_page().encode())
     return page
 
 
