@@ -25,7 +25,7 @@ from builder.image import build  # noqa: E402
 from builder.render import render  # noqa: E402
 from builder.spec import load_spec  # noqa: E402
 from builder.tools import cache_dir  # noqa: E402
-from builder.vm import BootImage, Machine, scratch_volumes  # noqa: E402
+from builder.vm import BootImage, Machine, scratch_volumes, volume_labels  # noqa: E402
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, object]:
@@ -61,11 +61,7 @@ def one_line_change(spec_path: Path, workdir: Path) -> Path:
 
 
 def bench_boot(image_dir: Path, spec_path: Path) -> None:
-    labels = [
-        m.what.removeprefix("LABEL=")
-        for m in load_spec(spec_path).mounts
-        if m.what.startswith("LABEL=")
-    ]
+    labels = volume_labels(load_spec(spec_path))
     with tempfile.TemporaryDirectory() as tmp:
         drives = scratch_volumes(labels, Path(tmp))
         vm = Machine(

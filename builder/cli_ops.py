@@ -55,14 +55,14 @@ def _volume_labels(image_dir: Path, fallback: Path) -> list[str]:
     """The labels the image mounts its volumes by, from the spec it was built from."""
     from builder.inputs import REPO
     from builder.spec import load_spec
+    from builder.vm import volume_labels
 
     try:
         recorded = json.loads((image_dir / "manifest.json").read_text()).get("spec")
     except (OSError, ValueError):
         recorded = None
     path = REPO / recorded if recorded and (REPO / recorded).is_file() else fallback
-    spec = load_spec(path)
-    return [m.what.removeprefix("LABEL=") for m in spec.mounts if m.what.startswith("LABEL=")]
+    return volume_labels(load_spec(path))
 
 
 def cmd_vm(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 from uuid import uuid4
 
 from qemu.qmp import EventListener, QMPClient, QMPError
@@ -42,6 +42,9 @@ from qemu.qmp import EventListener, QMPClient, QMPError
 from builder import accel as accel_mod
 from builder.remote import Remote
 from builder.retry import RetryTimeout, retry
+
+if TYPE_CHECKING:
+    from builder.spec import HostSpec
 
 log = logging.getLogger(__name__)
 
@@ -297,6 +300,11 @@ def make_overlay(image: BootImage, path: Path) -> Path:
         check=True,
     )  # fmt: skip
     return path
+
+
+def volume_labels(spec: HostSpec) -> list[str]:
+    """The labels the spec mounts its volumes by (what :func:`scratch_volumes` makes)."""
+    return [m.what.removeprefix("LABEL=") for m in spec.mounts if m.what.startswith("LABEL=")]
 
 
 def scratch_volumes(
