@@ -665,7 +665,7 @@ class Machine:
             raise
 
     def _try_qmp_connect(self) -> bool:
-        self._check_alive()
+        self.check_alive()
         if not self.qmp_socket.exists():
             return False  # not created yet; connecting now would only log an error
         assert self._qmp is not None
@@ -674,9 +674,6 @@ class Machine:
 
     def check_alive(self) -> None:
         """Raise :class:`QemuExited` or :class:`GuestPanic` if the VM is gone or panicked."""
-        self._check_alive()
-
-    def _check_alive(self) -> None:
         if self._proc is None:
             raise MachineError("machine not started")
         rc = self._proc.poll()
@@ -868,7 +865,7 @@ class Machine:
 
         def attempt() -> bool:
             nonlocal failed_seen
-            self._check_alive()
+            self.check_alive()
             r = self._ssh("true", timeout=60, options=("-o", "ConnectTimeout=15"))
             if r.returncode == 0:
                 return True
@@ -902,7 +899,7 @@ class Machine:
         """Poll ``cmd`` until it exits 0; return its stdout."""
 
         def attempt() -> str | bool:
-            self._check_alive()
+            self.check_alive()
             r = self._ssh(cmd, timeout=max(timeout, 1.0))
             if r.returncode == 0:
                 return r.stdout or True
@@ -922,7 +919,7 @@ class Machine:
         q = shlex.quote(unit)
 
         def attempt() -> bool:
-            self._check_alive()
+            self.check_alive()
             rc, out = self.execute(f"systemctl is-active {q}", timeout=60)
             state = out.strip()
             if state == "active":
@@ -945,7 +942,7 @@ class Machine:
         """Poll until something in the guest listens on TCP ``port``."""
 
         def attempt() -> bool:
-            self._check_alive()
+            self.check_alive()
             rc, out = self.execute(f"ss -Htln 'sport = :{int(port)}'", timeout=60)
             if rc == 0 and out.strip():
                 return True

@@ -353,7 +353,7 @@ def test_kernel_panic_on_console_fails_fast(tmp_path: Path) -> None:
     try:
         m._proc = stand_in
         m.serial_log.write_bytes(b"[    1.0] Linux version 6.12\n[    5.4] Kernel pan")
-        m._check_alive()  # half a line is not a panic yet
+        m.check_alive()  # half a line is not a panic yet
         with m.serial_log.open("ab") as f:
             f.write(b"ic - not syncing: Fatal exception in interrupt\n")
         start = time.monotonic()
