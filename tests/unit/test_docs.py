@@ -151,7 +151,7 @@ def test_unknown_key_error_points_at_the_reference(tmp_path: Path) -> None:
 
 
 def test_every_ansible_role_is_mapped() -> None:
-    contract = (REPO.parent / "shared" / "reference" / "CONTRACT.md").read_text()
+    contract = (REPO / "tests" / "data" / "reference" / "CONTRACT.md").read_text()
     listed = re.search(r"\(roles ([^)]*)\)", contract)
     assert listed, "CONTRACT.md no longer lists the Ansible roles as '(roles a, b, ...)'"
     roles = [r.strip() for r in listed.group(1).split(",")]

@@ -1,6 +1,7 @@
 """Rendered units against the Ansible deployment's units, directive by directive.
 
-`reference-units.json` (shared/reference) holds every unit of the deployment we
+`reference-units.json` (tests/data/reference, copied from the Ansible repository
+as rendered; see its README) holds every unit of the deployment we
 replace, rendered with its production variables. Every unit we render that has
 a counterpart there must match it exactly, except for the differences listed in
 ALLOWED with their reasons.
@@ -19,7 +20,7 @@ from builder.spec import load_spec
 from builder.unitfile import parse_unit
 
 REPO = Path(__file__).resolve().parents[2]
-REFERENCE = REPO.parent / "shared" / "reference" / "reference-units.json"
+REFERENCE = REPO / "tests" / "data" / "reference" / "reference-units.json"
 
 # (unit globs, directive) -> why the image deliberately differs from the Ansible unit.
 ALLOWED: dict[tuple[tuple[str, ...], str], str] = {
@@ -54,7 +55,7 @@ def _allowed(name: str, key: str) -> bool:
 
 @pytest.fixture(scope="module")
 def reference() -> dict[str, dict[str, list[str]]]:
-    assert REFERENCE.exists(), f"{REFERENCE} missing: shared/ must sit beside the repo"
+    assert REFERENCE.exists(), f"{REFERENCE} missing (see tests/data/reference/README.md)"
     return json.loads(REFERENCE.read_text())
 
 
