@@ -12,7 +12,7 @@ RUN := $(UV) run --frozen --no-sync
 CLI := $(RUN) aurora-image
 
 .DEFAULT_GOAL := help
-.PHONY: help setup render image smoke test unit lint bench docs promote rollback releases clean
+.PHONY: help setup render image smoke test unit lint bench docs promote rollback releases pristine clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ test: image ## everything: lint, unit tests, the QEMU smoke suite, then the rele
 	$(RUN) ruff check builder tests bench
 	$(RUN) pytest tests/unit tests/vm -v
 	$(RUN) pytest tests/release -v
+
+pristine: ## what CI runs: `make image` then `make test` in a fresh Debian 12 root (mmdebstrap)
+	scripts/pristine-check.sh
 
 docs: setup ## regenerate the spec reference and build the MkDocs site into build/site
 	$(RUN) python -m builder.spec_reference
