@@ -70,6 +70,7 @@ class GlanceImage:
     updated_at: str
     tags: tuple[str, ...]
     properties: dict[str, str] = field(default_factory=dict)
+    hidden: bool = False
 
     def prop(self, key: str) -> str | None:
         return self.properties.get(key)
@@ -220,6 +221,11 @@ class Cloud:
                     f"cloud {self.name}: image {image.name} ({image_id}) still {image.status} "
                     f"after {timeout:.0f} s; retry the promote, it replaces an unfinished upload"
                 )
+    def set_hidden(self, image_id: str, hidden: bool) -> None:
+        """Hide an image from default image lists (`os_hidden`); it stays bootable by id."""
+        with self._call("image", f"setting os_hidden of image {image_id}", ImageNotFound):
+            self._conn.image.update_image(image_id, is_hidden=hidden)
+
             time.sleep(1)
 
     # -- Nova --------------------------------------------------------------
@@ -270,6 +276,26 @@ class _Counting:
         data = self._handle.read(CHUNK if size is None or size < 0 else size)
         self._progress(len(data))
         return data
+    def server_metadata(self, server_id: str) -> dict[str, str]:
+        """The server's metadata as Nova holds it now (what every operator sees)."""
+        with self._call("compute", f"metadata of server {server_id}", ServerNotFound):
+            raw = self._conn.compute.fetch_server_metadata(server_id)
+        return {str(k): str(v) for k, v in (raw.metadata or {}).items()}
+
+    def set_server_metadata(self, server_id: str, **items: str) -> None:
+        """Add or replace metadata items (Nova leaves the others as they are)."""
+        with self._call("compute", f"setting metadata of server {server_id}", ServerNotFound):
+            self._conn.compute.set_server_metadata(server_id, **items)
+
+    def delete_server_metadata(self, server_id: str, keys: list[str]) -> None:
+        """Remove metadata items; an item already gone is not an error."""
+        present = self.server_metadata(server_id)
+        gone = [k for k in keys if k in present]
+        if not gone:
+            return
+        with self._call("compute", f"deleting metadata of server {server_id}", ServerNotFound):
+            self._conn.compute.delete_server_metadata(server_id, gone)
+
 
     def __iter__(self) -> Iterator[bytes]:
         while chunk := self.read(CHUNK):
@@ -323,6 +349,7 @@ def _server(raw: Any) -> Server:
     fault = raw.fault if isinstance(raw.fault, dict) else {}
     return Server(
         id=raw.id,
+        hidden=bool(getattr(raw, "is_hidden", False)),
         name=raw.name or "",
         status=raw.status or "",
         task_state=getattr(raw, "task_state", None),
