@@ -1,7 +1,9 @@
 """A real Glance image API on loopback for the release tests.
 
 Not a double: this is the PyPI ``glance`` package served by gunicorn, with a
-sqlite database and the file store in a temporary directory. Keystone is left
+sqlite database and the file store in a temporary directory. Its transactions
+take SQLite's write lock when they begin (glance_app.py), so concurrent requests
+wait for each other as on MySQL instead of failing with HTTP 500. Keystone is left
 out (the ``unauthenticated-context`` paste pipeline), so the policy makes
 every caller an admin; otherwise each call would be refused with 403.
 
@@ -26,6 +28,10 @@ from builder.vm import _die_with_parent, free_port, tail_text
 VENV_BIN = Path(sys.executable).parent
 # The paste pipelines ship with the package, under the venv's etc/.
 PASTE_INI = Path(sys.prefix) / "etc" / "glance" / "glance-api-paste.ini"
+# The repository root, so gunicorn imports tests.release.glance_app (this folder
+# itself must not go on sys.path: glance.py would shadow the glance package).
+REPO = Path(__file__).resolve().parents[2]
+BUSY_TIMEOUT = 60  # seconds; transactions last milliseconds, a loaded machine stretches them
 
 
 class GlanceError(RuntimeError):
@@ -42,7 +48,8 @@ image_cache_dir = {root / "cache"}
 enabled_import_methods = []
 
 [database]
-connection = sqlite:///{root / "glance.sqlite"}
+# timeout: how long a transaction waits for another's write lock (glance_app.py).
+connection = sqlite:///{root / "glance.sqlite"}?timeout={BUSY_TIMEOUT}
 
 [glance_store]
 default_backend = fs
@@ -123,7 +130,9 @@ class GlanceServer:
             # gunicorn 27 otherwise puts a control socket in ~/.gunicorn, shared by
             # every gunicorn of the user.
             "--no-control-socket",
-            "glance.wsgi.api:application",
+            # Glance's app with SQLite writers that wait instead of failing (see there).
+            "--pythonpath", str(REPO),
+            "tests.release.glance_app:application",
         ]  # fmt: skip
         with self.log_file.open("ab") as log:
             self._proc = subprocess.Popen(
