@@ -155,10 +155,13 @@ class Cloud:
 
     # -- Glance ------------------------------------------------------------
 
-    def images(self, tag: str) -> list[GlanceImage]:
-        """Every image carrying `tag`, newest first."""
+    def images(self, tag: str, *, hidden: bool = False) -> list[GlanceImage]:
+        """Every image carrying `tag`, newest first (`hidden`: only hidden ones)."""
+        query: dict[str, Any] = {"tag": [tag]}
+        if hidden:
+            query["is_hidden"] = True
         with self._call("image", f"listing images tagged {tag!r}"):
-            found = [_image(i) for i in self._conn.image.images(tag=[tag])]
+            found = [_image(i) for i in self._conn.image.images(**query)]
         return sorted(found, key=lambda i: (i.created_at, i.id), reverse=True)
 
     def image(self, image_id: str) -> GlanceImage:
@@ -166,9 +169,16 @@ class Cloud:
             return _image(self._conn.image.get_image(image_id))
 
     def create_image(
-        self, name: str, *, disk_format: str, tags: list[str], properties: dict[str, str]
+        self,
+        name: str,
+        *,
+        disk_format: str,
+        tags: list[str],
+        properties: dict[str, str],
+        hidden: bool = False,
     ) -> GlanceImage:
-        """A private, queued image record; the data comes with `upload`."""
+        """A private, queued image record (`hidden`: left out of default listings);
+        the data comes with `upload`."""
         from openstack.image.v2.image import Image
 
         with self._call("image", f"creating image {name}"):
@@ -177,6 +187,7 @@ class Cloud:
                 disk_format=disk_format,
                 container_format="bare",
                 visibility="private",
+                is_hidden=hidden,
                 tags=tags,
                 **properties,
             ).create(self._conn.image)
@@ -199,11 +210,21 @@ class Cloud:
                     f"{path.name} refused with HTTP {response.status_code} ({detail})"
                 )
 
+    def download(self, image_id: str) -> bytes:
+        """A small image's data, whole (the SDK checks it against Glance's hash)."""
+        with self._call("image", f"downloading image {image_id}", ImageNotFound):
+            return bytes(self._conn.image.download_image(image_id).content)
+
     def set_properties(self, image_id: str, **properties: str) -> GlanceImage:
         """Add or replace properties (by id: an Image object would rewrite the others)."""
         with self._call("image", f"updating properties of image {image_id}", ImageNotFound):
             self._conn.image.update_image(image_id, **properties)
         return self.image(image_id)
+
+    def set_hidden(self, image_id: str, hidden: bool) -> None:
+        """Hide an image from default image lists (`os_hidden`); it stays bootable by id."""
+        with self._call("image", f"setting os_hidden of image {image_id}", ImageNotFound):
+            self._conn.image.update_image(image_id, is_hidden=hidden)
 
     def delete_image(self, image_id: str) -> None:
         with self._call("image", f"deleting image {image_id}"):
@@ -221,11 +242,6 @@ class Cloud:
                     f"cloud {self.name}: image {image.name} ({image_id}) still {image.status} "
                     f"after {timeout:.0f} s; retry the promote, it replaces an unfinished upload"
                 )
-    def set_hidden(self, image_id: str, hidden: bool) -> None:
-        """Hide an image from default image lists (`os_hidden`); it stays bootable by id."""
-        with self._call("image", f"setting os_hidden of image {image_id}", ImageNotFound):
-            self._conn.image.update_image(image_id, is_hidden=hidden)
-
             time.sleep(1)
 
     # -- Nova --------------------------------------------------------------
@@ -260,22 +276,6 @@ class Cloud:
                 return server
             time.sleep(2)
 
-    def _server_now(self, server_id: str) -> Server:
-        with self._call("compute", f"server {server_id}", ServerNotFound):
-            return _server(self._conn.compute.get_server(server_id))
-
-
-class _Counting:
-    """A read-only file wrapper that reports bytes read (for the upload's progress bar)."""
-
-    def __init__(self, handle: BinaryIO, progress: Callable[[int], None]) -> None:
-        self._handle = handle
-        self._progress = progress
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._handle.read(CHUNK if size is None or size < 0 else size)
-        self._progress(len(data))
-        return data
     def server_metadata(self, server_id: str) -> dict[str, str]:
         """The server's metadata as Nova holds it now (what every operator sees)."""
         with self._call("compute", f"metadata of server {server_id}", ServerNotFound):
@@ -296,6 +296,22 @@ class _Counting:
         with self._call("compute", f"deleting metadata of server {server_id}", ServerNotFound):
             self._conn.compute.delete_server_metadata(server_id, gone)
 
+    def _server_now(self, server_id: str) -> Server:
+        with self._call("compute", f"server {server_id}", ServerNotFound):
+            return _server(self._conn.compute.get_server(server_id))
+
+
+class _Counting:
+    """A read-only file wrapper that reports bytes read (for the upload's progress bar)."""
+
+    def __init__(self, handle: BinaryIO, progress: Callable[[int], None]) -> None:
+        self._handle = handle
+        self._progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(CHUNK if size is None or size < 0 else size)
+        self._progress(len(data))
+        return data
 
     def __iter__(self) -> Iterator[bytes]:
         while chunk := self.read(CHUNK):
@@ -333,6 +349,7 @@ def _image(raw: Any) -> GlanceImage:
         updated_at=raw.updated_at or "",
         tags=tuple(sorted(raw.tags or ())),
         properties=properties,
+        hidden=bool(getattr(raw, "is_hidden", False)),
     )
 
 
@@ -349,7 +366,6 @@ def _server(raw: Any) -> Server:
     fault = raw.fault if isinstance(raw.fault, dict) else {}
     return Server(
         id=raw.id,
-        hidden=bool(getattr(raw, "is_hidden", False)),
         name=raw.name or "",
         status=raw.status or "",
         task_state=getattr(raw, "task_state", None),
