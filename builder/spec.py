@@ -559,6 +559,28 @@ class Secret(Model):
     `password`, `tls`, `ca_file`) turned into an msmtp configuration."""
 
 
+ChangeCategory = Literal[
+    "source-sync", "gws", "nginx-tls", "firewall", "credentials", "alerting", "app", "packages"
+]
+
+
+class DeployTarget(Model):
+    """One server a release goes to (e.g. `staging`, `production`)."""
+
+    server: str
+    """Name (or id) of the Nova server this target rebuilds."""
+    role: Literal["staging", "production"]
+    """`staging` takes any attested image; `production` only one whose inputs ran healthy on
+    staging for `deploy.staging_soak`, and with the approvals `deploy.approval_required` asks."""
+    cloud: str | None = None
+    """Its `clouds.yaml` entry; unset: `deploy.cloud`."""
+    spec: str | None = None
+    """The spec this target's image is built from, relative to this spec (e.g. `staging.yml`, an
+    overlay of it); unset: this spec."""
+    address: str | None = None
+    """Address the health probe uses; unset: the server's address from Nova."""
+
+
 class Deploy(Model):
     """Where releases of this image go on JASMIN Cloud, and how the probe reaches it.
 
@@ -585,6 +607,22 @@ class Deploy(Model):
     """How long the probe waits for the rebuilt server to answer."""
     keep_images: Annotated[int, Field(ge=2)] = 3
     """Images kept in Glance by the prune; never fewer than the live one and the one before it."""
+    targets: dict[Name, DeployTarget] = {}
+    """Named release targets (`promote --target NAME`); unset: the one server above."""
+    allowed_signers: str | None = None
+    """OpenSSH allowed_signers file (relative to this spec) whose keys may sign releases; set, every
+    promote and rollback verifies the image's signature first. A production target needs it."""
+    lease_ttl: TimeSpan = "3h"
+    """How long a promote or rollback holds the server's lease (one operator at a time) before
+    another operator may take it over."""
+    staging_soak: TimeSpan = "24h"
+    """How long the same inputs must have run healthy on a staging target before a production
+    target accepts them (`--force --reason` overrides, recorded)."""
+    soak_window: TimeSpan = "30min"
+    """How long the probe keeps watching a rebuilt server before the release counts as done; a
+    failure within it rolls back by itself."""
+    approval_required: list[ChangeCategory] = []
+    """Change categories a production promote needs `--approve CATEGORY` for."""
 
 
 _SECRET_KEY = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|AUTHKEY|PRIVATE", re.IGNORECASE)

@@ -28,6 +28,13 @@ base_packages="make,git,ca-certificates"
 # Caches that hold downloads and mkosi's incremental state, never installed tools.
 carried="mkosi-cache mkosi-pkgs uv git apt-trixie/archives"
 
+# The machine's network settings (proxies, the CA bundle its TLS egress needs)
+# are the machine's, not installed software: the root gets them as a new
+# machine of this kind would have them.
+network_env=()
+while IFS= read -r line; do network_env+=("$line"); done < <(
+    env | grep -E '^(SSL_CERT_(FILE|DIR)|REQUESTS_CA_BUNDLE|CURL_CA_BUNDLE|PIP_CERT|GIT_SSL_CAINFO|(HTTPS?|NO|ALL)_PROXY|(https?|no|all)_proxy)=' || true)
+
 inside() {
     # PID 1 of the new namespaces: mount the root, pivot into it, run the README.
     local root=$1
@@ -53,7 +60,7 @@ inside() {
     rmdir /.oldroot
     cd /src
     exec /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" CI=1 \
-        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "${network_env[@]}" \
         /bin/bash -c "$command"
 }
 
@@ -89,6 +96,10 @@ root="$run/root"
 mkdir "$root"
 tar -C "$root" -xf "$base"
 cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+if [ -d /usr/local/share/ca-certificates ]; then
+    cp -a /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+    chroot "$root" update-ca-certificates >/dev/null
+fi
 [ -s "$root/etc/hosts" ] || printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$root/etc/hosts"
 git clone --quiet --no-hardlinks "$repo" "$root/src"
 echo "pristine-check: $(git -C "$root/src" log -1 --format='%h %s') in $root"

@@ -1,0 +1,144 @@
+"""The release gates' side of the CLI: `--target`, `--break-lease`, `--allowed-signers`,
+`--force --reason`, `--approve`, turned into a builder.gates.Gates from the spec.
+
+Kept apart from cli_release so the release commands gain the gates with a
+two-line hook: options at registration, `guarded(...)` around the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, get_args
+
+from builder.errors import SpecError
+
+if TYPE_CHECKING:
+    from builder.cloud import Cloud
+    from builder.gates import Gates
+    from builder.spec import DeployTarget, HostSpec
+
+
+def categories() -> tuple[str, ...]:
+    from builder.spec import ChangeCategory
+
+    return get_args(ChangeCategory)
+
+
+def add_options(p: argparse.ArgumentParser, *, promote: bool) -> None:
+    p.add_argument("--target", metavar="NAME", help="deploy target (deploy.targets)")
+    p.add_argument(
+        "--break-lease",
+        action="store_true",
+        help="take the server's lease even from another operator (their run is dead)",
+    )
+    p.add_argument(
+        "--allowed-signers",
+        type=Path,
+        metavar="FILE",
+        help="OpenSSH allowed_signers for release signatures (default: deploy.allowed_signers)",
+    )
+    if not promote:
+        return
+    p.add_argument("--force", action="store_true", help="production: skip the staging soak rule")
+    p.add_argument("--reason", help="why --force (recorded on the Glance image)")
+    p.add_argument(
+        "--approve",
+        action="append",
+        default=[],
+        metavar="CATEGORY",
+        choices=categories(),
+        help="approve a change category production asks approval for (repeatable)",
+    )
+
+
+def apply_target(args: argparse.Namespace, spec: HostSpec) -> DeployTarget | None:
+    """Fill --server/--cloud/--address from `--target NAME` where not given."""
+    name = getattr(args, "target", None)
+    if not name:
+        return None
+    targets = spec.deploy.targets
+    if name not in targets:
+        known = ", ".join(sorted(targets)) or "none"
+        raise SpecError(
+            f"{args.spec}: deploy.targets has no {name!r} (targets: {known}); "
+            "add it there or pick one of those"
+        )
+    chosen = targets[name]
+    if not getattr(args, "server", None):
+        args.server = chosen.server
+    if getattr(args, "cloud", None) is None and chosen.cloud:
+        args.cloud = chosen.cloud
+    if hasattr(args, "address") and not args.address and chosen.address:
+        args.address = chosen.address
+    return chosen
+
+
+def gates_for(
+    args: argparse.Namespace, spec: HostSpec, chosen: DeployTarget | None, cloud: Cloud
+) -> Gates:
+    from builder.cloud import Cloud
+    from builder.gates import Gates
+    from builder.policy import StagingServer
+    from builder.systemd_values import parse_timespan
+
+    deploy = spec.deploy
+    spec_dir = Path(args.spec).parent
+    force, reason = getattr(args, "force", False), getattr(args, "reason", None)
+    if force and not (reason or "").strip():
+        raise SpecError('--force needs --reason "why" (the override is recorded)')
+    if reason and not force:
+        raise SpecError("--reason goes with --force")
+    allowed = args.allowed_signers or (
+        spec_dir / deploy.allowed_signers if deploy.allowed_signers else None
+    )
+    role = chosen.role if chosen else None
+    stagings: list[StagingServer] = []
+    others: list[StagingServer] = []
+    for name, t in deploy.targets.items():
+        if chosen is not None and t == chosen:
+            continue
+        same = t.cloud in (None, cloud.name)
+        where = cloud if same else Cloud.connect(t.cloud) if t.role == "staging" else None
+        if where is None:
+            continue
+        entry = StagingServer(name, where, t.server)
+        if t.role == "staging" and role == "production":
+            stagings.append(entry)
+        if same:
+            others.append(entry)
+    needs = tuple(deploy.approval_required)
+    return Gates(
+        role=role,
+        allowed_signers=allowed,
+        lease_ttl=parse_timespan(deploy.lease_ttl),
+        break_lease=args.break_lease,
+        stagings=stagings,
+        staging_soak=parse_timespan(deploy.staging_soak),
+        force_reason=reason if force else None,
+        approvals=tuple(getattr(args, "approve", ()) or ()),
+        needs_approval=needs,
+        target_spec=(spec_dir / chosen.spec) if chosen and chosen.spec else None,
+        others=others,
+        fingerprint=fingerprinter(spec_dir / chosen.spec if chosen and chosen.spec else args.spec),
+    )
+
+
+def fingerprinter(spec_path: Path) -> Callable[[Path], dict[str, str]]:
+    """image dir -> its change-category fingerprints, read from the spec that built it
+    (checked: the spec must give the image's tag now; otherwise none are known)."""
+
+    def fingerprint(image_dir: Path) -> dict[str, str]:
+        from builder.categories import fingerprints
+        from builder.inputs import collect
+        from builder.spec import app_source_dir, load_spec
+        from builder.store import MANIFEST
+
+        spec = load_spec(spec_path)
+        if collect(spec, spec_path, app_source_dir(spec, spec_path)).tag != image_dir.name:
+            return {}
+        return fingerprints(spec, json.loads((image_dir / MANIFEST).read_text()))
+
+    return fingerprint

@@ -1,0 +1,438 @@
+"""Release gates against a real Glance and two Nova doubles (staging, production):
+the lease (one operator at a time), signed releases, the production policy,
+hidden superseded images.
+
+Glance is the real PyPI service on loopback (tests/release/glance.py). Nova
+is the release suite's compute double over a real socket, two of them as two
+servers; nothing here rebuilds, so neither boots a VM, and each refusal
+asserts the server was left untouched. The signing key is made per run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import openstack
+import pytest
+
+from builder import gates, lease, signing
+from builder.cloud import Cloud
+from builder.policy import BASE_TAG, PolicyRefused, StagingServer, check_production
+from builder.release import MARK, Target, ensure_upload, record
+from builder.signing import SignatureError
+from builder.store import write_attestation
+from tests.fake_images import make_image
+from tests.release.glance import GlanceServer
+from tests.release.nova import NovaDouble
+
+NOW = time.time()
+
+
+@pytest.fixture(scope="module")
+def glance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlanceServer]:
+    server = GlanceServer(tmp_path_factory.mktemp("glance"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def _double(glance: GlanceServer, root: Path, name: str) -> NovaDouble:
+    return NovaDouble(root, glance_endpoint=glance.endpoint, name=name)
+
+
+@pytest.fixture(scope="module")
+def staging(glance: GlanceServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NovaDouble]:
+    double = _double(glance, tmp_path_factory.mktemp("nova-staging"), "aurora-staging")
+    yield double
+    double.close()
+
+
+@pytest.fixture(scope="module")
+def production(
+    glance: GlanceServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[NovaDouble]:
+    double = _double(glance, tmp_path_factory.mktemp("nova-production"), "aurora")
+    yield double
+    double.close()
+
+
+def connect(glance: GlanceServer, nova: NovaDouble, name: str) -> Cloud:
+    conn = openstack.connect(
+        auth_type="none",
+        image_endpoint_override=glance.endpoint,
+        compute_endpoint_override=nova.endpoint,
+    )
+    return Cloud(conn, name)
+
+
+@pytest.fixture
+def clouds(glance: GlanceServer, staging: NovaDouble, production: NovaDouble) -> dict[str, Cloud]:
+    """One cloud per server (the same Glance), no aurora images, no leases."""
+    made = {
+        "staging": connect(glance, staging, "stfc"),
+        "production": connect(glance, production, "stfc"),
+    }
+    c = made["production"]
+    for image in c.images(MARK) + c.images(MARK, hidden=True):
+        c.delete_image(image.id)
+    for nova in (staging, production):
+        nova.server.metadata.clear()
+        nova.requests.clear()
+    return made
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "images"
+    root.mkdir()
+    monkeypatch.setenv("AURORA_IMAGES", str(root))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("AURORA_OPERATOR", "alice@ops")
+    monkeypatch.setattr(lease, "SETTLE_SECONDS", 0.05)
+    return root
+
+
+def keypair(where: Path, principal: str) -> tuple[Path, Path]:
+    """A per-run ed25519 key and an allowed_signers file naming it."""
+    where.mkdir(parents=True, exist_ok=True)
+    key = where / "signing_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", principal, "-f",
+                    str(key)], check=True, capture_output=True)  # fmt: skip
+    allowed = where / "allowed_signers"
+    public = key.with_suffix(".pub").read_text()
+    allowed.write_text(f'{principal} namespaces="aurora-image" {public}')
+    return key, allowed
+
+
+@pytest.fixture
+def signer(tmp_path: Path) -> tuple[Path, Path]:
+    return keypair(tmp_path / "keys", "alice@ops")
+
+
+def attested(store: Path, tag: str, *, disk: bytes = b"disk") -> Path:
+    path = make_image(store, tag, built_at=NOW, disk=disk)
+    write_attestation(path, passed=True, tests={"tests/vm/test_smoke.py::t": "passed"},
+                      started=NOW - 60, finished=NOW)  # fmt: skip
+    return path
+
+
+def untouched(nova: NovaDouble) -> bool:
+    """No rebuild and no change but (possibly) lease metadata."""
+    return nova.rebuilds == [] and all(
+        "/metadata" in path for method, path in nova.requests if method != "GET"
+    )
+
+
+def never() -> None:
+    raise AssertionError("the release ran although a gate should have refused it")
+
+
+def target_of(cloud: Cloud, nova: NovaDouble) -> Target:
+    return Target(cloud=cloud, server=nova.server.name, hostname="data.gamb2le.co.uk")
+
+
+# -- 5. one operator at a time -------------------------------------------------------
+
+
+def test_a_second_operator_is_refused_with_holder_and_expiry(
+    store: Path, clouds: dict[str, Cloud], production: NovaDouble,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    attested(store, "2026.11-aaaa")
+    cloud = clouds["production"]
+    server = cloud.server(production.server.name)
+    with lease.held(cloud, server.id, server.name, holder="alice@ops", action="promote x",
+                    ttl=600) as mine:  # fmt: skip
+        meta = production.server.metadata
+        assert meta["aurora_lease_holder"] == "alice@ops"
+        assert meta["aurora_lease_action"] == "promote x"
+        monkeypatch.setenv("AURORA_OPERATOR", "bob@ops")
+        with pytest.raises(lease.LeaseHeld) as caught:
+            gates.guarded_promote(target_of(cloud, production), "2026.11-aaaa",
+                                  gates.Gates(), never)  # fmt: skip
+        message = str(caught.value)
+        until = mine.lease.expires.strftime(lease.STAMP)
+        assert "\n" not in message
+        assert "leased by alice@ops for promote x since" in message
+        assert f"until {until}" in message and "--break-lease" in message
+        assert cloud.images(MARK) == [] and untouched(production)
+        # Bob breaks it: Alice's run ends and leaves Bob's lease alone.
+        taken = lease.take(cloud, server.id, server.name, holder="bob@ops", action="rollback",
+                           break_lease=True, settle=0)  # fmt: skip
+        assert taken.broken and taken.replaced is not None
+        assert taken.replaced.holder == "alice@ops"
+    assert production.server.metadata["aurora_lease_holder"] == "bob@ops"
+    assert lease.give_back(cloud, server.id, taken.lease)
+    assert not any(k.startswith("aurora_lease_") for k in production.server.metadata)
+
+
+def test_an_expired_lease_is_taken_over_and_said(
+    clouds: dict[str, Cloud], production: NovaDouble
+) -> None:
+    cloud = clouds["production"]
+    server = cloud.server(production.server.name)
+    then = datetime.now(UTC) - timedelta(hours=5)
+    stale = lease.new_lease("carol@ops", "promote old", 3600, then)
+    cloud.set_server_metadata(server.id, **stale.to_metadata())
+    notes: list[str] = []
+    with lease.held(cloud, server.id, server.name, holder="alice@ops", action="rollback",
+                    note=notes.append) as taken:  # fmt: skip
+        assert taken.replaced is not None and not taken.broken
+    assert notes and "took over the expired lease of carol@ops for promote old" in notes[0]
+    assert not any(k.startswith("aurora_lease_") for k in production.server.metadata)
+
+
+def test_racing_operators_one_backs_off(clouds: dict[str, Cloud], production: NovaDouble) -> None:
+    """Both read no lease; Bob's write lands after Alice's: Alice backs off, Bob proceeds."""
+    cloud = clouds["production"]
+    server = cloud.server(production.server.name)
+    bob = lease.new_lease("bob@ops", "promote y", 600, datetime.now(UTC))
+    real_set = cloud.set_server_metadata
+
+    def alice_then_bob(server_id: str, **items: str) -> None:
+        real_set(server_id, **items)
+        real_set(server_id, **bob.to_metadata())
+
+    cloud.set_server_metadata = alice_then_bob  # type: ignore[method-assign]
+    with pytest.raises(lease.LeaseHeld, match=r"at the same moment: now held by bob@ops"):
+        lease.take(cloud, server.id, server.name, holder="alice@ops", action="x", settle=0)
+    assert production.server.metadata["aurora_lease_id"] == bob.id
+
+
+# -- 7. signed releases ------------------------------------------------------------------
+
+
+def test_signed_image_verifies_and_names_the_signer(store: Path, signer: tuple[Path, Path]) -> None:
+    key, allowed = signer
+    path = attested(store, "2026.11-aaaa")
+    statement = signing.sign(path, key)
+    assert statement["disk_sha256"] == json.loads((path / "manifest.json").read_text())[
+        "artifacts"]["aurora.raw"]["sha256"]  # fmt: skip
+    assert (path / signing.SIGNATURE).read_text().startswith("-----BEGIN SSH SIGNATURE-----")
+    verified = signing.verify_local(path, allowed)
+    assert verified.signer == "alice@ops" and verified.statement == statement
+
+
+@pytest.mark.parametrize("part", ["manifest.json", "attestation.json"])
+def test_tampered_after_signing_is_refused_in_one_line(
+    store: Path, signer: tuple[Path, Path], part: str
+) -> None:
+    key, allowed = signer
+    path = attested(store, "2026.11-aaaa")
+    signing.sign(path, key)
+    with (path / part).open("a") as f:
+        f.write(" ")
+    with pytest.raises(SignatureError) as caught:
+        signing.verify_local(path, allowed)
+    text = str(caught.value)
+    assert "\n" not in text and "tampered" in text
+    assert part.split(".")[0] in text
+
+
+def test_a_forged_statement_is_refused(store: Path, signer: tuple[Path, Path]) -> None:
+    key, allowed = signer
+    path = attested(store, "2026.11-aaaa")
+    signing.sign(path, key)
+    forged = json.loads((path / signing.STATEMENT).read_text()) | {"disk_sha256": "0" * 64}
+    (path / signing.STATEMENT).write_text(json.dumps(forged, sort_keys=True) + "\n")
+    with pytest.raises(SignatureError, match=r"does not match its signature by alice@ops"):
+        signing.verify_local(path, allowed)
+
+
+def test_unsigned_or_foreign_key_refused_before_any_upload(
+    store: Path, clouds: dict[str, Cloud], production: NovaDouble,
+    signer: tuple[Path, Path], tmp_path: Path,
+) -> None:  # fmt: skip
+    _, allowed = signer
+    path = attested(store, "2026.11-aaaa")
+    target = target_of(clouds["production"], production)
+    rules = gates.Gates(allowed_signers=allowed)
+    with pytest.raises(SignatureError, match=r"2026.11-aaaa: unsigned: .*aurora-image sign"):
+        gates.guarded_promote(target, "2026.11-aaaa", rules, never)
+    mallory, _ = keypair(tmp_path / "mallory", "mallory@evil")
+    signing.sign(path, mallory)
+    with pytest.raises(SignatureError, match=r"signed by a key that is not in .*allowed_signers"):
+        gates.guarded_promote(target, "2026.11-aaaa", rules, never)
+    assert clouds["production"].images(MARK) == [] and untouched(production)
+    assert not (path / "aurora.qcow2").exists()  # not even converted
+
+
+def test_production_without_allowed_signers_refuses(
+    store: Path, clouds: dict[str, Cloud], production: NovaDouble
+) -> None:
+    attested(store, "2026.11-aaaa")
+    with pytest.raises(SignatureError, match=r"production target takes only signed images"):
+        gates.guarded_promote(target_of(clouds["production"], production), "2026.11-aaaa",
+                              gates.Gates(role="production"), never)  # fmt: skip
+    assert untouched(production)
+
+
+def test_signing_key_never_from_the_repository(tmp_path: Path) -> None:
+    from builder.inputs import REPO
+
+    with pytest.raises(SignatureError, match="inside the repository"):
+        signing.signing_key(REPO / "pyproject.toml")
+    with pytest.raises(SignatureError, match="AURORA_SIGNING_KEY"):
+        signing.signing_key(None, env={})
+    key = tmp_path / "k"
+    key.write_text("x")
+    assert signing.signing_key(None, env={"AURORA_SIGNING_KEY": str(key)}) == key
+
+
+def test_signature_travels_with_the_glance_image_for_rollback(
+    store: Path, clouds: dict[str, Cloud], production: NovaDouble, signer: tuple[Path, Path]
+) -> None:
+    key, allowed = signer
+    cloud = clouds["production"]
+    path = attested(store, "2026.11-aaaa")
+    signing.sign(path, key)
+    image = ensure_upload(cloud, path).image
+    cloud.set_properties(image.id, **signing.glance_properties(path))
+    stored = cloud.image(image.id)  # real Glance: every value within its 255 characters
+    assert signing.verify_glance(stored.name, stored.properties, allowed).signer == "alice@ops"
+    # Someone edits the disk digest in Glance: the rollback refuses before rebuilding.
+    cloud.set_properties(image.id, aurora_image_sha256="f" * 64)
+    rules = gates.Gates(allowed_signers=allowed)
+    record(cloud, image.id, production.server.name, "promote", "live")
+    with pytest.raises(SignatureError, match=r"Glance's disk_sha256 differ from what alice@ops"):
+        gates.guarded_rollback(target_of(cloud, production), "2026.11-aaaa", rules, never)
+    assert untouched(production)
+
+
+# -- 2. promotion policy ------------------------------------------------------------------
+
+
+def live_on(cloud: Cloud, nova: NovaDouble, image_id: str, *, hours_ago: float) -> None:
+    """The image went live on the double's server `hours_ago` (history in Glance)."""
+    record(cloud, image_id, nova.server.name, "promote", "live")
+    stamp = (datetime.now(UTC) - timedelta(hours=hours_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    cloud.set_properties(image_id, aurora_live_at=stamp)
+    nova.server.image_id = image_id
+
+
+def test_production_refuses_a_tag_staging_has_not_soaked(
+    store: Path, clouds: dict[str, Cloud], staging: NovaDouble, production: NovaDouble,
+    signer: tuple[Path, Path],
+) -> None:  # fmt: skip
+    key, allowed = signer
+    prod = attested(store, "2026.11-pppp")
+    signing.sign(prod, key)
+    staged = ensure_upload(clouds["staging"], attested(store, "2026.11-ssss", disk=b"stag")).image
+    clouds["staging"].set_properties(staged.id, **{BASE_TAG: "2026.11-pppp"})
+    live_on(clouds["staging"], staging, staged.id, hours_ago=2)
+    stagings = [StagingServer("staging", clouds["staging"], staging.server.name)]
+    rules = gates.Gates(role="production", allowed_signers=allowed, stagings=stagings)
+    target = target_of(clouds["production"], production)
+    with pytest.raises(PolicyRefused) as caught:
+        gates.guarded_promote(target, "2026.11-pppp", rules, never)
+    text = str(caught.value)
+    assert "\n" not in text
+    assert "live and healthy on staging for 24 h" in text
+    assert "staging runs it as aurora-2026.11-ssss, healthy, for 2.0 h" in text
+    assert untouched(production)
+    assert "aurora_lease_holder" not in production.server.metadata
+
+    # A day later it counts; a failed soak on staging never does.
+    live_on(clouds["staging"], staging, staged.id, hours_ago=25)
+    found = check_production("2026.11-pppp", stagings, 24 * 3600)
+    assert found.image.id == staged.id and found.hours >= 25
+    clouds["staging"].set_properties(staged.id, aurora_soak_verdict="failed")
+    with pytest.raises(PolicyRefused, match=r"not healthy, for 25.0 h"):
+        check_production("2026.11-pppp", stagings, 24 * 3600)
+
+
+def test_force_with_reason_overrides_and_is_recorded(
+    store: Path, clouds: dict[str, Cloud], production: NovaDouble, signer: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    key, allowed = signer
+    path = attested(store, "2026.11-pppp")
+    signing.sign(path, key)
+    cloud = clouds["production"]
+    target = target_of(cloud, production)
+    with pytest.raises(PolicyRefused, match="--force needs --reason"):
+        gates.guarded_promote(target, "2026.11-pppp", gates.Gates(
+            role="production", allowed_signers=allowed, force_reason=" "), never)  # fmt: skip
+
+    def upload_only() -> str:
+        # The release's own work is builder.release's; the gate records around it.
+        meta = production.server.metadata
+        assert meta["aurora_lease_action"] == "promote 2026.11-pppp"
+        ensure_upload(cloud, path)
+        return "done"
+
+    rules = gates.Gates(role="production", allowed_signers=allowed,
+                        force_reason="CVE fix, staging is down")  # fmt: skip
+    assert gates.guarded_promote(target, "2026.11-pppp", rules, upload_only) == "done"  # type: ignore[comparison-overlap]
+    image = next(i for i in cloud.images(MARK) + cloud.images(MARK, hidden=True))
+    props = image.properties
+    assert props["aurora_forced_reason"] == "CVE fix, staging is down"
+    assert props["aurora_forced_by"] == "alice@ops"
+    assert props["aurora_signed_by"] == "alice@ops"
+    assert "policy overridden by alice@ops" in capsys.readouterr().err
+    assert not any(k.startswith("aurora_lease_") for k in production.server.metadata)
+
+
+# -- superseded images: hidden, never deleted --------------------------------------------
+
+
+def test_superseded_images_are_hidden_not_deleted(
+    store: Path, clouds: dict[str, Cloud], production: NovaDouble
+) -> None:
+    cloud = clouds["production"]
+    ids = {}
+    for n, tag in enumerate(("2026.11-aaaa", "2026.11-bbbb", "2026.11-cccc")):
+        ids[tag] = ensure_upload(cloud, attested(store, tag, disk=bytes([65 + n]) * 4)).image.id
+        live_on(cloud, production, ids[tag], hours_ago=3 - n)
+    hidden = gates.hide_superseded(cloud, [production.server.name])
+    assert hidden == ["aurora-2026.11-aaaa"]
+    visible = {i.name for i in cloud.images(MARK)}
+    assert visible == {"aurora-2026.11-bbbb", "aurora-2026.11-cccc"}  # live, and rollback's
+    assert {i.name for i in cloud.images(MARK, hidden=True)} == {"aurora-2026.11-aaaa"}
+    # Back on A: A shows again, C is rollback's target, B is superseded now.
+    production.server.image_id = ids["2026.11-aaaa"]
+    assert gates.hide_superseded(cloud, [production.server.name]) == ["aurora-2026.11-bbbb"]
+    assert {i.name for i in cloud.images(MARK)} == {"aurora-2026.11-aaaa", "aurora-2026.11-cccc"}
+
+
+# -- 6. change categories need approval for production -------------------------------
+
+
+def test_production_needs_approval_for_marked_categories_and_records_who(
+    store: Path, clouds: dict[str, Cloud], production: NovaDouble, signer: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from builder import categories
+
+    key, allowed = signer
+    cloud = clouds["production"]
+    old = ensure_upload(cloud, attested(store, "2026.11-oooo", disk=b"old!")).image
+    before = dict.fromkeys(categories.CATEGORIES, "0" * 10)
+    cloud.set_properties(old.id, aurora_categories=categories.encode(before))
+    live_on(cloud, production, old.id, hours_ago=1)
+    path = attested(store, "2026.11-pppp")
+    signing.sign(path, key)
+    after = before | {"firewall": "1" * 10, "app": "2" * 10}
+    rules = gates.Gates(
+        role="production", allowed_signers=allowed, force_reason="staging soak tested elsewhere",
+        needs_approval=("firewall", "credentials"), fingerprint=lambda d: after,
+    )  # fmt: skip
+    target = target_of(cloud, production)
+    with pytest.raises(PolicyRefused) as caught:
+        gates.guarded_promote(target, "2026.11-pppp", rules, never)
+    text = str(caught.value)
+    assert "changes firewall, app against aurora-2026.11-oooo" in text
+    assert "needs approval for firewall" in text and text.endswith("--approve firewall")
+    assert untouched(production)
+
+    monkeypatch.setenv("AURORA_OPERATOR", "bob@ops")
+    approved = gates.Gates(**{**rules.__dict__, "approvals": ("firewall",)})
+    gates.guarded_promote(target, "2026.11-pppp", approved, lambda: ensure_upload(cloud, path))
+    props = cloud.image(ensure_upload(cloud, path).image.id).properties
+    assert json.loads(props["aurora_approved"]) == {"firewall": "bob@ops"}
+    assert categories.decode(props["aurora_categories"]) == after
