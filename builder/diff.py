@@ -4,7 +4,8 @@ Before rolling an image onto JASMIN the operator wants to know what it
 changes against the live one: units and configs (with the lines that
 differ), packages, size and inputs. Manifests hold only digests, so the
 lines come from each image's rendered.tar; an image built before that file
-existed still diffs, showing digest changes only.
+existed still diffs, showing digest changes only. Either side may be a
+release's files fetched from Glance (builder.live), e.g. `diff live TAG`.
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ class ImageDiff:
     files: TreeDiff
     debian_packages: MappingDiff
     python_packages: MappingDiff
+    # Where each side was read: its directory, or e.g. the Glance upload it came from.
+    origins: tuple[str, str] = ("", "")
 
     @property
     def identical(self) -> bool:
@@ -212,8 +215,9 @@ def _tree_diff(
     return TreeDiff(mapping.added, mapping.removed, changed)
 
 
-def diff_images(a: Path, b: Path) -> ImageDiff:
-    """Compare two image directories (A the base, B the candidate)."""
+def diff_images(a: Path, b: Path, *, origins: tuple[str, str] | None = None) -> ImageDiff:
+    """Compare two image directories (A the base, B the candidate); `origins` says
+    where each was read when that is not the directory (a release fetched from Glance)."""
     ma, mb = _manifest(a), _manifest(b)
     tag_a, tag_b = str(ma.get("tag", a.name)), str(mb.get("tag", b.name))
     ra, rb = ma.get("rendered", {}), mb.get("rendered", {})
@@ -244,6 +248,7 @@ def diff_images(a: Path, b: Path) -> ImageDiff:
         files=_tree_diff(split(ra, False), split(rb, False), contents, labels),
         debian_packages=diff_mappings(ma.get("debian_packages", {}), mb.get("debian_packages", {})),
         python_packages=diff_mappings(ma.get("python_packages", {}), mb.get("python_packages", {})),
+        origins=origins or (str(a), str(b)),
     )
 
 
@@ -290,7 +295,7 @@ def _packages_text(title: str, packages: MappingDiff) -> list[str]:
 
 def format_text(diff: ImageDiff) -> str:
     """The diff for a terminal: a summary line per section, then the details."""
-    lines = [f"a: {diff.a_tag}  ({diff.a})", f"b: {diff.b_tag}  ({diff.b})"]
+    lines = [f"a: {diff.a_tag}  ({diff.origins[0]})", f"b: {diff.b_tag}  ({diff.origins[1]})"]
     if diff.identical:
         return "\n".join([*lines, "identical: same inputs, same contents"]) + "\n"
     for field, (a, b) in diff.fields.items():
@@ -314,12 +319,18 @@ def format_text(diff: ImageDiff) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _side(tag: str, path: Path, origin: str) -> dict[str, object]:
+    """A fetched release's directory is temporary: its origin names it, not its path."""
+    local = origin == str(path)
+    return {"tag": tag, "path": str(path) if local else None, "from": origin}
+
+
 def to_json(diff: ImageDiff) -> dict[str, object]:
     """The diff as plain JSON types, for scripts and the release tooling."""
     da, db = diff.inputs_digest
     return {
-        "a": {"tag": diff.a_tag, "path": str(diff.a)},
-        "b": {"tag": diff.b_tag, "path": str(diff.b)},
+        "a": _side(diff.a_tag, diff.a, diff.origins[0]),
+        "b": _side(diff.b_tag, diff.b, diff.origins[1]),
         "identical": diff.identical,
         "fields": {f: {"a": a, "b": b} for f, (a, b) in diff.fields.items()},
         "inputs": {"a": da, "b": db, "changed": da != db, "files": diff.input_files.to_json()},

@@ -38,24 +38,27 @@ import json
 import os
 import socket
 import subprocess
+import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from builder import progress
+from builder import progress, release_meta
 from builder.cloud import Cloud, CloudError, GlanceImage, ImageNotFound, Server
 from builder.errors import AuroraError
 from builder.gpt import partitions
 from builder.image import file_digest, sha256_file
+from builder.plan import Plan, Step
 from builder.probe import Endpoint, ProbeReport, forget_host_keys, known_hosts_for, probe
 from builder.remote import Remote
 from builder.store import (
     DISK,
     MANIFEST,
     disk_digest,
+    human_size,
     is_attested,
     list_images,
     read_attestation,
@@ -216,6 +219,12 @@ def is_ready(image: GlanceImage) -> bool:
     )
 
 
+def glance_images(cloud: Cloud) -> list[GlanceImage]:
+    """Every image tagged `aurora`, hidden ones (`os_hidden`) included, newest first."""
+    found = {i.id: i for i in [*cloud.images(MARK), *cloud.images(MARK, hidden=True)]}
+    return sorted(found.values(), key=lambda i: (i.created_at, i.id), reverse=True)
+
+
 def ours(images: list[GlanceImage]) -> list[GlanceImage]:
     """Images this tool made (tag `aurora`, our name and tag property), newest first."""
     return [i for i in images if i.name.startswith(PREFIX) and i.prop("aurora_tag")]
@@ -288,22 +297,24 @@ class Qcow:
     size: int
 
 
-def convert(image_dir: Path) -> Qcow:
-    """`qemu-img convert -c -O qcow2`, cached beside the image and written atomically.
-
-    The cache is trusted only while its record names the disk digest of the
-    manifest and the file still has the recorded size.
-    """
-    digest = disk_digest(image_dir)
+def cached_qcow(image_dir: Path) -> Qcow | None:
+    """The cached conversion, trusted only while its record names the manifest's disk
+    digest and the file still has the recorded size."""
     qcow, meta_path = image_dir / QCOW, image_dir / QCOW_META
     try:
         meta = json.loads(meta_path.read_text())
-        if meta.get("raw_sha256") == digest and qcow.stat().st_size == meta.get("size"):
+        if meta.get("raw_sha256") == disk_digest(image_dir) and qcow.stat().st_size == meta.get(
+            "size"
+        ):
             return Qcow(qcow, qcow.stat().st_size)
     except (OSError, ValueError, AttributeError):
         pass
-    meta_path.unlink(missing_ok=True)
-    partial = image_dir / f".{QCOW}.partial"
+    return None
+
+
+def _qemu_convert(image_dir: Path, dest: Path) -> None:
+    """`qemu-img convert -c -O qcow2` of the image's disk into `dest` (via a partial file)."""
+    partial = dest.with_name(f".{dest.name}.partial")
     argv = ["qemu-img", "convert", "-c", "-m", "4", "-W", "-O", "qcow2"]
     with progress.step(f"convert {image_dir.name} to compressed qcow2"):
         try:
@@ -320,13 +331,34 @@ def convert(image_dir: Path) -> Qcow:
             reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise ReleaseError(
                 f"{image_dir / DISK}: qemu-img convert failed ({reason}); "
-                f"check free space in {image_dir}"
+                f"check free space in {dest.parent}"
             )
-        os.replace(partial, qcow)
-    size = qcow.stat().st_size
-    record = {"raw_sha256": digest, "size": size}
-    atomic_write(meta_path, (json.dumps(record) + "\n").encode())
-    return Qcow(qcow, size)
+        os.replace(partial, dest)
+
+
+def convert(image_dir: Path) -> Qcow:
+    """The compressed qcow2 of the image, cached beside it and written atomically."""
+    cached = cached_qcow(image_dir)
+    if cached is not None:
+        return cached
+    (image_dir / QCOW_META).unlink(missing_ok=True)
+    _qemu_convert(image_dir, image_dir / QCOW)
+    size = (image_dir / QCOW).stat().st_size
+    record = {"raw_sha256": disk_digest(image_dir), "size": size}
+    atomic_write(image_dir / QCOW_META, (json.dumps(record) + "\n").encode())
+    return Qcow(image_dir / QCOW, size)
+
+
+def measure_qcow(image_dir: Path) -> int:
+    """The size the upload will have, for a dry run: the cached conversion's, else a
+    conversion into a temporary directory (deleted again; the store is not touched)."""
+    cached = cached_qcow(image_dir)
+    if cached is not None:
+        return cached.size
+    with tempfile.TemporaryDirectory(prefix="aurora-dry-run-") as scratch:
+        dest = Path(scratch) / QCOW
+        _qemu_convert(image_dir, dest)
+        return dest.stat().st_size
 
 
 def image_properties(image_dir: Path) -> dict[str, str]:
@@ -365,28 +397,76 @@ class Upload:
     reused: bool
 
 
-def ensure_upload(cloud: Cloud, image_dir: Path, *, note: Callable[[str], None] = print) -> Upload:
-    """A ready Glance image of this disk: reused if there is one, else uploaded now."""
+@dataclass(frozen=True)
+class UploadPlan:
+    """What promote does in Glance for one image directory, decided before doing it."""
+
+    image_dir: Path
+    name: str
+    reuse: GlanceImage | None  # a ready upload of this very disk
+    delete: tuple[GlanceImage, ...]  # unfinished uploads of this name: never used
+    stale_meta: tuple[GlanceImage, ...]  # metadata images of this tag no ready upload names
+    attach_meta: bool  # upload the release metadata (new upload, or a reused one without it)
+
+
+def plan_upload(cloud: Cloud, image_dir: Path, images: list[GlanceImage]) -> UploadPlan:
+    """Reuse, replace or upload; refuse a ready upload of another disk under this name."""
     tag = image_dir.name
     name = glance_name(tag)
     digest = disk_digest(image_dir)
-    same = [i for i in cloud.images(MARK) if i.name == name]
-    for image in same:
-        if is_ready(image) and image.prop("aurora_image_sha256") == digest:
-            return Upload(image, reused=True)
-    for image in same:
-        if is_ready(image):
-            theirs = (image.prop("aurora_image_sha256") or "?")[:16]
-            raise ReleaseError(
-                f"Glance already holds {name} ({image.id}) for another disk ({theirs}, "
-                f"here {(digest or '?')[:16]}); if it is not live, delete it "
-                f"(`openstack image delete {image.id}`) and promote again"
-            )
+    same = [i for i in images if i.name == name]
+    reuse = next((i for i in same if is_ready(i) and i.prop("aurora_image_sha256") == digest), None)
+    if reuse is None:
+        for image in same:
+            if is_ready(image):
+                theirs = (image.prop("aurora_image_sha256") or "?")[:16]
+                raise ReleaseError(
+                    f"Glance already holds {name} ({image.id}) for another disk ({theirs}, "
+                    f"here {(digest or '?')[:16]}); if it is not live, delete it "
+                    f"(`openstack image delete {image.id}`) and promote again"
+                )
+    metas = release_meta.companions(cloud, tag)
+    kept_meta = reuse.prop("aurora_meta_image") if reuse else None
+    has_meta = kept_meta is not None and any(m.id == kept_meta for m in metas)
+    return UploadPlan(
+        image_dir=image_dir,
+        name=name,
+        reuse=reuse,
+        delete=tuple(i for i in same if reuse is None),
+        stale_meta=tuple(m for m in metas if m.id != kept_meta),
+        attach_meta=not has_meta,
+    )
+
+
+def ensure_upload(cloud: Cloud, image_dir: Path, *, note: Callable[[str], None] = print) -> Upload:
+    """A ready Glance image of this disk: reused if there is one, else uploaded now."""
+    return execute_upload(cloud, plan_upload(cloud, image_dir, glance_images(cloud)), note=note)
+
+
+def execute_upload(
+    cloud: Cloud, plan: UploadPlan, *, note: Callable[[str], None] = print
+) -> Upload:
+    """Carry out an UploadPlan; the upload is marked ready only once Glance's size and
+    hash are the local file's and its release metadata is in Glance."""
+    image_dir, name = plan.image_dir, plan.name
+    for image in plan.delete:
         note(f"deleting unfinished upload {name} ({image.id}, {image.status}): never used")
         cloud.delete_image(image.id)
+    for meta in plan.stale_meta:
+        cloud.delete_image(meta.id)
+    if plan.reuse is not None:
+        ready = plan.reuse
+        if plan.attach_meta:
+            meta, meta_digest = release_meta.upload(cloud, image_dir, image_dir.name)
+            ready = cloud.set_properties(
+                ready.id, aurora_meta_image=meta.id, aurora_meta_sha256=meta_digest
+            )
+        return Upload(ready, reused=True)
     qcow = convert(image_dir)
     properties = {**image_properties(image_dir), STATE: UPLOADING}
-    created = cloud.create_image(name, disk_format="qcow2", tags=[MARK, tag], properties=properties)
+    created = cloud.create_image(
+        name, disk_format="qcow2", tags=[MARK, image_dir.name], properties=properties
+    )
     with progress.step(f"upload {name}", total=qcow.size) as step:
         cloud.upload(created.id, qcow.path, step.advance)
         image = cloud.wait_image(created.id, UPLOAD_SETTLE_SECONDS)
@@ -398,9 +478,16 @@ def ensure_upload(cloud: Cloud, image_dir: Path, *, note: Callable[[str], None] 
             f"{(image.hash_value or '?')[:16]}, but {qcow.path} is {qcow.size} bytes, "
             f"{local_hash[:16]}; the upload was deleted, promote again"
         )
+    meta, meta_digest = release_meta.upload(cloud, image_dir, image_dir.name)
     ready = cloud.set_properties(
         image.id,
-        **{STATE: READY, "aurora_upload_size": str(image.size), "aurora_upload_hash": local_hash},
+        **{
+            STATE: READY,
+            "aurora_upload_size": str(image.size),
+            "aurora_upload_hash": local_hash,
+            "aurora_meta_image": meta.id,
+            "aurora_meta_sha256": meta_digest,
+        },
     )
     return Upload(ready, reused=False)
 
@@ -435,22 +522,37 @@ def record(cloud: Cloud, image_id: str, server: str, action: str, outcome: str) 
 # -- Nova: rebuild, probe, roll back ----------------------------------------------
 
 
-def _local_manifest(tag: str | None) -> dict[str, Any] | None:
+def release_manifest(cloud: Cloud, image: GlanceImage) -> dict[str, Any] | None:
+    """The image's manifest for the probe's audit: the local store's, else the one
+    that travelled with the release in Glance (a rollback from any clone)."""
+    tag = image.prop("aurora_tag")
     if not tag:
         return None
     try:
         return json.loads((resolve_image(tag) / MANIFEST).read_text())
     except (AuroraError, OSError, ValueError):
-        return None
+        pass
+    with tempfile.TemporaryDirectory(prefix="aurora-meta-") as scratch:
+        try:
+            fetched = release_meta.fetch(cloud, image, Path(scratch))
+            return json.loads((fetched / MANIFEST).read_text())
+        except (AuroraError, OSError, ValueError):
+            return None
 
 
-def _remote(target: Target, server: Server, known_hosts: Path) -> tuple[Remote, Endpoint]:
+def probe_address(target: Target, server: Server) -> str:
+    """Where the probe looks: --address / deploy.address, else Nova's first IPv4."""
     address = target.address or (server.addresses[0] if server.addresses else None)
     if address is None:
         raise ReleaseError(
             f"server {server.name} has no IPv4 address in Nova; "
             "set deploy.address in the spec or pass --address"
         )
+    return address
+
+
+def _remote(target: Target, server: Server, known_hosts: Path) -> tuple[Remote, Endpoint]:
+    address = probe_address(target, server)
     remote = Remote(
         host=address,
         user=target.ssh_user,
@@ -467,12 +569,13 @@ def _remote(target: Target, server: Server, known_hosts: Path) -> tuple[Remote, 
 def run_probe(target: Target, server: Server, image: GlanceImage) -> ProbeReport:
     known_hosts = known_hosts_for(target.cloud.name, server.id)
     remote, endpoint = _remote(target, server, known_hosts)
+    manifest = release_manifest(target.cloud, image)
     with progress.step(f"probe {server.name} on {image.name}") as step:
         step.note(f"ssh {remote.name}, http {endpoint.address}:{endpoint.http_port}")
         return probe(
             remote,
             endpoint,
-            _local_manifest(image.prop("aurora_tag")),
+            manifest,
             timeout=target.probe_timeout,
             dashboard_grace=target.dashboard_grace,
         )
@@ -562,7 +665,7 @@ def _record_late(cloud: Cloud, image_id: str, server: str, action: str, outcome:
 def _broken(cloud: Cloud, server: Server, outcome: Outcome, message: str) -> Outcome:
     try:
         now = cloud.server(server.id)
-        names = {i.id: i.name for i in cloud.images(MARK)}
+        names = {i.id: i.name for i in glance_images(cloud)}
         image = names.get(now.image_id or "", now.image_id or "no image")
         state = f"{server.name} is now {now.status} on {image}"
         outcome.final_status, outcome.final_image = now.status, image
@@ -582,46 +685,65 @@ def _fallback(cloud: Cloud, server: Server) -> GlanceImage | None:
         return None
 
 
-def promote(target: Target, ref: str, *, store: Path | None = None) -> Outcome:
-    """Attested image -> Glance -> rebuild -> probe (-> automatic rollback)."""
+@dataclass(frozen=True)
+class ReleasePlan:
+    """What a promote or rollback will do, computed from the store, Glance and Nova
+    before anything changes: `--dry-run` prints it (see `preview`), `execute` does it.
+    Checks that must see a release before it happens take this plan too."""
+
+    action: str  # promote | rollback
+    tag: str
+    cloud: str
+    server: Server
+    image_name: str
+    image: GlanceImage | None  # None when `upload` creates it
+    upload: UploadPlan | None  # promote: what happens in Glance first
+    rebuild: bool  # False: the server already runs the image and is only probed
+    fallback: GlanceImage | None  # what a failed rebuild or probe goes back to
+    current: str  # what the server runs now (image name, or id when not ours)
+    reason: str  # why this image
+    address: str  # where the probe looks
+
+
+def _running(images: list[GlanceImage], server: Server) -> str:
+    names = {i.id: i.name for i in images}
+    return names.get(server.image_id or "", server.image_id or "no image")
+
+
+def plan_promote(target: Target, ref: str, *, store: Path | None = None) -> ReleasePlan:
+    """Read-only: refuse what promote would refuse, decide what it would do."""
     image_dir = check_attested(ref, store)
     cloud = target.cloud
     server = cloud.server(target.server)
-    cloud.images(MARK)  # Glance answers before anything is converted or changed
-    outcome = Outcome("promote", image_dir.name, server.name)
-    upload = ensure_upload(cloud, image_dir, note=_say)
-    outcome.upload_reused = upload.reused
-    if upload.reused:
-        _say(f"{upload.image.name}: already in Glance ({upload.image.id}), reused")
-    if server.image_id == upload.image.id and server.status == "ACTIVE":
-        report = run_probe(target, server, upload.image)
-        attempt = Attempt(
-            upload.image, report.ok, "live" if report.ok else "probe-failed",
-            report.summary(), server, report,
-        )  # fmt: skip
-        outcome.attempts.append(attempt)
-        outcome.final_status, outcome.final_image = server.status, upload.image.name
-        # e.g. a promote interrupted during its probe: record what the probe says now.
-        record(cloud, upload.image.id, server.name, "promote", attempt.outcome)
-        if not report.ok:
-            outcome.message = (
-                f"{server.name} already runs {upload.image.name} (not rebuilt) and its probe "
-                f"failed: {report.summary()}; `aurora-image rollback` goes back"
-            )
-            raise ServerBroken(outcome.message, outcome)
-        outcome.message = f"{server.name} already runs {upload.image.name}: {report.summary()}"
-        return outcome
-    return deploy(
-        target, server, upload.image, action="promote", outcome=outcome,
+    images = glance_images(cloud)  # Glance answers before anything is converted or changed
+    upload = plan_upload(cloud, image_dir, images)
+    runs_it = (
+        upload.reuse is not None
+        and server.image_id == upload.reuse.id
+        and server.status == "ACTIVE"
+    )
+    return ReleasePlan(
+        action="promote",
+        tag=image_dir.name,
+        cloud=cloud.name,
+        server=server,
+        image_name=upload.name,
+        image=upload.reuse,
+        upload=upload,
+        rebuild=not runs_it,
         fallback=_fallback(cloud, server),
-    )  # fmt: skip
+        current=_running(images, server),
+        reason=f"attested image {image_dir}",
+        address=probe_address(target, server),
+    )
 
 
-def rollback(target: Target, tag: str | None = None) -> Outcome:
-    """Rebuild from `tag`'s ready image, or the image live before the current one."""
+def plan_rollback(target: Target, tag: str | None = None) -> ReleasePlan:
+    """Read-only: the ready image of `tag`, or the one live before the current one."""
     cloud = target.cloud
     server = cloud.server(target.server)
-    images = ours(cloud.images(MARK))
+    images = ours(glance_images(cloud))
+    current = _running(images, server)
     if tag:
         found = [i for i in images if i.name == glance_name(tag) and is_ready(i)]
         if not found:
@@ -630,21 +752,238 @@ def rollback(target: Target, tag: str | None = None) -> Outcome:
                 f"cloud {cloud.name}: Glance has no ready image {glance_name(tag)} "
                 f"(ready tags: {ready}); promote it first"
             )
-        image = found[0]
+        image, reason = found[0], "named on the command line"
     else:
         previous = previous_live(images, server)
         if previous is None:
-            current = next((i.name for i in images if i.id == server.image_id), server.image_id)
             raise ReleaseError(
                 f"no image was live on {server.name} before {current} according to Glance; "
                 "name one: `aurora-image rollback TAG` (see `aurora-image releases`)"
             )
         image = previous
-    outcome = Outcome("rollback", _tag(image), server.name)
-    return deploy(
-        target, server, image, action="rollback", outcome=outcome,
+        reason = f"live on {server.name} before {current} (until {previous.prop('aurora_live_at')})"
+    return ReleasePlan(
+        action="rollback",
+        tag=_tag(image),
+        cloud=cloud.name,
+        server=server,
+        image_name=image.name,
+        image=image,
+        upload=None,
+        rebuild=True,
         fallback=_fallback(cloud, server),
-    )  # fmt: skip
+        current=current,
+        reason=reason,
+        address=probe_address(target, server),
+    )
+
+
+def execute(target: Target, plan: ReleasePlan) -> Outcome:
+    """Carry out a plan: upload (promote), rebuild, probe, roll back on failure."""
+    cloud, server = target.cloud, plan.server
+    outcome = Outcome(plan.action, plan.tag, server.name)
+    image = plan.image
+    if plan.upload is not None:
+        upload = execute_upload(cloud, plan.upload, note=_say)
+        outcome.upload_reused = upload.reused
+        if upload.reused:
+            _say(f"{upload.image.name}: already in Glance ({upload.image.id}), reused")
+        image = upload.image
+    if image is None:
+        raise ReleaseError(f"{plan.action} {plan.tag}: the plan names no image")
+    if not plan.rebuild:
+        return _probe_only(target, server, image, outcome)
+    return deploy(
+        target, server, image, action=plan.action, outcome=outcome, fallback=plan.fallback
+    )
+
+
+def _probe_only(target: Target, server: Server, image: GlanceImage, outcome: Outcome) -> Outcome:
+    """The server already runs the image (e.g. a promote interrupted during its probe):
+    probe it and record what the probe says now."""
+    report = run_probe(target, server, image)
+    attempt = Attempt(
+        image, report.ok, "live" if report.ok else "probe-failed", report.summary(), server, report
+    )
+    outcome.attempts.append(attempt)
+    outcome.final_status, outcome.final_image = server.status, image.name
+    record(target.cloud, image.id, server.name, outcome.action, attempt.outcome)
+    if not report.ok:
+        outcome.message = (
+            f"{server.name} already runs {image.name} (not rebuilt) and its probe "
+            f"failed: {report.summary()}; `aurora-image rollback` goes back"
+        )
+        raise ServerBroken(outcome.message, outcome)
+    outcome.message = f"{server.name} already runs {image.name}: {report.summary()}"
+    return outcome
+
+
+def promote(target: Target, ref: str, *, store: Path | None = None) -> Outcome:
+    """Attested image -> Glance -> rebuild -> probe (-> automatic rollback)."""
+    return execute(target, plan_promote(target, ref, store=store))
+
+
+def rollback(target: Target, tag: str | None = None) -> Outcome:
+    """Rebuild from `tag`'s ready image, or the image live before the current one."""
+    return execute(target, plan_rollback(target, tag))
+
+
+def preview(target: Target, plan: ReleasePlan) -> Plan:
+    """The plan as `--dry-run` prints it: every write to Glance and Nova, in order,
+    with the exact name, size and properties of an upload. Reads only; a conversion
+    needed to know the size goes to a temporary directory."""
+    server = plan.server
+    steps: list[Step] = []
+    if plan.upload is not None:
+        steps += _upload_steps(plan.upload)
+    image_id = plan.image.id if plan.image else None
+    if plan.rebuild:
+        steps.append(
+            Step(
+                "record",
+                plan.image_name,
+                f"history in its Glance properties: {plan.action} rebuilding, then the outcome",
+                {"image_id": image_id},
+            )
+        )
+        steps.append(
+            Step(
+                "rebuild",
+                f"server {server.name} ({server.id}, {server.status})",
+                f"from {plan.current} to {plan.image_name} ({plan.reason}); root disk "
+                "replaced, volumes and addresses kept",
+                {
+                    "server": server.name,
+                    "server_id": server.id,
+                    "server_status": server.status,
+                    "from_image": plan.current,
+                    "from_image_id": server.image_id,
+                    "to_image": plan.image_name,
+                    "to_image_id": image_id,
+                },
+            )
+        )
+    else:
+        steps.append(
+            Step(
+                "record",
+                plan.image_name,
+                f"{server.name} already runs it: not rebuilt; the probe's outcome goes "
+                "into its Glance history",
+                {"image_id": image_id},
+            )
+        )
+    port = "" if target.ssh_port == 22 else f":{target.ssh_port}"
+    steps.append(
+        Step(
+            "probe",
+            f"{target.ssh_user}@{plan.address}{port}",
+            f"ssh, boot finished, no failed units, dashboard on http :{target.http_port} "
+            f"(https :{target.https_port}), no drift; within {target.probe_timeout:.0f} s",
+            {
+                "address": plan.address,
+                "ssh_port": target.ssh_port,
+                "http_port": target.http_port,
+                "https_port": target.https_port,
+                "timeout_seconds": target.probe_timeout,
+            },
+        )
+    )
+    if plan.rebuild:
+        if plan.fallback is not None and plan.fallback.id != image_id:
+            steps.append(
+                Step(
+                    "on-failure",
+                    f"rebuild {server.name} from {plan.fallback.name}",
+                    "automatic rollback to what it runs now, then probe that",
+                    {"image": plan.fallback.name, "image_id": plan.fallback.id},
+                )
+            )
+        else:
+            steps.append(
+                Step(
+                    "on-failure",
+                    "no automatic rollback",
+                    f"{server.name} runs no image to go back to ({server.status} on "
+                    f"{plan.current})",
+                )
+            )
+    verb = "is rebuilt" if plan.rebuild else "stays"
+    return Plan(
+        command=f"{plan.action} {plan.tag}",
+        target=f"server {server.name} on cloud {plan.cloud}",
+        steps=tuple(steps),
+        summary=f"then {server.name} {verb} on {plan.image_name} (now on {plan.current})",
+    )
+
+
+def _upload_steps(upload: UploadPlan) -> list[Step]:
+    image_dir, tag = upload.image_dir, upload.image_dir.name
+    steps = [
+        Step(
+            "delete",
+            f"{i.name} ({i.id})",
+            f"unfinished upload ({i.status}), never used",
+            {"image_id": i.id, "status": i.status},
+        )
+        for i in upload.delete
+    ]
+    steps += [
+        Step(
+            "delete",
+            f"{m.name} ({m.id})",
+            "release metadata no ready upload names",
+            {"image_id": m.id},
+        )
+        for m in upload.stale_meta
+    ]
+    meta = release_meta.describe(image_dir)
+    meta_step = Step(
+        "upload",
+        str(meta["name"]),
+        f"release metadata ({', '.join(meta['files'])}), {meta['size']} bytes, "  # type: ignore[arg-type]
+        f"private and hidden, tags {release_meta.META_MARK} {tag}",
+        {"name": meta["name"], "size": meta["size"], "files": meta["files"], "hidden": True},
+    )
+    if upload.reuse is not None:
+        steps.append(
+            Step(
+                "reuse",
+                f"{upload.reuse.name} ({upload.reuse.id})",
+                "ready in Glance with this disk's digest: not converted or uploaded again",
+                {"image_id": upload.reuse.id, "size": upload.reuse.size},
+            )
+        )
+        return [*steps, meta_step] if upload.attach_meta else steps
+    cached = cached_qcow(image_dir)
+    if cached is None:
+        steps.append(
+            Step(
+                "convert",
+                str(image_dir / DISK),
+                f"to compressed qcow2 {image_dir / QCOW} (kept as the cache)",
+            )
+        )
+    size = cached.size if cached else measure_qcow(image_dir)
+    properties = {**image_properties(image_dir), STATE: UPLOADING}
+    steps.append(
+        Step(
+            "upload",
+            upload.name,
+            f"qcow2, {human_size(size)} ({size} bytes), private, tags {MARK} {tag}; "
+            f"{STATE} becomes {READY} once Glance's size and hash match",
+            {
+                "name": upload.name,
+                "size": size,
+                "disk_format": "qcow2",
+                "visibility": "private",
+                "tags": [MARK, tag],
+                "properties": properties,
+            },
+            tuple(f"{k}={v}" for k, v in sorted(properties.items())),
+        )
+    )
+    return [*steps, meta_step]
 
 
 def _say(text: str) -> None:
@@ -723,7 +1062,7 @@ class Releases:
 def releases(cloud: Cloud, server_name: str, *, store: Path | None = None) -> Releases:
     """Local and Glance tags, what is live (Nova), who promoted what when."""
     server = cloud.server(server_name)
-    images = ours(cloud.images(MARK))
+    images = ours(glance_images(cloud))
     by_tag: dict[str, Release] = {}
     last_good = max(
         (i for i in images if i.prop("aurora_live_server") == server.name and is_ready(i)),
@@ -763,6 +1102,11 @@ class PruneResult:
     removed: list[str]
     kept: list[str]
     protected: dict[str, str]
+    plan: Plan | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        done = {"removed": self.removed, "kept": self.kept, "protected": self.protected}
+        return {**self.plan.to_json(), **done} if self.plan else done
 
 
 def select_prune(
@@ -791,17 +1135,73 @@ def select_prune(
     return doomed, protected
 
 
-def glance_prune(cloud: Cloud, server_name: str, keep: int) -> PruneResult:
+def _prune_reason(image: GlanceImage, keep: int) -> str:
+    if is_ready(image):
+        return f"ready, older than the {keep} newest ready image(s)"
+    return f"unfinished upload ({image.status}), untouched since {image.updated_at}"
+
+
+def stale_companions(
+    metas: list[GlanceImage], images: list[GlanceImage], doomed: list[GlanceImage]
+) -> list[GlanceImage]:
+    """Metadata images that go: those of doomed images, and those no image names
+    (left by an interrupted promote) once they are old enough to be nobody's."""
+    gone = {i.id for i in doomed}
+    named = {i.prop("aurora_meta_image") for i in ours(images) if i.id not in gone}
+    tags = {_tag(i) for i in ours(images) if i.id not in gone}
+    return [
+        m
+        for m in metas
+        if m.id not in named
+        and (_age_seconds(m.updated_at) > STALE_UPLOAD_SECONDS or m.prop("aurora_tag") not in tags)
+    ]
+
+
+def glance_prune(
+    cloud: Cloud, server_name: str, keep: int, *, dry_run: bool = False
+) -> PruneResult:
+    """Delete what `select_prune` picks, with their metadata images (or, with
+    `dry_run`, only say so: the result then carries the plan)."""
     if keep < 0:
         raise ReleaseError(f"--keep {keep}: keep must be 0 or more")
     server = cloud.server(server_name)
-    images = ours(cloud.images(MARK))
+    images = ours(glance_images(cloud))
     doomed, protected = select_prune(images, server, keep)
-    for image in doomed:
-        cloud.delete_image(image.id)
+    metas = stale_companions(release_meta.companions(cloud), images, doomed)
     gone = {i.id for i in doomed}
-    return PruneResult(
+    names = {i.id: i.name for i in images}
+    result = PruneResult(
         removed=[i.name for i in doomed],
         kept=[i.name for i in images if i.id not in gone],
-        protected={next(i.name for i in images if i.id == k): v for k, v in protected.items()},
+        protected={names[k]: v for k, v in protected.items()},
     )
+    if dry_run:
+        steps = [
+            Step(
+                "delete",
+                f"{i.name} ({i.id})",
+                _prune_reason(i, keep),
+                {"image_id": i.id, "size": i.size, "created_at": i.created_at},
+            )
+            for i in doomed
+        ]
+        steps += [
+            Step(
+                "delete",
+                f"{m.name} ({m.id})",
+                "release metadata of an image that goes, or of none",
+                {"image_id": m.id, "size": m.size},
+            )
+            for m in metas
+        ]
+        steps += [Step("keep", name, why) for name, why in result.protected.items()]
+        plan = Plan(
+            command=f"glance-prune --keep {keep}",
+            target=f"Glance of cloud {cloud.name} (server {server.name})",
+            steps=tuple(steps),
+            summary=f"then {len(result.kept)} aurora image(s) are left in Glance",
+        )
+        return replace(result, plan=plan)
+    for image in [*doomed, *metas]:
+        cloud.delete_image(image.id)
+    return result

@@ -2,8 +2,9 @@
 
 `aurora-image render --diff` renders the spec and compares the tree with a
 base: the newest stored image (its manifest and rendered.tar), an image
-named by tag, or a directory written by an earlier `aurora-image render`.
-Pure apart from reading the base.
+named by tag, the image live on the server (`--against live`, its files from
+Glance when this clone did not build it: builder.live), or a directory
+written by an earlier `aurora-image render`. Pure apart from reading the base.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ class RenderDiff:
         }
 
 
-def image_base(image_dir: Path) -> Base:
-    """A stored image: the manifest's entries, contents from its rendered.tar."""
+def image_base(image_dir: Path, origin: str | None = None) -> Base:
+    """A stored image (or a release's files fetched from Glance): the manifest's
+    entries, contents from its rendered.tar."""
     try:
         manifest = json.loads((image_dir / MANIFEST).read_text())
     except (OSError, ValueError) as exc:
@@ -68,7 +70,8 @@ def image_base(image_dir: Path) -> Base:
     # The identity file is added at build time, not rendered from the spec.
     entries = {p: e for p, e in manifest.get("rendered", {}).items() if p != IDENTITY}
     tag = str(manifest.get("tag", image_dir.name))
-    return Base(f"image {tag}", entries, rendered_contents(image_dir, entries))
+    label = f"image {tag}" + (f" ({origin})" if origin else "")
+    return Base(label, entries, rendered_contents(image_dir, entries))
 
 
 def directory_base(root: Path) -> Base:

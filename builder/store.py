@@ -23,6 +23,7 @@ from typing import Any
 
 from builder.errors import StoreError, UnknownTag
 from builder.image import images_dir, sha256_file
+from builder.plan import Plan, Step
 from builder.tree import atomic_write
 
 MANIFEST = "manifest.json"
@@ -237,14 +238,53 @@ def _remove(path: Path) -> None:
     shutil.rmtree(doomed)
 
 
-def prune(
+@dataclass(frozen=True)
+class PrunePlan:
+    """What `prune` removes and why, and what it keeps because it must."""
+
+    store: Path
+    images: tuple[Path, ...]  # older than the newest `keep`, not protected
+    partials: tuple[Path, ...]  # partial builds no build has touched for a while
+    leftovers: tuple[Path, ...]  # half-removed images of an interrupted prune
+    protected: dict[str, str]  # tag -> why it stays although older than `keep`
+    kept: tuple[str, ...]
+
+    def to_plan(self, keep: int) -> Plan:
+        steps = [
+            Step(
+                "remove",
+                path.name,
+                f"older than the {keep} newest; {human_size(allocated_bytes(path))}",
+                {"path": str(path), "bytes": allocated_bytes(path)},
+            )
+            for path in self.images
+        ]
+        steps += [
+            Step("remove", p.name, "partial build untouched for an hour", {"path": str(p)})
+            for p in self.partials
+        ]
+        steps += [
+            Step("remove", p.name, "left by an interrupted removal", {"path": str(p)})
+            for p in self.leftovers
+        ]
+        steps += [Step("keep", tag, why) for tag, why in self.protected.items()]
+        n = len(self.kept)
+        return Plan(
+            command=f"prune --keep {keep}",
+            target=f"the image store {self.store}",
+            steps=tuple(steps),
+            summary=f"then {n} image{'s' if n != 1 else ''} are left",
+        )
+
+
+def plan_prune(
     keep: int,
     live: Collection[str] = frozenset(),
     *,
     store: Path | None = None,
     stale_after: float = STALE_PARTIAL_SECONDS,
-) -> list[str]:
-    """Remove images older than the `keep` newest; return what was removed.
+) -> PrunePlan:
+    """Which images go: those older than the `keep` newest. Reads only.
 
     Never removed: a live image, and the newest attested image older than
     each live one (its rollback target). Partial builds untouched for
@@ -262,22 +302,50 @@ def prune(
             f"live image {', '.join(unknown)} is not in {root} (it holds {held}); "
             "refusing to prune without knowing what is live"
         )
-    protected = set(live)
+    protected = {tag: "live (--live)" for tag in live}
     for index, path in enumerate(dirs):
         if path.name in live:
             target = next((d for d in dirs[index + 1 :] if is_attested(d)), None)
             if target is not None:
-                protected.add(target.name)
-    removed = []
-    for path in dirs[keep:]:
-        if path.name not in protected:
-            _remove(path)
-            removed.append(path.name)
+                protected.setdefault(target.name, f"rollback target of live {path.name}")
+    doomed = tuple(p for p in dirs[keep:] if p.name not in protected)
     now = time.time()
-    for path in sorted(root.glob(".*.partial")) if root.is_dir() else []:
-        if path.is_dir() and now - _newest_mtime(path) > stale_after:
-            shutil.rmtree(path)
-            removed.append(path.name)
-    for path in sorted(root.glob(".*.removing")) if root.is_dir() else []:
+    exists = root.is_dir()
+    partials = tuple(
+        p
+        for p in (sorted(root.glob(".*.partial")) if exists else [])
+        if p.is_dir() and now - _newest_mtime(p) > stale_after
+    )
+    return PrunePlan(
+        store=root,
+        images=doomed,
+        partials=partials,
+        leftovers=tuple(sorted(root.glob(".*.removing")) if exists else []),
+        protected={t: w for t, w in protected.items() if t in {d.name for d in dirs[keep:]}},
+        kept=tuple(d.name for d in dirs if d not in doomed),
+    )
+
+
+def prune(
+    keep: int,
+    live: Collection[str] = frozenset(),
+    *,
+    store: Path | None = None,
+    stale_after: float = STALE_PARTIAL_SECONDS,
+) -> list[str]:
+    """Remove what `plan_prune` picks; return the names removed."""
+    plan = plan_prune(keep, live, store=store, stale_after=stale_after)
+    return execute_prune(plan)
+
+
+def execute_prune(plan: PrunePlan) -> list[str]:
+    removed = []
+    for path in plan.images:
+        _remove(path)
+        removed.append(path.name)
+    for path in plan.partials:
+        shutil.rmtree(path)
+        removed.append(path.name)
+    for path in plan.leftovers:
         shutil.rmtree(path, ignore_errors=True)
     return removed

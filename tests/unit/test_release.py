@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import openstack
 import pytest
 from openstack.image.v2.image import Image
 
@@ -45,49 +44,6 @@ from tests.release.glance import GlanceServer
 from tests.release.nova import NovaDouble
 
 NOW = time.time()
-
-
-@pytest.fixture(scope="module")
-def glance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlanceServer]:
-    server = GlanceServer(tmp_path_factory.mktemp("glance"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def nova(glance: GlanceServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NovaDouble]:
-    double = NovaDouble(tmp_path_factory.mktemp("nova"), glance_endpoint=glance.endpoint)
-    yield double
-    double.close()
-
-
-@pytest.fixture
-def cloud(glance: GlanceServer, nova: NovaDouble) -> Iterator[Cloud]:
-    """A clean Glance (no aurora images) and a connection to it and the double."""
-    glance.start()
-    nova.up()
-    conn = openstack.connect(
-        auth_type="none",
-        image_endpoint_override=glance.endpoint,
-        compute_endpoint_override=nova.endpoint,
-    )
-    c = Cloud(conn, "unit")
-    for image in c.images(MARK):
-        c.delete_image(image.id)
-    yield c
-    glance.start()
-    nova.up()
-
-
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "images"
-    root.mkdir()
-    monkeypatch.setenv("AURORA_IMAGES", str(root))
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    monkeypatch.setenv("AURORA_OPERATOR", "tester@unit")
-    return root
 
 
 def attested(store: Path, tag: str, *, age: float = 0.0, disk: bytes = b"disk") -> Path:
