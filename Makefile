@@ -10,6 +10,8 @@ export UV_PYTHON := /usr/bin/python3
 UV := $(AURORA_CACHE)/uvboot/bin/uv
 RUN := $(UV) run --frozen --no-sync
 CLI := $(RUN) aurora-image
+# The tag `make image` built last: what `make test` and `make smoke` test.
+LAST_TAG ?= build/last-tag
 
 .DEFAULT_GOAL := help
 .PHONY: help setup render image smoke test unit lint bench docs promote rollback releases pristine clean
@@ -24,8 +26,8 @@ setup: ## install host packages, mkosi, uv and the Python venv (idempotent)
 render: setup ## render units and configs from $(SPEC) into build/render
 	$(CLI) render --spec $(SPEC)
 
-image: setup ## build the image for $(SPEC) into images/<tag>/
-	$(CLI) build --spec $(SPEC) --progress
+image: setup ## build the image for $(SPEC) into images/<tag>/ (its tag goes to build/last-tag)
+	$(CLI) build --spec $(SPEC) --progress --tag-file $(LAST_TAG)
 
 unit: setup ## fast tests: spec, render, programs against real sshd/rsync
 	$(RUN) pytest tests/unit -q
@@ -33,15 +35,18 @@ unit: setup ## fast tests: spec, render, programs against real sshd/rsync
 lint: setup ## ruff over the Python code
 	$(RUN) ruff check builder tests bench
 
-smoke: setup ## boot the newest image (or TAG=…) under QEMU and run the testinfra suite
+smoke: setup ## boot the image `make image` built last (or TAG=…) under QEMU and run the testinfra suite
 	$(if $(TAG),AURORA_IMAGE=$(TAG)) $(RUN) pytest tests/vm -v
 
-# The release suite runs after the smoke suite has attested the image (the
-# attestation is written when that pytest session ends).
+# Both suites test the image this run built (its tag, read once from
+# $(LAST_TAG)), never the newest in the store (tests/image_choice.py). The release
+# suite runs after the smoke suite has attested it (the attestation is written
+# when that pytest session ends) and refuses an attestation older than this run.
 test: image ## everything: lint, unit tests, the QEMU smoke suite, then the release suite
 	$(RUN) ruff check builder tests bench
-	$(RUN) pytest tests/unit tests/vm -v
-	$(RUN) pytest tests/release -v
+	@tag=$$(cat $(LAST_TAG)) && since=$$(date +%s) && echo "make test: testing image $$tag" && \
+	AURORA_IMAGE=$$tag $(RUN) pytest tests/unit tests/vm -v && \
+	AURORA_IMAGE=$$tag AURORA_ATTESTED_SINCE=$$since $(RUN) pytest tests/release -v
 
 pristine: ## what CI runs: `make image` then `make test` in a fresh Debian 12 root (mmdebstrap)
 	scripts/pristine-check.sh

@@ -86,6 +86,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     from builder.image import build
 
     result = build(args.spec, progress=(not args.json and sys.stderr.isatty()) or args.progress)
+    if args.tag_file is not None:
+        from builder.tree import atomic_write
+
+        # What `make test` hands the smoke and release suites: this build, not the newest.
+        atomic_write(args.tag_file, f"{result.tag}\n".encode())
     if args.json:
         print(
             json.dumps(
@@ -225,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", help="show mkosi steps")
     p = add("build", cmd_build, "build the image (render + mkosi) into images/<tag>/")
     p.add_argument("--progress", action="store_true", help="show mkosi steps even without a TTY")
+    p.add_argument(
+        "--tag-file", type=Path, metavar="PATH", help="also write the built tag into PATH"
+    )
     add("list", cmd_list, "list stored images, newest first, with size and attestation", False)
     p = add("prune", cmd_prune, "remove old images, never live ones or their rollback", False)
     p.add_argument("--keep", type=int, required=True, metavar="N", help="newest images to keep")

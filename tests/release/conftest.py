@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder.image import newest_image
-from builder.store import resolve_image
+from tests.image_choice import chosen_image
 from tests.release.glance import GlanceServer
 from tests.release.nova import NovaDouble, serial_tail
 
@@ -27,9 +26,8 @@ _live: dict[str, GlanceServer | NovaDouble] = {}
 
 
 def boot_image_dir() -> Path:
-    """The image the real rebuild boots: AURORA_IMAGE (tag or directory), else the newest."""
-    chosen = os.environ.get("AURORA_IMAGE")
-    return resolve_image(chosen) if chosen else newest_image()
+    """The image the real rebuild boots: the one this run built (tests/image_choice.py)."""
+    return chosen_image()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,8 +1,9 @@
 """End to end: promote, automatic rollback, manual rollback, releases, prune,
 secrets, through the real CLI, a real Glance and the Nova double's real VMs.
 
-A is the newest image in the store (or AURORA_IMAGE), attested by the smoke suite (`make test`
-runs this suite after tests/vm, whose session end writes the attestation).
+A is the image this run built (AURORA_IMAGE, else the tag `make image` recorded; never
+the newest in the store), attested by this run's smoke suite (`make test` runs this suite
+after tests/vm, whose session end writes the attestation).
 B is built here from a spec overlay whose dashboard entry does not exist, so
 Panel can never start; its attestation is written by the test: it stands for
 an image that passed under QEMU but fails in production. B is built into its
@@ -27,10 +28,11 @@ import openstack
 import pytest
 
 from builder.cli import main
-from builder.image import build, images_dir, newest_image
+from builder.image import build, images_dir
 from builder.inputs import REPO
-from builder.store import is_attested, resolve_image, write_attestation
+from builder.store import write_attestation
 from builder.tools import build_cache_dir
+from tests.image_choice import attestation_problem, chosen_image
 from tests.release.conftest import CLOUD, SERVER
 from tests.release.nova import NovaDouble
 
@@ -62,14 +64,11 @@ def one_error(err: str) -> str:
 
 @pytest.fixture(scope="module")
 def image_a() -> Path:
-    """AURORA_IMAGE (a tag or a directory) as for the smoke suite, else the newest image."""
-    chosen = os.environ.get("AURORA_IMAGE")
-    path = resolve_image(chosen) if chosen else newest_image()
-    if not is_attested(path):
-        pytest.fail(
-            f"{path.name} has no passing smoke attestation: run the smoke "
-            "suite on it first (`make test`, or `make smoke` then `pytest tests/release`)"
-        )
+    """The image this run built and its smoke suite attested (tests/image_choice.py)."""
+    path = chosen_image()
+    problem = attestation_problem(path)
+    if problem:
+        pytest.fail(problem)
     return path
 
 

@@ -1,7 +1,8 @@
 """Boot the image once per session under QEMU and hand tests a Machine and a
 testinfra host on it.
 
-Which image: AURORA_IMAGE (a tag or a directory), else the newest stored one.
+Which image: the one this run built (tests/image_choice.py: AURORA_IMAGE, else
+the tag `make image` recorded), never the newest stored one.
 Two blank volumes stand in for /data and /project (ext4, labelled as the spec's
 mounts expect), so the storage layout is created on real mounts as on JASMIN.
 
@@ -13,7 +14,6 @@ the release tooling can tell a tested image from an untested one.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,10 +26,10 @@ from aiosmtpd.smtp import Envelope
 
 from builder import accel as accel_mod
 from builder.errors import AuroraError
-from builder.image import images_dir, newest_image
 from builder.spec import HostSpec, load_spec
 from builder.store import FAILING, write_attestation
 from builder.vm import BootImage, Machine, boot, free_port, scratch_volumes
+from tests.image_choice import chosen_image
 
 SPEC = Path(__file__).resolve().parents[2] / "hosts" / "aurora.yml"
 BOOT_FINISHED = (
@@ -149,17 +149,9 @@ def mailbox() -> Iterator[tuple[Mailbox, int]]:
     controller.stop()
 
 
-def _image_dir() -> Path:
-    chosen = os.environ.get("AURORA_IMAGE")
-    if not chosen:
-        return newest_image()
-    path = Path(chosen)
-    return path if path.is_dir() else images_dir() / chosen
-
-
 @pytest.fixture(scope="session")
 def image_dir() -> Path:
-    path = _image_dir()
+    path = chosen_image()
     assert (path / "manifest.json").exists(), f"{path} holds no built image"
     _run.image, _run.started = path, time.time()
     return path
