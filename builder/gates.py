@@ -221,8 +221,9 @@ def _after(target: Target, tag: str | None, records: dict[str, str], gates: Gate
 
 
 def hide_superseded(cloud: Cloud, servers: list[str]) -> list[str]:
-    """Hide ready images no server runs and none would roll back to; show those that
-    are. Nothing is deleted (glance-prune does that, and keeps rollback targets)."""
+    """Hide images that were live and are superseded (no server runs them, none would roll
+    back to them); show those that are. Nothing is deleted (glance-prune does that, and
+    keeps rollback targets)."""
     images = ours(cloud.images(MARK) + cloud.images(MARK, hidden=True))
     keep: set[str] = set()
     for name in servers:
@@ -235,7 +236,9 @@ def hide_superseded(cloud: Cloud, servers: list[str]) -> list[str]:
     for image in images:
         if not is_ready(image):
             continue
-        want = image.id not in keep
+        # Superseded: was live once and is neither live nor rollback's target. An upload
+        # that never went live is left as it is (a promote may be about to use it).
+        want = image.id not in keep and bool(image.prop("aurora_live_at"))
         if image.hidden != want:
             cloud.set_hidden(image.id, want)
         if want:

@@ -433,6 +433,8 @@ def test_production_needs_approval_for_marked_categories_and_records_who(
     monkeypatch.setenv("AURORA_OPERATOR", "bob@ops")
     approved = gates.Gates(**{**rules.__dict__, "approvals": ("firewall",)})
     gates.guarded_promote(target, "2026.11-pppp", approved, lambda: ensure_upload(cloud, path))
-    props = cloud.image(ensure_upload(cloud, path).image.id).properties
+    uploaded = gates._image_for(cloud, "2026.11-pppp")
+    assert uploaded is not None and not uploaded.hidden  # never live: not superseded
+    props = uploaded.properties
     assert json.loads(props["aurora_approved"]) == {"firewall": "bob@ops"}
     assert categories.decode(props["aurora_categories"]) == after
