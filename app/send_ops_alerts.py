@@ -51,11 +51,14 @@ def main() -> int:
     if args.snapshot and args.snapshot.is_file():
         alerts = json.loads(args.snapshot.read_text()).get("alerts", [])
     record = {"at": int(time.time()), "alerts": len(alerts), "ready": info["ready"], "sent": 0}
-    recipient = os.environ.get("OPS_ALERT_TO")
-    if alerts and info["ready"] and recipient:
+    # The deployment's names (the production script reads these from the env file).
+    recipients = os.environ.get("OPS_ALERT_RECIPIENTS", "").replace(",", " ").split()
+    sender = os.environ.get("OPS_ALERT_FROM")
+    if alerts and info["ready"] and recipients:
         body = "\n".join(str(a) for a in alerts)
-        subprocess.run([str(info["mailx"]), "-s", f"Aurora: {len(alerts)} alert(s)", recipient],
-                       input=body.encode(), check=True)
+        sender_args = ["-r", sender] if sender else []
+        subprocess.run([str(info["mailx"]), *sender_args, "-s", f"Aurora: {len(alerts)} alert(s)",
+                        *recipients], input=body.encode(), check=True)
         record["sent"] = len(alerts)
     if args.log:
         args.log.parent.mkdir(parents=True, exist_ok=True)

@@ -46,13 +46,20 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from builder import progress, release_meta
+from builder import health, progress, release_meta
 from builder.cloud import Cloud, CloudError, GlanceImage, ImageNotFound, Server
 from builder.errors import AuroraError
 from builder.gpt import partitions
 from builder.image import file_digest, sha256_file
 from builder.plan import Plan, Step
-from builder.probe import Endpoint, ProbeReport, forget_host_keys, known_hosts_for, probe
+from builder.probe import (
+    Endpoint,
+    ProbeReport,
+    forget_host_keys,
+    known_hosts_for,
+    probe,
+    state_dir,
+)
 from builder.remote import Remote
 from builder.store import (
     DISK,
@@ -578,7 +585,25 @@ def run_probe(target: Target, server: Server, image: GlanceImage) -> ProbeReport
             manifest,
             timeout=target.probe_timeout,
             dashboard_grace=target.dashboard_grace,
+            before=health.load_record(_failing_record(target, server)),
         )
+
+
+def _failing_record(target: Target, server: Server) -> Path:
+    return health.record_path(state_dir(), target.cloud.name, server.id)
+
+
+def record_failing(target: Target, server: Server) -> None:
+    """Before the first rebuild of a release: what fails on the server now, and how.
+    The probe excuses a pipeline unit failing the same way afterwards (builder.health)."""
+    with progress.step(f"record failing units on {server.name}") as step:
+        try:
+            remote, _ = _remote(target, server, known_hosts_for(target.cloud.name, server.id))
+        except ReleaseError as exc:
+            _failing_record(target, server).unlink(missing_ok=True)
+            step.note(f"not recorded ({exc})")
+            return
+        step.note(health.record_before(remote, _failing_record(target, server)))
 
 
 def rebuild_and_probe(target: Target, server: Server, image: GlanceImage) -> Attempt:
@@ -619,6 +644,7 @@ def deploy(
     cloud = target.cloud
     # Glance must take this first record, or nothing is changed: the server is untouched.
     record(cloud, image.id, server.name, action, "rebuilding")
+    record_failing(target, server)
     attempt = rebuild_and_probe(target, server, image)
     outcome.attempts.append(attempt)
     _record_late(cloud, image.id, server.name, action, attempt.outcome)

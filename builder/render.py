@@ -28,6 +28,8 @@ GWS_PROGRAM = "/usr/lib/aurora/aurora-gws-push"
 GWS_CONFIG_DIR = "/etc/aurora/gws"
 MIRROR_VERIFY_PROGRAM = "/usr/lib/aurora/aurora-mirror-verify"
 MIRROR_VERIFY_CONFIG = "/etc/aurora/mirror-verify.json"
+# Which units are services and which pipeline (read by the release probe, builder.health).
+UNIT_CLASSES_FILE = "/etc/aurora/unit-classes.json"
 
 
 @dataclass(frozen=True)
@@ -266,6 +268,23 @@ def enabled_units(spec: HostSpec) -> list[str]:
     return units
 
 
+def unit_classes(spec: HostSpec) -> dict[str, list[str]]:
+    """The spec's units by what a failure of theirs says (see builder.health): a
+    service failing is the image's fault; a pipeline unit depends on instruments and data."""
+    services = [
+        "aurora-dashboard.service",
+        "nginx.service",
+        "ssh.service",
+        "aurora-credentials.service",
+        *(f"aurora-storage@{m.unit_part}.service" for m in spec.mounts),
+    ]
+    pipeline = [f"{sync_unit(s)}.service" for s in spec.source_sync.streams]
+    pipeline += [f"aurora-{j.name}.service" for j in spec.jobs]
+    pipeline += [f"{gws_unit(j)}.service" for j in spec.gws.jobs]
+    pipeline.append(f"{MIRROR_VERIFY}.service")
+    return {"service": sorted(services), "pipeline": sorted(pipeline)}
+
+
 def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
     """Render every file the spec decides, keyed by absolute path in the image."""
     env = environment(units_dir)
@@ -436,6 +455,9 @@ def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
         for s in installed
     ]
     tree["/etc/aurora/credentials.json"] = File((json.dumps(creds, indent=2) + "\n").encode())
+
+    classes = json.dumps(unit_classes(spec), indent=2) + "\n"
+    tree[UNIT_CLASSES_FILE] = File(classes.encode())
 
     put(
         "/usr/lib/systemd/system-preset/00-aurora.preset",

@@ -9,6 +9,7 @@ certificate; the ssh check and its host-key policy run against a real sshd.
 from __future__ import annotations
 
 import http.server
+import json
 import shutil
 import subprocess
 import threading
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from builder import health
 from builder.credcheck import MARK, assess
 from builder.probe import Endpoint, fetch_dashboard, forget_host_keys, parse_restarts, probe
 from builder.remote import Remote
@@ -224,3 +226,116 @@ def test_secrets_check_flags_a_credential_store_others_can_read() -> None:
     assert not loose.ok and "not root-only: chmod 700" in loose.summary()
     assert loose.to_json()["credstore"] == {"path": "/etc/credstore", "mode": "755 root",
                                             "private": False}  # fmt: skip
+
+
+# -- failed units: services judge the image, pipeline units the instruments ---------
+
+CLASSES = {
+    "service": ["aurora-dashboard.service", "nginx.service", "ssh.service"],
+    "pipeline": ["aurora-hatpro-append.service", "aurora-cl61-source-sync.service"],
+}
+HATPRO_FAILED = "Id=aurora-hatpro-append.service\nResult=exit-code\nExecMainStatus=1\n"
+
+
+class RecordedHost:
+    """A host's recorded answers to the probe's systemctl questions (no systemd runs
+    on the build host); the VM suite asks a booted image the same questions."""
+
+    name = "root@recorded"
+
+    def __init__(self, failing: str, inactive: tuple[str, ...] = ()) -> None:
+        self.failing, self.inactive = failing, inactive
+
+    def execute(self, command: str, *, timeout: float = 60) -> tuple[int, str]:
+        if command == "true":
+            return 0, ""
+        if "is-system-running" in command:
+            return 0, "degraded\n" if self.failing else "running\n"
+        if command.startswith("systemctl is-active -- "):
+            units = command.split()[3:]
+            states = ["failed" if u in self.inactive else "active" for u in units]
+            return (3 if self.inactive else 0), "\n".join(states) + "\n"
+        if health.CLASSES_FILE in command:
+            return 0, f"{json.dumps(CLASSES)}\n{health.MARK}\n{self.failing}"
+        raise AssertionError(f"unexpected command {command!r}")
+
+    def run(self, command: str, *, timeout: float = 60, check: bool = True) -> str:
+        return self.execute(command, timeout=timeout)[1]
+
+
+def test_failure_ways_are_read_from_systemctl_show() -> None:
+    output = (
+        HATPRO_FAILED
+        + "\nId=nginx.service\nResult=signal\nExecMainStatus=9\n\nId=x.mount\nResult=exit-code\n"
+    )
+    assert health.parse_failing(output) == {
+        "aurora-hatpro-append.service": "exit-code (status 1)",
+        "nginx.service": "signal (status 9)",
+        "x.mount": "exit-code",
+    }
+    assert health.parse_failing("") == {}
+
+
+def test_only_a_pipeline_unit_failing_as_before_the_rebuild_is_excused() -> None:
+    classes = health.parse_classes(json.dumps(CLASSES))
+    way = "exit-code (status 1)"
+    hatpro, sync = "aurora-hatpro-append.service", "aurora-cl61-source-sync.service"
+    assert health.judge({hatpro: way}, classes, {hatpro: way}).ok
+    assert health.judge({hatpro: way}, classes, {hatpro: way}).tolerated_units == {hatpro}
+    other = health.judge({hatpro: way}, classes, {hatpro: "timeout"})
+    assert not other.ok and "before the rebuild: timeout" in other.against[0]
+    new = health.judge({sync: way}, classes, {hatpro: way})
+    assert not new.ok and "not failing before the rebuild" in new.against[0]
+    assert not health.judge({hatpro: way}, classes, None).ok
+    service = health.judge({"nginx.service": way}, classes, {"nginx.service": way})
+    assert not service.ok and "a service" in service.against[0]
+    unknown = health.judge({"odd.service": way}, classes, {"odd.service": way})
+    assert not unknown.ok and "not a pipeline unit" in unknown.against[0]
+    assert health.parse_classes("not json") == {}
+
+
+def test_probe_passes_with_the_old_pipeline_failure_reported(nginx: dict[str, int]) -> None:
+    endpoint = Endpoint("127.0.0.1", HOSTNAME, nginx["good"])
+    before = {"aurora-hatpro-append.service": "exit-code (status 1)"}
+    report = probe(RecordedHost(HATPRO_FAILED), endpoint, None, timeout=20, before=before)  # type: ignore[arg-type]
+    assert report.ok, report.summary()
+    failed = next(c for c in report.checks if c.name == "failed-units")
+    assert "excused: aurora-hatpro-append.service exit-code (status 1)" in failed.detail
+    assert "failed the same way before the rebuild" in failed.detail
+
+    fresh = probe(RecordedHost(HATPRO_FAILED), endpoint, None, timeout=20, before={})  # type: ignore[arg-type]
+    assert not fresh.ok and fresh.failure is not None and fresh.failure.name == "failed-units"
+    assert (
+        "aurora-hatpro-append.service exit-code (status 1) (not failing before" in fresh.summary()
+    )
+
+
+def test_probe_fails_when_a_service_is_not_active(nginx: dict[str, int]) -> None:
+    endpoint = Endpoint("127.0.0.1", HOSTNAME, nginx["good"])
+    host = RecordedHost("", inactive=("nginx.service",))
+    report = probe(host, endpoint, None, timeout=20, before={})  # type: ignore[arg-type]
+    assert not report.ok
+    assert (
+        report.summary()
+        == f"probe of {host.name} failed: services: not active: nginx.service failed"
+    )
+
+
+def test_the_failing_set_before_a_rebuild_is_kept_per_server(tmp_path: Path) -> None:
+    path = health.record_path(tmp_path, "jasmin", "a/b")
+    assert path.parent == tmp_path / "failing-before-rebuild" and "/" not in path.name
+    assert health.load_record(path) is None
+    health.save_record(path, {"aurora-hatpro-append.service": "exit-code (status 1)"})
+    assert health.load_record(path) == {"aurora-hatpro-append.service": "exit-code (status 1)"}
+
+
+def test_the_release_records_what_fails_before_it_rebuilds(tmp_path: Path) -> None:
+    path = health.record_path(tmp_path, "jasmin", "server-1")
+    line = health.record_before(RecordedHost(HATPRO_FAILED), path)  # type: ignore[arg-type]
+    assert line == "failing before the rebuild: aurora-hatpro-append.service exit-code (status 1)"
+    assert health.load_record(path) == {"aurora-hatpro-append.service": "exit-code (status 1)"}
+    gone = Remote(host="127.0.0.1", port=free_port(), known_hosts=tmp_path / "kh",
+                  host_key_checking="accept-new", connect_timeout=2)  # fmt: skip
+    line = health.record_before(gone, path)
+    assert line.startswith("not recorded (") and "every pipeline failure" in line
+    assert health.load_record(path) is None

@@ -4,7 +4,10 @@ testinfra host on it.
 Which image: the one this run built (tests/image_choice.py: AURORA_IMAGE, else
 the tag `make image` recorded), never the newest stored one.
 Two blank volumes stand in for /data and /project (ext4, labelled as the spec's
-mounts expect), so the storage layout is created on real mounts as on JASMIN.
+mounts expect), so the storage layout is created on real mounts as on JASMIN;
+a third, labelled BLANK_VOLUME and mounted by nobody, is the wrong or new volume
+the data-flow tests swap in over /data. The data-flow tests (test_flows.py)
+change timers, credentials and the guest's routes, so they run last.
 
 When the session booted an image, its end writes `attestation.json` into the
 image directory (builder.store): the disk digest and every test's outcome, so
@@ -37,6 +40,9 @@ BOOT_FINISHED = (
 )
 # The default spec mounts its two volumes by these labels.
 VOLUMES = ("aurora-data", "aurora-project")
+# Attached but in no mount of the spec: the volume test_flows swaps in over /data.
+BLANK_VOLUME = "aurora-blank"
+LAST = "test_flows.py"
 # Host ports the tests reach: nginx, and listeners the firewall must (not) let in.
 FORWARDS = {"http": 80, "https": 443, "probe8080": 8080, "probe5006": 5006, "probe9100": 9100}
 # QEMU's user-mode network shows the host's loopback to the guest as 10.0.2.2.
@@ -61,6 +67,11 @@ _run = _Run()
 
 def _ours(item: pytest.Item) -> bool:
     return item.path.is_relative_to(HERE)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The data-flow tests last: they stop timers and reroute the guest while they run."""
+    items.sort(key=lambda item: _ours(item) and item.path.name == LAST)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -162,7 +173,7 @@ def machine(
     image_dir: Path, tmp_path_factory: pytest.TempPathFactory, mailbox: tuple[Mailbox, int]
 ) -> Iterator[Machine]:
     work = tmp_path_factory.mktemp("vm")
-    drives = scratch_volumes(VOLUMES, work)
+    drives = scratch_volumes((*VOLUMES, BLANK_VOLUME), work)
     relay = {
         "host": HOST_FROM_GUEST,
         "port": mailbox[1],
