@@ -26,7 +26,7 @@ def test_each_category_moves_alone(tmp_path: Path) -> None:
     cases = {
         "firewall": "firewall:\n  allow: ['22/tcp']\n",
         "nginx-tls": "nginx:\n  proxy_timeout: 60s\n",
-        "gws": "gws:\n  max_delete: 7\n",
+        "gws": "gws:\n  jitter: 90s\n",
         "packages": "debian:\n  snapshot: 20261101T000000Z\n",
         "credentials": "credential_store: /data/elsewhere\n",
     }
