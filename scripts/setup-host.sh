@@ -8,8 +8,41 @@ UV_VERSION=0.13.9
 MKOSI_SERIES=25.3
 mkdir -p "$CACHE"
 
-host_packages="qemu-system-x86 qemu-utils openssh-server openssh-client rsync git curl
-  python3-venv zstd e2fsprogs dosfstools mtools cpio apt debian-archive-keyring ovmf"
+# Every program (or file) the build and the tests use on this host, and the
+# Debian package that provides it; `make setup` installs these packages.
+# tests/unit/test_setup_host.py scans the code for the programs it runs and fails
+# when one is missing here (programs of Essential packages excepted: every Debian
+# root has them), or when a package here does not provide what its row names.
+# "-": a package needed as a whole, with no one file to name.
+programs='
+# program or file                    package                 used by
+python3                              python3-minimal         mkosi, the uv bootstrap below
+-                                    python3-venv            the uv bootstrap below (python3 -m venv)
+apt-get                              apt                     mkosi (tools tree, packages)
+/usr/share/keyrings/debian-archive-keyring.gpg debian-archive-keyring mkosi, the trixie apt list below
+zstd                                 zstd                    mkosi
+cpio                                 cpio                    mkosi (initrd)
+mkfs.vfat                            dosfstools              mkosi (ESP)
+mcopy                                mtools                  mkosi (ESP)
+git                                  git                     the app source (builder/image.py)
+qemu-system-x86_64                   qemu-system-x86         builder/vm.py, smoke and release suites
+qemu-img                             qemu-utils              builder/vm.py, release (qcow2)
+qemu-io                              qemu-utils              tests/release
+/usr/share/OVMF/OVMF_CODE_4M.fd      ovmf                    builder/vm.py (UEFI firmware)
+mkfs.ext4                            e2fsprogs               builder/vm.py (scratch volumes), verify
+debugfs                              e2fsprogs               builder/verify.py, tests
+dumpe2fs                             e2fsprogs               builder/verify.py
+e2label                              e2fsprogs               tests/unit/test_vm_harness.py
+ssh                                  openssh-client          builder/vm.py, on-host programs, tests
+ssh-keygen                           openssh-client          builder/vm.py, builder/signing.py, tests
+sshd                                 openssh-server          tests/sshd.py, tests/peers.py (real sshd)
+rsync                                rsync                   on-host programs and their tests
+nginx                                nginx                   tests/unit/test_release_probe.py
+openssl                              openssl                 tests/unit/test_release_probe.py
+systemd-analyze                      systemd                 tests/unit/test_systemd_values.py
+make                                 make                    the entry points, tests/unit/test_image_choice.py
+'
+host_packages=$(printf '%s\n' "$programs" | sed 's/#.*//' | awk 'NF >= 2 {print $2}' | sort -u)
 missing=""
 for pkg in $host_packages; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"
