@@ -1,7 +1,7 @@
 """The release tests' services are real, and the Nova double behaves like Nova.
 
 Glance is exercised through openstacksdk exactly as the release tooling uses
-it. The last test boots the newest stored image (or AURORA_IMAGE) through two
+it. The last test boots the image this run built (tests/image_choice.py) through two
 real rebuilds (one VM at a time) and prints the timings the report quotes.
 """
 
@@ -208,7 +208,7 @@ def _rebuild_and_wait(conn: openstack.connection.Connection, image_id: str) -> N
 
 @pytest.mark.vm
 @pytest.mark.usefixtures("clouds_yaml")
-def test_real_rebuild_boots_newest_image_and_keeps_data(
+def test_real_rebuild_boots_this_runs_image_and_keeps_data(
     nova: NovaDouble, glance: GlanceServer, ssh_config: Path, tmp_path: Path
 ) -> None:
     image_dir = boot_image_dir()
