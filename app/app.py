@@ -30,7 +30,11 @@ def status() -> pn.pane.Markdown:
     return pn.pane.Markdown("\n".join(lines))
 
 
+# A staging copy says so on every page (AURORA_BANNER from the spec's environment).
+BANNER = os.environ.get("AURORA_BANNER", "")
+
 pn.Column(
+    *([pn.pane.Alert(BANNER, alert_type="warning")] if BANNER else []),
     "# Aurora cloud dashboard",
     f"Products under `{PRODUCT_ROOT}`:",
     status,

@@ -173,11 +173,14 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from builder.store import resolve_image
 
     diff = diff_images(resolve_image(args.a), resolve_image(args.b))
+    from builder.overlay import diff_extras
+
+    extras = diff_extras(diff, args.overlay)  # change categories; --overlay's proof
     if args.json:
-        print(json.dumps(to_json(diff)))
+        print(json.dumps(to_json(diff) | extras.to_json()))
     else:
-        sys.stdout.write(format_text(diff))
-    return 0
+        sys.stdout.write(format_text(diff) + extras.format_text())
+    return 0 if extras.ok else 1
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -246,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("diff", cmd_diff, "show what image B changes against image A", False)
     p.add_argument("a", metavar="A", help="base image: a tag in the store or a directory")
     p.add_argument("b", metavar="B", help="candidate image: a tag in the store or a directory")
+    p.add_argument(
+        "--overlay",
+        type=Path,
+        metavar="SPEC",
+        help="prove B differs from A only in this overlay spec's keys (exit 1 if not)",
+    )
     cli_ops.register(add)
     cli_release.register(add)
     return parser

@@ -18,6 +18,7 @@ from builder.errors import SpecError
 if TYPE_CHECKING:
     from builder.cloud import Cloud
     from builder.gates import Gates
+    from builder.release import Outcome, Target
     from builder.spec import DeployTarget, HostSpec
 
 
@@ -142,3 +143,48 @@ def fingerprinter(spec_path: Path) -> Callable[[Path], dict[str, str]]:
         return fingerprints(spec, json.loads((image_dir / MANIFEST).read_text()))
 
     return fingerprint
+
+
+def promote(args: argparse.Namespace, target: Target, run: Callable[[], Outcome]) -> Outcome:
+    """`promote` through the gates (builder.gates.guarded_promote)."""
+    from builder.gates import guarded_promote
+    from builder.spec import load_spec
+
+    spec = load_spec(args.spec)
+    chosen = spec.deploy.targets.get(args.target) if args.target else None
+    return guarded_promote(target, args.tag, gates_for(args, spec, chosen, target.cloud), run)
+
+
+def rollback(args: argparse.Namespace, target: Target, run: Callable[[], Outcome]) -> Outcome:
+    """`rollback` through the gates (builder.gates.guarded_rollback)."""
+    from builder.gates import guarded_rollback
+    from builder.spec import load_spec
+
+    spec = load_spec(args.spec)
+    chosen = spec.deploy.targets.get(args.target) if args.target else None
+    return guarded_rollback(target, args.tag, gates_for(args, spec, chosen, target.cloud), run)
+
+
+def register(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """`sign`: an operator signs an attested image (the suite signs when a key is set)."""
+    p = add("sign", cmd_sign, "sign an attested image's release statement (ssh-keygen -Y sign)")
+    p.add_argument("tag", metavar="TAG", help="image tag in the store (must be attested)")
+    p.add_argument(
+        "--key",
+        type=Path,
+        help="ssh private key to sign with (default: AURORA_SIGNING_KEY); never in the repo",
+    )
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from builder import signing
+    from builder.release import check_attested
+
+    image_dir = check_attested(args.tag)
+    statement = signing.sign(image_dir, signing.signing_key(args.key))
+    if args.json:
+        print(json.dumps({"tag": image_dir.name, "statement": statement,
+                          "signature": str(image_dir / signing.SIGNATURE)}))  # fmt: skip
+    else:
+        print(f"{image_dir.name}: signed ({image_dir / signing.SIGNATURE})")
+    return 0

@@ -258,7 +258,7 @@ def enabled_units(spec: HostSpec) -> list[str]:
         units.append("aurora-storage@.service " + " ".join(m.unit_part for m in spec.mounts))
     units += [f"{sync_unit(s)}.timer" for s in spec.source_sync.streams if s.enabled]
     units += [f"aurora-{j.name}.timer" for j in spec.jobs if j.enabled]
-    units += [f"{gws_unit(j)}.timer" for j in spec.gws.jobs if j.enabled]
+    units += [f"{gws_unit(j)}.timer" for j in spec.gws.jobs if spec.gws.enabled and j.enabled]
     if spec.mirror_verify.enabled:
         units.append(f"{MIRROR_VERIFY}.timer")
     if spec.tailscale.enabled:

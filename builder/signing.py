@@ -202,3 +202,16 @@ def verify_glance(name: str, properties: Mapping[str, str], allowed: Path) -> Ve
             "do not deploy it: delete it and promote the signed image again"
         )
     return Verified(signer, signed)
+
+
+def sign_if_configured(image_dir: Path, env: Mapping[str, str] | None = None) -> str | None:
+    """At attestation time: sign when a signing key is configured (AURORA_SIGNING_KEY);
+    what happened, for the suite's summary (None: no key configured, nothing done)."""
+    env = os.environ if env is None else env
+    if not env.get(KEY_ENV):
+        return None
+    try:
+        sign(image_dir, signing_key(None, env))
+    except SignatureError as exc:
+        return f"not signed: {exc}"
+    return f"signed with {env[KEY_ENV]} ({SIGNATURE})"

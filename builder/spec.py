@@ -420,6 +420,9 @@ class GwsMount(Model):
 
 
 class Gws(Model):
+    enabled: bool = True
+    """False: no push timer is enabled (a staging copy must never write to the group
+    workspace); the units stay in the image."""
     user: str
     """JASMIN account the pushes log in as."""
     hosts: list[str] = Field(min_length=1)

@@ -28,6 +28,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope
 
 from builder import accel as accel_mod
+from builder import signing
 from builder.errors import AuroraError
 from builder.spec import HostSpec, load_spec
 from builder.store import FAILING, write_attestation
@@ -137,6 +138,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     verdict = "passed" if record["passed"] else "FAILED"
     say(f"attestation: {_run.image.name} {verdict} ({record['counts']['total']} tests)")
+    signed = signing.sign_if_configured(_run.image) if record["passed"] else None
+    if signed:
+        say(f"attestation: {_run.image.name} {signed}")
 
 
 class Mailbox:
