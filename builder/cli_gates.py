@@ -43,6 +43,12 @@ def add_options(p: argparse.ArgumentParser, *, promote: bool) -> None:
     )
     if not promote:
         return
+    p.add_argument(
+        "--soak",
+        metavar="SPAN",
+        help="keep probing this long after the rebuild, roll back on a failure "
+        "(default: deploy.soak_window; 0 skips)",
+    )
     p.add_argument("--force", action="store_true", help="production: skip the staging soak rule")
     p.add_argument("--reason", help="why --force (recorded on the Glance image)")
     p.add_argument(
@@ -111,6 +117,11 @@ def gates_for(
         if same:
             others.append(entry)
     needs = tuple(deploy.approval_required)
+    span = getattr(args, "soak", None) or deploy.soak_window
+    try:
+        soak = 0.0 if span in ("0", "0s") else parse_timespan(span)
+    except ValueError as exc:
+        raise SpecError(f"--soak {span}: {exc}") from None
     return Gates(
         role=role,
         allowed_signers=allowed,
@@ -123,6 +134,8 @@ def gates_for(
         needs_approval=needs,
         target_spec=(spec_dir / chosen.spec) if chosen and chosen.spec else None,
         others=others,
+        soak_window=soak,
+        soak_interval=min(60.0, max(soak / 10, 1.0)),
         fingerprint=fingerprinter(spec_dir / chosen.spec if chosen and chosen.spec else args.spec),
     )
 
@@ -145,24 +158,43 @@ def fingerprinter(spec_path: Path) -> Callable[[Path], dict[str, str]]:
     return fingerprint
 
 
-def promote(args: argparse.Namespace, target: Target, run: Callable[[], Outcome]) -> Outcome:
-    """`promote` through the gates (builder.gates.guarded_promote)."""
+def _with_evidence(target: Target) -> Target:
+    from dataclasses import replace
+
+    from builder.gates import keep_evidence
+
+    return replace(target, before_rollback=target.before_rollback or keep_evidence)
+
+
+def promote(args: argparse.Namespace, target: Target) -> Outcome:
+    """`promote` through the gates: signature, policy, approvals, lease; the plan is made
+    under the lease, executed, soaked (builder.gates.guarded_promote)."""
     from builder.gates import guarded_promote
+    from builder.release import execute, plan_promote
     from builder.spec import load_spec
 
     spec = load_spec(args.spec)
     chosen = spec.deploy.targets.get(args.target) if args.target else None
-    return guarded_promote(target, args.tag, gates_for(args, spec, chosen, target.cloud), run)
+    target = _with_evidence(target)
+    rules = gates_for(args, spec, chosen, target.cloud)
+    return guarded_promote(
+        target, args.tag, rules, lambda: execute(target, plan_promote(target, args.tag))
+    )
 
 
-def rollback(args: argparse.Namespace, target: Target, run: Callable[[], Outcome]) -> Outcome:
-    """`rollback` through the gates (builder.gates.guarded_rollback)."""
+def rollback(args: argparse.Namespace, target: Target) -> Outcome:
+    """`rollback` through the gates: the image's signature, evidence, the lease."""
     from builder.gates import guarded_rollback
+    from builder.release import execute, plan_rollback
     from builder.spec import load_spec
 
     spec = load_spec(args.spec)
     chosen = spec.deploy.targets.get(args.target) if args.target else None
-    return guarded_rollback(target, args.tag, gates_for(args, spec, chosen, target.cloud), run)
+    target = _with_evidence(target)
+    rules = gates_for(args, spec, chosen, target.cloud)
+    return guarded_rollback(
+        target, args.tag, rules, lambda: execute(target, plan_rollback(target, args.tag))
+    )
 
 
 def register(add: Callable[..., argparse.ArgumentParser]) -> None:

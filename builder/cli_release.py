@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from builder.cli_options import cloud_option
 from builder.errors import AuroraError, SpecError
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def _ssh_options(p: argparse.ArgumentParser) -> None:
 
 
 def _server_options(p: argparse.ArgumentParser, *, probe: bool) -> None:
-    p.add_argument("--cloud", help="clouds.yaml entry (default: deploy.cloud, then OS_CLOUD)")
+    cloud_option(p)
     p.add_argument("--server", help="Nova server name or id (default: deploy.server)")
     if not probe:
         return
@@ -78,7 +79,7 @@ def _spec(args: argparse.Namespace) -> HostSpec:
 
 
 def _cloud(args: argparse.Namespace, spec: HostSpec) -> Cloud:
-    """As the openstack CLI: --cloud, else OS_CLOUD, else the OS_* variables when
+    """As the openstack CLI: --os-cloud, else OS_CLOUD, else the OS_* variables when
     OS_AUTH_URL is set; the spec's deploy.cloud is the default behind them all."""
     from builder.cloud import Cloud
 

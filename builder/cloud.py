@@ -276,6 +276,12 @@ class Cloud:
                 return server
             time.sleep(2)
 
+    def console_output(self, server_id: str, lines: int = 2000) -> str:
+        """The server's console log (its serial console), the last `lines` lines."""
+        with self._call("compute", f"console log of server {server_id}", ServerNotFound):
+            found = self._conn.compute.get_server_console_output(server_id, length=lines)
+        return str((found or {}).get("output") or "")
+
     def server_metadata(self, server_id: str) -> dict[str, str]:
         """The server's metadata as Nova holds it now (what every operator sees)."""
         with self._call("compute", f"metadata of server {server_id}", ServerNotFound):

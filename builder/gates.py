@@ -20,13 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder import categories, lease, signing
+from builder import categories, lease, progress, signing
 from builder.cloud import Cloud, CloudError, GlanceImage, ImageNotFound, Server
 from builder.errors import AuroraError
 from builder.policy import BASE_TAG, PolicyRefused, StagingServer, base_tag, check_production
 from builder.release import (
     MARK,
     Outcome,
+    ReleaseFailed,
+    ServerBroken,
     Target,
     check_attested,
     glance_name,
@@ -35,6 +37,8 @@ from builder.release import (
     operator,
     ours,
     previous_live,
+    rebuild_and_probe,
+    record,
 )
 
 
@@ -55,10 +59,19 @@ class Gates:
     others: list[StagingServer] = field(default_factory=list)  # every other target's server
     # image dir -> category fingerprints (builder.categories), from the spec that built it
     fingerprint: Callable[[Path], dict[str, str]] | None = None
+    soak_window: float = 0.0  # seconds the probe keeps watching after a promote (0: no soak)
+    soak_interval: float = 60.0
 
 
 def _say(text: str) -> None:
     print(text, file=sys.stderr)
+
+
+def _tell(text: str) -> None:
+    """What a gate decided, as a finished step line (`...: done in 0.0 s`) among the
+    release's own steps: information, never an error line."""
+    with progress.step(text):
+        pass
 
 
 def _verify_local(gates: Gates, image_dir: Path) -> signing.Verified | None:
@@ -69,7 +82,7 @@ def _verify_local(gates: Gates, image_dir: Path) -> signing.Verified | None:
             f"{image_dir.name}: a production target takes only signed images and the spec "
             "sets no deploy.allowed_signers; add the operators' keys there"
         )
-    _say(f"aurora-image: warning: {image_dir.name}: signature not checked "
+    _tell(f"signature of {image_dir.name} not checked "
          "(no deploy.allowed_signers)")  # fmt: skip
     return None
 
@@ -134,11 +147,11 @@ def _policy(gates: Gates, tag: str) -> dict[str, str]:
     if gates.force_reason is not None:
         if not gates.force_reason.strip():
             raise PolicyRefused('--force needs --reason "why": the override is recorded')
-        _say(f"aurora-image: policy overridden by {operator()}: {gates.force_reason}")
+        _tell(f"production policy overridden by {operator()}: {gates.force_reason}")
         return {"aurora_forced_by": operator(), "aurora_forced_at": now_iso(),
                 "aurora_forced_reason": gates.force_reason[:250]}  # fmt: skip
     found = check_production(tag, gates.stagings, gates.staging_soak)
-    _say(f"aurora-image: {found.staging} has run {found.image.name} healthy for "
+    _tell(f"{found.staging} has run {found.image.name} healthy for "
          f"{found.hours:.1f} h")  # fmt: skip
     return {"aurora_staged_as": found.image.name, "aurora_staged_hours": f"{found.hours:.1f}"}
 
@@ -171,10 +184,14 @@ def guarded_promote(target: Target, ref: str, gates: Gates, run: Callable[[], Ou
             )
     if verified is not None:
         records |= {"aurora_signed_by": verified.signer, **signing.glance_properties(image_dir)}
+    fallback = _current(cloud, server)
     with lease.held(cloud, server.id, server.name, holder=operator(), action=f"promote {tag}",
-                    ttl=gates.lease_ttl, break_lease=gates.break_lease, note=_say):  # fmt: skip
+                    ttl=gates.lease_ttl, break_lease=gates.break_lease, note=_tell):  # fmt: skip
         try:
-            return run()
+            outcome = run()
+            if gates.soak_window > 0:
+                _soak(target, tag, outcome, fallback, gates)
+            return outcome
         finally:
             _after(target, tag, records, gates)
 
@@ -196,9 +213,16 @@ def guarded_rollback(
         if chosen.hidden:
             cloud.set_hidden(chosen.id, False)
     # (no image: release.rollback says why, in its words)
+    if chosen is not None and server.image_id and server.image_id != chosen.id:
+        try:
+            current = cloud.image(server.image_id)
+        except ImageNotFound:
+            current = None
+        if current is not None and current.prop("aurora_tag"):
+            keep_evidence(target, server, current, f"operator rollback to {chosen.name}")
     action = f"rollback {chosen.prop('aurora_tag') if chosen else tag or ''}".strip()
     with lease.held(cloud, server.id, server.name, holder=operator(), action=action,
-                    ttl=gates.lease_ttl, break_lease=gates.break_lease, note=_say):  # fmt: skip
+                    ttl=gates.lease_ttl, break_lease=gates.break_lease, note=_tell):  # fmt: skip
         try:
             return run()
         finally:
@@ -244,3 +268,80 @@ def hide_superseded(cloud: Cloud, servers: list[str]) -> list[str]:
         if want:
             hidden.append(image.name)
     return hidden
+
+
+def _current(cloud: Cloud, server: Server) -> GlanceImage | None:
+    """The ready image the server runs now: where a failed soak goes back to."""
+    if server.status != "ACTIVE" or not server.image_id:
+        return None
+    try:
+        image = cloud.image(server.image_id)
+    except ImageNotFound:
+        return None
+    return image if is_ready(image) else None
+
+
+def keep_evidence(target: Target, server: Server, image: GlanceImage, reason: str) -> None:
+    """Before a rollback rebuild: the failing server's journal and console, kept
+    (builder.evidence). Wired as Target.before_rollback for builder.release's own."""
+    from builder.evidence import JOURNAL, keep
+    from builder.probe import known_hosts_for, state_dir
+    from builder.release import _remote
+
+    def journal() -> str:
+        remote, _ = _remote(target, server, known_hosts_for(target.cloud.name, server.id))
+        return remote.run(JOURNAL, timeout=120, check=False)
+
+    try:
+        keep(target.cloud, server, image, reason, journal=journal, state=state_dir(), note=_tell)
+    except (AuroraError, OSError) as exc:  # evidence must never stop a rollback
+        _say(f"aurora-image: warning: evidence not kept ({exc})")
+
+
+def _soak(
+    target: Target, tag: str, outcome: Outcome, fallback: GlanceImage | None, gates: Gates
+) -> None:
+    """Keep probing; on a failure keep the evidence and go back to `fallback` by itself."""
+    from builder.soak import soak
+
+    cloud = target.cloud
+    image = _image_for(cloud, tag)
+    if image is None or outcome.final_image != image.name:
+        return
+    with progress.step(f"soak {image.name} for {gates.soak_window:.0f} s"):
+        result = soak(target, image, window=gates.soak_window, interval=gates.soak_interval)
+    try:
+        cloud.set_properties(image.id, **result.properties())
+    except CloudError as exc:
+        _say(f"aurora-image: warning: soak verdict not recorded in Glance: {exc}")
+    if result.ok:
+        outcome.message = f"{outcome.message}; {result.summary()}"
+        return
+    server = cloud.server(target.server)
+    failed = f"promote of {image.name} on {server.name}: {result.summary()}"
+    keep_evidence(target, server, image, result.summary())
+    # Not a rollback target any more: it failed while live.
+    record(cloud, image.id, server.name, "soak", "soak-failed")
+    cloud.set_properties(image.id, aurora_live_server="")
+    if fallback is None or fallback.id == image.id:
+        outcome.message = (
+            f"{failed}; no previous image to roll back to; fix the cause, then "
+            "`aurora-image rollback TAG`"
+        )
+        raise ServerBroken(outcome.message, outcome)
+    record(cloud, fallback.id, server.name, "auto-rollback", "rebuilding")
+    back = rebuild_and_probe(target, server, fallback)
+    outcome.attempts.append(back)
+    record(cloud, fallback.id, server.name, "auto-rollback", back.outcome)
+    if back.ok:
+        outcome.final_status, outcome.final_image = "ACTIVE", fallback.name
+        outcome.message = (
+            f"{failed}; rolled back automatically: {server.name} runs {fallback.name} again "
+            "and its probe passed"
+        )
+        raise ReleaseFailed(outcome.message, outcome)
+    outcome.final_status, outcome.final_image = back.server.status if back.server else None, None
+    outcome.message = (
+        f"{failed}; the automatic rollback to {fallback.name} failed too: {back.reason}"
+    )
+    raise ServerBroken(outcome.message, outcome)

@@ -169,7 +169,7 @@ def held(
                  break_lease=break_lease)  # fmt: skip
     if taken.replaced is not None:
         how = "broke" if taken.broken else "took over the expired"
-        note(f"aurora-image: {how} lease of {taken.replaced.describe()} on {server_name}")
+        note(f"{how} lease of {taken.replaced.describe()} on {server_name}")
     try:
         yield taken
     finally:
@@ -177,6 +177,6 @@ def held(
             give_back(cloud, server_id, taken.lease)
         except CloudError as exc:
             note(
-                f"aurora-image: warning: lease on {server_name} not given back ({exc}); "
+                f"warning: lease on {server_name} not given back ({exc}); "
                 f"it expires at {taken.lease.expires.strftime(STAMP)}"
             )

@@ -139,6 +139,12 @@ class Target:
     probe_timeout: float = 600.0
     dashboard_grace: float = 180.0
     rebuild_timeout: float = 1800.0
+    # The probe to run instead of builder.probe's (a typed adapter: tests inject a stub;
+    # the soak's repeated checks go through it too).
+    prober: Callable[[Target, Server, GlanceImage], ProbeReport] | None = None
+    # Called before any rollback rebuild with the failing image and why (builder.gates
+    # keeps the journal and console there: the rebuild destroys them).
+    before_rollback: Callable[[Target, Server, GlanceImage, str], None] | None = None
 
 
 @dataclass
@@ -574,6 +580,8 @@ def _remote(target: Target, server: Server, known_hosts: Path) -> tuple[Remote, 
 
 
 def run_probe(target: Target, server: Server, image: GlanceImage) -> ProbeReport:
+    if target.prober is not None:
+        return target.prober(target, server, image)
     known_hosts = known_hosts_for(target.cloud.name, server.id)
     remote, endpoint = _remote(target, server, known_hosts)
     manifest = release_manifest(target.cloud, image)
@@ -661,6 +669,8 @@ def deploy(
             f"{failed}; no previous image to roll back to; "
             "fix the cause, then `aurora-image rollback TAG`",
         )  # fmt: skip
+    if target.before_rollback is not None:
+        target.before_rollback(target, attempt.server or server, image, attempt.reason)
     _record_late(cloud, fallback.id, server.name, "auto-rollback", "rebuilding")
     back = rebuild_and_probe(target, server, fallback)
     outcome.attempts.append(back)

@@ -208,8 +208,13 @@ def build_qemu_argv(
     qemu: str = QEMU,
     firmware_vars: Path | None = None,
     firmware_code: Path = OVMF_CODE,
+    console_socket: Path | None = None,
 ) -> list[str]:
     """The full QEMU argv; pure so the command line is testable without QEMU.
+
+    With ``console_socket`` the serial console is also a Unix socket an
+    operator attaches to (`aurora-image vm --console`), still logged whole
+    to ``serial_log``; without it the console only goes to the log.
 
     ``forwards`` is ``(host_port, guest_port)`` pairs, bound to 127.0.0.1 only
     so the VM is never reachable from the network. A firmware image needs
@@ -237,7 +242,9 @@ def build_qemu_argv(
         "-nographic",
         "-monitor", "none",
         "-no-reboot",
-        "-serial", f"file:{serial_log}",
+        *(["-chardev", f"socket,id=console,path={console_socket},server=on,wait=off,"
+                       f"logfile={serial_log},logappend=off", "-serial", "chardev:console"]
+          if console_socket else ["-serial", f"file:{serial_log}"]),
         "-qmp", f"unix:{qmp_socket},server=on,wait=off",
         *boot,
         "-drive", (
@@ -485,8 +492,11 @@ class Machine:
         ssh_key: Path | None = None,
         ssh_key_via_smbios: bool = True,
         host_ports: Mapping[str, int] | None = None,
+        console: bool = False,
     ) -> None:
         self.image = image
+        # True: the serial console is also a socket to attach to (``console_socket``).
+        self.console = console
         self.workdir = Path(workdir).absolute()
         self.credentials = dict(credentials or {})
         for name in self.credentials:
@@ -539,6 +549,10 @@ class Machine:
     @property
     def qmp_socket(self) -> Path:
         return self._sockets() / "qmp.sock"
+
+    @property
+    def console_socket(self) -> Path | None:
+        return self._sockets() / "console.sock" if self.console else None
 
     @property
     def control_path(self) -> Path:
@@ -606,6 +620,7 @@ class Machine:
             overlay=self.overlay,
             uuid=self.uuid,
             firmware_vars=self.firmware_vars if self.image.firmware else None,
+            console_socket=self.console_socket,
         )
 
     def start(self) -> None:
@@ -617,8 +632,9 @@ class Machine:
         if self._proc is not None:
             raise MachineError("machine already started")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        for stale in (self.serial_log, self.qmp_socket, self.control_path):
-            stale.unlink(missing_ok=True)
+        for stale in (self.serial_log, self.qmp_socket, self.control_path, self.console_socket):
+            if stale is not None:
+                stale.unlink(missing_ok=True)
 
         pubkey = self._generate_key()
         if self.ssh_key_via_smbios:

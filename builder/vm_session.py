@@ -6,8 +6,11 @@ in its own session, so it can outlive the command that started it
 (builder.vm: per-run SSH key as an SMBIOS credential, scratch volumes with
 the spec's labels for /data and /project, the image attached read-only),
 records where it runs in ``<cache>/vms/<tag>.json`` and powers the guest off
-cleanly on SIGTERM. QEMU dies with the keeper (PDEATHSIG), so no VM is ever
-left without an owner.
+cleanly on SIGTERM. The serial console of every kept VM is also a socket
+(``console`` in the state) that `aurora-image vm --console` attaches to; a VM
+started for the console is recorded as soon as QEMU runs, without waiting
+for sshd, which may be the very thing that is broken. QEMU dies with the
+keeper (PDEATHSIG), so no VM is ever left without an owner.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ KEEPER = "builder.vm_session"
 FORWARDS = {"http": 80, "https": 443}
 BOOT_TIMEOUT = 900.0
 STOP_TIMEOUT = 120.0
+CONSOLE_FIRST = "--console-first"  # keeper flag: record the VM before sshd answers
 
 
 class VmError(AuroraError):
@@ -53,6 +57,7 @@ class VmState:
     workdir: str
     started: float
     ssh_ready_after: float | None = None
+    console: str | None = None
 
     def remote(self) -> Remote:
         return Remote(
@@ -122,8 +127,11 @@ def find(tag: str | None) -> VmState:
     return states[0]
 
 
-def start(image_dir: Path, labels: list[str], *, note: object = None) -> VmState:
-    """Start a keeper for ``image_dir`` and wait until ssh works in the guest.
+def start(
+    image_dir: Path, labels: list[str], *, note: object = None, wait_ssh: bool = True
+) -> VmState:
+    """Start a keeper for ``image_dir`` and wait until ssh works in the guest
+    (``wait_ssh=False``: only until QEMU runs and its console can be attached).
 
     ``note`` (a builder.progress Step) gets the console's latest line while waiting.
     """
@@ -137,7 +145,8 @@ def start(image_dir: Path, labels: list[str], *, note: object = None) -> VmState
     workdir = vms_dir() / tag
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    argv = [sys.executable, "-m", KEEPER, str(state_path(tag)), str(image_dir), *labels]
+    mode = [] if wait_ssh else [CONSOLE_FIRST]
+    argv = [sys.executable, "-m", KEEPER, str(state_path(tag)), str(image_dir), *mode, *labels]
     with open(workdir / "keeper.log", "wb") as log:
         proc = subprocess.Popen(
             argv,
@@ -219,8 +228,8 @@ def stop(state: VmState) -> bool:
 # --------------------------------------------------------------------------
 
 
-def _keep(state_file: Path, image_dir: Path, labels: list[str]) -> int:
-    from builder.vm import BootImage, MachineError, boot, scratch_volumes
+def _keep(state_file: Path, image_dir: Path, labels: list[str], *, wait_ssh: bool = True) -> int:
+    from builder.vm import BootImage, Machine, MachineError, boot, scratch_volumes
 
     workdir = state_file.parent / image_dir.name
     stopping = False
@@ -233,13 +242,14 @@ def _keep(state_file: Path, image_dir: Path, labels: list[str]) -> int:
     signal.signal(signal.SIGINT, on_term)
     try:
         drives = scratch_volumes(labels, workdir)
-        machine = boot(
-            BootImage.from_dir(image_dir),
-            workdir,
-            ssh_timeout=BOOT_TIMEOUT,
-            host_forwards=FORWARDS,
-            extra_drives=drives,
-        )
+        options = {"host_forwards": FORWARDS, "extra_drives": drives, "console": True}
+        if wait_ssh:
+            machine = boot(
+                BootImage.from_dir(image_dir), workdir, ssh_timeout=BOOT_TIMEOUT, **options
+            )
+        else:
+            machine = Machine(BootImage.from_dir(image_dir), workdir, **options)
+            machine.start()
     except (MachineError, OSError, subprocess.CalledProcessError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         serial = workdir / "serial.log"
@@ -259,6 +269,7 @@ def _keep(state_file: Path, image_dir: Path, labels: list[str]) -> int:
             workdir=str(workdir),
             started=time.time(),
             ssh_ready_after=machine.ssh_ready_after,
+            console=str(machine.console_socket),
         )
         atomic_write(state_file, (json.dumps(asdict(state), indent=2) + "\n").encode(), 0o600)
         while not stopping and machine.running:
@@ -273,4 +284,7 @@ def _keep(state_file: Path, image_dir: Path, labels: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_keep(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]))
+    rest = sys.argv[3:]
+    first = rest[:1] == [CONSOLE_FIRST]
+    labels = rest[1:] if first else rest
+    sys.exit(_keep(Path(sys.argv[1]), Path(sys.argv[2]), labels, wait_ssh=not first))

@@ -14,23 +14,61 @@ from typing import Any
 
 import yaml
 
+from builder.errors import SpecError, SpecProblem
+
 __all__ = ["KeyPath", "SpecSyntaxError", "line_for", "load_yaml_with_lines"]
 
 KeyPath = tuple[str | int, ...]
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-class SpecSyntaxError(Exception):
-    """A spec file that is not well-formed YAML (or has duplicate keys)."""
+class SpecSyntaxError(SpecError):
+    """A spec file that is not well-formed YAML (or has duplicate keys).
 
-    def __init__(self, path: Path | str, line: int, message: str) -> None:
-        super().__init__(path, line, message)
+    The parser stops at the first syntax error, so that is one problem; every
+    duplicate key of a well-formed file is listed, each a problem of its own.
+    """
+
+    def __init__(
+        self, path: Path | str, line: int, message: str, more: Sequence[tuple[int, str]] = ()
+    ) -> None:
+        problems = [SpecProblem(str(path), n, "", text) for n, text in [(line, message), *more]]
+        super().__init__("", problems)
         self.path = path
         self.line = line
         self.message = message
 
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.message}"
+
+# PyYAML's words for a mistake, and what they mean to someone editing a spec.
+_PLAIN = (
+    ("mapping values are not allowed here",
+     "a 'key: value' where none can start: check this line's indentation, "
+     "or quote a value that contains ': '"),
+    ("could not find expected ':'",
+     "a line that is neither 'key: value' nor a '- ' list item: add the ':' or indent it "
+     "like its siblings"),
+    ("expected <block end>",
+     "indentation does not line up with the lines above: align it with its siblings"),
+    ("found character '\\t'", "a tab: YAML indents with spaces only"),
+    ("found undefined alias", "'*name' refers to an anchor '&name' not defined above it"),
+    ("expected a single document", "more than one YAML document ('---'): a spec is one document"),
+    ("could not determine a constructor", "a '!!' tag that cannot be loaded safely: remove it"),
+    ("expected ',' or ']'", "a '[' list is not closed with ']' (or lacks a ',' between items)"),
+    ("expected ',' or '}'", "a '{' mapping is not closed with '}' (or lacks a ',' between items)"),
+    ("found unexpected end of stream", "a quote is not closed"),
+    ("found unhashable key", "a key that is a list or mapping: keys are plain words"),
+    ("found unknown escape character",
+     "an unknown backslash escape in a double-quoted value: use single quotes"),
+    ("that cannot start any token", "a value starting with '@', '`' or '%' must be quoted"),
+)  # fmt: skip
+
+
+def plain_words(problem: str) -> str:
+    """PyYAML's message with what it means in a spec in front, when we know that."""
+    for words, meaning in _PLAIN:
+        if words in problem:
+            return f"{meaning} (YAML: {problem})"
+    return problem
 
 
 class _LineLoader(yaml.SafeLoader):
@@ -58,11 +96,11 @@ def _yaml_error(path: Path, text: str, exc: yaml.YAMLError) -> SpecSyntaxError:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         message = ", ".join(part for part in (exc.context, exc.problem) if part)
-        return SpecSyntaxError(path, line, message or str(exc))
+        return SpecSyntaxError(path, line, plain_words(message or str(exc)))
     if isinstance(exc, yaml.reader.ReaderError):  # e.g. a control character
         line = text.count("\n", 0, max(exc.position, 0)) + 1
         return SpecSyntaxError(path, line, f"unacceptable character #x{exc.character:04x}")
-    return SpecSyntaxError(path, 1, str(exc))
+    return SpecSyntaxError(path, 1, plain_words(str(exc)))
 
 
 def _walk(
@@ -72,6 +110,7 @@ def _walk(
     key_path: KeyPath,
     lines: dict[KeyPath, int],
     visited: set[int],
+    duplicates: list[tuple[int, str]],
 ) -> None:
     """Record the line of every mapping key and sequence item below ``node``.
 
@@ -92,18 +131,19 @@ def _walk(
             if not isinstance(key, Hashable):
                 continue  # construct_document() reports unhashable keys
             if key in seen:
-                raise SpecSyntaxError(
-                    path, line, f"duplicate key {key!r} (first defined on line {seen[key]})"
+                duplicates.append(
+                    (line, f"duplicate key {key!r} (first defined on line {seen[key]}): keep one")
                 )
+                continue
             seen[key] = line
             child = (*key_path, key)
             lines[child] = line
-            _walk(loader, path, value_node, child, lines, visited)
+            _walk(loader, path, value_node, child, lines, visited, duplicates)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             child = (*key_path, index)
             lines[child] = loader.alias_lines.get((id(node), index), item.start_mark.line + 1)
-            _walk(loader, path, item, child, lines, visited)
+            _walk(loader, path, item, child, lines, visited, duplicates)
 
 
 def load_yaml_with_lines(path: Path) -> tuple[Any, dict[KeyPath, int]]:
@@ -114,7 +154,7 @@ def load_yaml_with_lines(path: Path) -> tuple[Any, dict[KeyPath, int]]:
     ``()`` is the document's first line. Paths only reachable through an alias
     or ``<<`` merge have no entry; ``line_for`` then falls back to the key
     holding the alias. Raises SpecSyntaxError for invalid YAML, several
-    documents, or duplicate keys.
+    documents, or duplicate keys (all of them at once).
     """
     raw = path.read_bytes()
     try:
@@ -134,7 +174,10 @@ def load_yaml_with_lines(path: Path) -> tuple[Any, dict[KeyPath, int]]:
         lines: dict[KeyPath, int] = {(): node.start_mark.line + 1}
         # Walk before constructing: construction flattens "<<" merges in place,
         # which would make a merged key look like a duplicate.
-        _walk(loader, path, node, (), lines, set())
+        duplicates: list[tuple[int, str]] = []
+        _walk(loader, path, node, (), lines, set(), duplicates)
+        if duplicates:
+            raise SpecSyntaxError(path, *duplicates[0], more=duplicates[1:])
         data = loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise _yaml_error(path, text, exc) from None

@@ -146,9 +146,11 @@ def test_promote_fail_rollback_releases_prune(
     a, b = image_a.name, image_b.name
     before = len(nova.rebuilds)  # the services' own tests may have rebuilt the server
 
-    # 1. Promote A: uploaded, rebuilt, probed, recorded live.
-    code, out, err = cli("promote", a, "--json", probing=True)
+    # 1. Promote A: uploaded, rebuilt, probed, soaked (probed again for 30 s), recorded live.
+    code, out, err = cli("promote", a, "--json", "--soak", "30s", probing=True)
     assert code == 0, err
+    assert re.search(r"^soak aurora-\S+ for 30 s: done in", err, re.M), err
+    assert "soak passed" in out["message"]
     assert out["attempts"][0]["outcome"] == "live", out
     checks = {c["name"]: c["ok"] for c in out["attempts"][0]["probe"]["checks"]}
     assert checks == dict.fromkeys(("ssh", "boot", "failed-units", "dashboard", "audit"), True)
@@ -158,6 +160,7 @@ def test_promote_fail_rollback_releases_prune(
     assert a_image.visibility == "private" and set(a_image.tags) == {"aurora", a}
     assert a_image.hw_machine_type == "q35" and a_image.properties["hw_firmware_type"] == "uefi"
     assert a_image.properties["aurora_live_server"] == SERVER
+    assert a_image.properties["aurora_soak_verdict"] == "passed"
 
     # 2. Promote B: its dashboard never answers -> automatic rollback to A, exit 3.
     code, out, err = cli("promote", str(image_b), "--json", probing=True)

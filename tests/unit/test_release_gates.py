@@ -4,8 +4,10 @@ hidden superseded images.
 
 Glance is the real PyPI service on loopback (tests/release/glance.py). Nova
 is the release suite's compute double over a real socket, two of them as two
-servers; nothing here rebuilds, so neither boots a VM, and each refusal
-asserts the server was left untouched. The signing key is made per run.
+servers, in the mode that boots no VM (a rebuild makes the root disk and goes
+ACTIVE); the probe is a stub injected through Target.prober, so the soak and
+its automatic rollback run the real release code without a guest. Each
+refusal asserts the server was left untouched. The signing key is made per run.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import openstack
 import pytest
 
-from builder import gates, lease, signing
+from builder import gates, lease, release, signing
 from builder.cloud import Cloud
 from builder.policy import BASE_TAG, PolicyRefused, StagingServer, check_production
 from builder.release import MARK, Target, ensure_upload, record
@@ -42,7 +44,7 @@ def glance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlanceServer]:
 
 
 def _double(glance: GlanceServer, root: Path, name: str) -> NovaDouble:
-    return NovaDouble(root, glance_endpoint=glance.endpoint, name=name)
+    return NovaDouble(root, glance_endpoint=glance.endpoint, name=name, boot=False)
 
 
 @pytest.fixture(scope="module")
@@ -438,3 +440,92 @@ def test_production_needs_approval_for_marked_categories_and_records_who(
     props = uploaded.properties
     assert json.loads(props["aurora_approved"]) == {"firewall": "bob@ops"}
     assert categories.decode(props["aurora_categories"]) == after
+
+
+# -- 3 and 4. soak, automatic rollback, evidence -----------------------------------------
+
+
+def stub_prober(fail_image: str, after: int) -> tuple[list[str], object]:
+    """A probe that passes, except for `fail_image` from its `after`-th probe on."""
+    from builder.probe import Check, ProbeReport
+
+    seen: list[str] = []
+
+    def prober(target: Target, server: object, image: release.GlanceImage) -> ProbeReport:
+        seen.append(image.name)
+        bad = image.name == fail_image and seen.count(image.name) >= after
+        check = Check("stub", not bad, "restart loop: aurora-dashboard.service (3 restarts)"
+                      if bad else "healthy")  # fmt: skip
+        return ProbeReport("stub", (check,), 0.1)
+
+    return seen, prober
+
+
+def test_soak_failure_rolls_back_by_itself_and_keeps_evidence(
+    store: Path, clouds: dict[str, Cloud], production: NovaDouble,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    from builder.evidence import MARK as EVIDENCE
+    from builder.evidence import unpack
+    from builder.vm import free_port
+
+    cloud = clouds["production"]
+    old = ensure_upload(cloud, attested(store, "2026.11-oooo", disk=b"old!")).image
+    live_on(cloud, production, old.id, hours_ago=30)
+    attested(store, "2026.11-nnnn")
+    seen, prober = stub_prober("aurora-2026.11-nnnn", after=2)
+    target = Target(
+        cloud=cloud, server=production.server.name, hostname="data.gamb2le.co.uk",
+        address="127.0.0.1", ssh_port=free_port(), rebuild_timeout=120,
+        prober=prober, before_rollback=gates.keep_evidence,  # type: ignore[arg-type]
+    )  # fmt: skip
+    rules = gates.Gates(soak_window=3.0, soak_interval=0.5)
+    run = lambda: release.execute(target, release.plan_promote(target, "2026.11-nnnn"))  # noqa: E731
+    with pytest.raises(release.ReleaseFailed) as caught:
+        gates.guarded_promote(target, "2026.11-nnnn", rules, run)
+    new = gates._image_for(cloud, "2026.11-nnnn")
+    assert new is not None
+    assert production.rebuilds == [new.id, old.id]  # rebuilt to it, then back by itself
+    assert production.server.image_id == old.id and production.server.status == "ACTIVE"
+    assert seen == ["aurora-2026.11-nnnn", "aurora-2026.11-nnnn", "aurora-2026.11-oooo"]
+    message = str(caught.value)
+    assert "soak failed after" in message and "restart loop" in message
+    assert "rolled back automatically" in message and "runs aurora-2026.11-oooo again" in message
+    props = cloud.image(new.id).properties
+    assert (
+        props["aurora_soak_verdict"] == "failed" and props["aurora_last_outcome"] == "soak-failed"
+    )
+    assert props["aurora_live_server"] == ""  # never again rollback's target
+    history = json.loads(cloud.image(old.id).properties["aurora_history"])
+    assert history[-1][2:4] == ["auto-rollback", "live"]
+    # Evidence: kept before the rollback rebuild, in Glance (hidden) and locally.
+    kept = [i for i in cloud.images(EVIDENCE, hidden=True) if i.prop("aurora_tag") == new.prop(
+        "aurora_tag")]  # fmt: skip
+    assert [i.name for i in kept] == [props["aurora_evidence_image"]]
+    data = cloud._conn.image.download_image(kept[0].id).content
+    files = unpack(data)
+    assert "no-boot mode: root disk of image " + new.id in files["console.txt"]
+    assert "journal not read" in files["journal.txt"]  # no guest: said, not hidden
+    assert "restart loop" in files["reason.txt"]
+    assert not any(k.startswith("aurora_lease_") for k in production.server.metadata)
+
+
+def test_a_soak_that_passes_records_its_verdict(
+    store: Path, clouds: dict[str, Cloud], production: NovaDouble
+) -> None:
+    cloud = clouds["production"]
+    old = ensure_upload(cloud, attested(store, "2026.11-oooo", disk=b"old!")).image
+    live_on(cloud, production, old.id, hours_ago=30)
+    attested(store, "2026.11-nnnn")
+    seen, prober = stub_prober("none", after=1)
+    from builder.vm import free_port
+
+    target = Target(cloud=cloud, server=production.server.name, hostname="h", address="127.0.0.1",
+                    ssh_port=free_port(), prober=prober)  # type: ignore[arg-type]  # fmt: skip
+    run = lambda: release.execute(target, release.plan_promote(target, "2026.11-nnnn"))  # noqa: E731
+    outcome = gates.guarded_promote(target, "2026.11-nnnn", gates.Gates(soak_window=1.2,
+                                    soak_interval=0.5), run)  # fmt: skip
+    assert outcome.final_image == "aurora-2026.11-nnnn" and len(seen) >= 3
+    props = cloud.image(production.server.image_id).properties
+    assert props["aurora_soak_verdict"] == "passed"
+    assert props["aurora_soak_detail"].startswith("soak passed:")

@@ -30,6 +30,7 @@ from aiosmtpd.smtp import Envelope
 from builder import accel as accel_mod
 from builder import signing
 from builder.errors import AuroraError
+from builder.logs import write_smoke_log
 from builder.spec import HostSpec, load_spec
 from builder.store import FAILING, write_attestation
 from builder.vm import BootImage, Machine, boot, free_port, scratch_volumes
@@ -61,6 +62,8 @@ class _Run:
     selected: list[str] = field(default_factory=list)
     deselected: int = 0
     outcomes: dict[str, str] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    serial_log: Path | None = None
 
 
 _run = _Run()
@@ -101,12 +104,26 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     outcome = _outcome(report)
     if outcome is not None and _run.outcomes.get(report.nodeid) not in FAILING:
         _run.outcomes[report.nodeid] = outcome
+    if report.failed:
+        _run.failures[f"{report.nodeid} ({report.when})"] = report.longreprtext
+
+
+def _keep_log(exitstatus: int) -> None:
+    """The run's report and its VM's console beside the image (`aurora-image logs TAG`)."""
+    assert _run.image is not None
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    lines = [f"smoke suite on {_run.image.name}, finished {stamp}, pytest exit status {exitstatus}"]
+    lines += [f"{outcome:8} {nodeid}" for nodeid, outcome in _run.outcomes.items()]
+    for what, text in _run.failures.items():
+        lines += ["", f"--- {what} ---", text]
+    write_smoke_log(_run.image, "\n".join(lines) + "\n", _run.serial_log)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Attest the booted image; a partial run that saw no failure proves nothing."""
     if _run.image is None:
         return
+    _keep_log(int(exitstatus))
     tests = {nodeid: _run.outcomes.get(nodeid, "not run") for nodeid in _run.selected}
     tests.update(_run.outcomes)
     failed = any(outcome in FAILING for outcome in tests.values())
@@ -185,6 +202,7 @@ def machine(
         "tls": "off",
     }
     image = BootImage.from_dir(image_dir)
+    _run.serial_log = work.absolute() / "serial.log"  # kept beside the image, booted or not
     vm = boot(
         image,
         work,

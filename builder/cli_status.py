@@ -1,0 +1,87 @@
+"""Looking at what runs: `aurora-image status` and `aurora-image logs TAG`.
+
+Both only read: Nova and Glance (status), the image store, the kept VMs'
+state and the logs beside each image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from builder.cli_options import cloud_option
+from builder.errors import AuroraError
+
+Add = Callable[..., argparse.ArgumentParser]
+
+
+def register(add: Add) -> None:
+    """Add this module's subcommands through the CLI's ``add`` helper."""
+    p = add("status", cmd_status, "what is live where: per server the tag, image, Nova state, "
+            "attestation; the newest local image and kept VMs")  # fmt: skip
+    cloud_option(p)
+    p.add_argument(
+        "--server",
+        action="append",
+        metavar="NAME",
+        help="Nova server name or id (repeatable; default: deploy.server)",
+    )
+    p.add_argument("--local", action="store_true", help="only this machine; do not ask the cloud")
+    p = add("logs", cmd_logs, "an image's build log, last smoke-suite log and serial logs", False)
+    p.add_argument("tag", nargs="?", metavar="TAG", help="image tag or directory (default: newest)")
+    p.add_argument("--only", choices=["build", "smoke", "serial"], help="just this kind of log")
+    p.add_argument("--tail", type=int, metavar="N", help="the last N lines of each log")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from builder import status, vm_session
+    from builder.cli_release import _cloud
+    from builder.image import images_dir
+    from builder.spec import load_spec
+    from builder.store import list_images
+
+    servers: list[status.ServerStatus] = []
+    if not args.local:
+        spec = load_spec(args.spec)
+        for name in args.server or [spec.deploy.server]:
+            servers.append(status.server_status(lambda: _cloud(args, spec), name))
+    newest, vms = status.local_status(list_images(), vm_session.running(), servers)
+    result = status.Status(servers, str(images_dir()), newest, vms)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        sys.stdout.write(status.format_text(result))
+    return 0 if result.ok else 1
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from builder.image import newest_image
+    from builder.logs import image_logs, read_log
+    from builder.store import resolve_image
+    from builder.vm_session import vms_dir
+
+    image_dir = resolve_image(args.tag) if args.tag else newest_image()
+    logs = [log for log in image_logs(image_dir, vms_dir()) if args.only in (None, log.kind)]
+    if args.json:
+        entries = []
+        for log in logs:
+            entry = log.to_json()
+            entry["text"] = read_log(log.path, args.tail) if log.exists else None
+            entries.append(entry)
+        print(json.dumps({"tag": image_dir.name, "logs": entries}))
+        return 0
+    for log in logs:
+        if not log.exists:
+            print(f"==> {log.what}: none yet ({log.path}) <==")
+            continue
+        print(f"==> {log.what}: {log.path} <==")
+        text = read_log(log.path, args.tail)
+        sys.stdout.write(text + ("\n" if text and not text.endswith("\n") else ""))
+    if not any(log.exists for log in logs):
+        raise AuroraError(
+            f"{image_dir.name} has no logs yet in {image_dir} (build.log comes with "
+            f"`make image`, smoke.log with `make smoke TAG={image_dir.name}`)"
+        )
+    return 0
