@@ -10,9 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from builder import cli_ops, cli_release, cli_status
-from builder.cli_options import global_options
-from builder.errors import AuroraError, SpecError
+from builder import cli_ops, cli_release
+from builder.errors import AuroraError
 from builder.inputs import REPO
 
 if TYPE_CHECKING:
@@ -46,21 +45,28 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def _render_diff(tree: Tree, args: argparse.Namespace) -> int:
     """Show what the spec changes in the rendered files; writes nothing."""
+    import tempfile
+
     from builder.image import newest_image
     from builder.render_diff import diff_tree, directory_base, format_text, image_base
-    from builder.store import MANIFEST, resolve_image
+    from builder.store import MANIFEST
 
     against = args.against
-    if against and Path(against).is_dir() and not (Path(against) / MANIFEST).is_file():
-        base = directory_base(Path(against))
-    else:
-        base = image_base(resolve_image(against) if against else newest_image())
+    with tempfile.TemporaryDirectory(prefix="aurora-against-") as scratch:
+        if against and Path(against).is_dir() and not (Path(against) / MANIFEST).is_file():
+            base = directory_base(Path(against))
+        elif against:
+            found = cli_release.image_finder(args, Path(scratch)).resolve(against)
+            base = image_base(found.path, found.origin)
+        else:
+            base = image_base(newest_image())
     diff = diff_tree(tree, base)
     if args.json:
         print(json.dumps(diff.to_json()))
     else:
         sys.stdout.write(format_text(diff))
-    return 0
+    # --exit-code: as `git diff --exit-code`, 1 when the spec changes rendered files.
+    return 1 if args.exit_code and not diff.empty else 0
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
@@ -113,7 +119,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from builder.spec import load_spec
 
-    spec = load_spec(args.spec)  # a SpecError lists every problem (main prints them)
+    spec = load_spec(args.spec)
     streams = len(spec.source_sync.streams)
     if args.json:
         print(json.dumps({"spec": str(args.spec), "valid": True, "release": spec.release,
@@ -123,29 +129,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_schema(args: argparse.Namespace) -> int:
-    from builder.spec_schema import schema_text
-
-    text = schema_text()
-    if args.out is None:
-        sys.stdout.write(text)
-        return 0
-    from builder.tree import atomic_write
-
-    atomic_write(args.out, text.encode())
-    print(json.dumps({"wrote": str(args.out)}) if args.json else f"wrote {args.out}")
-    return 0
-
-
 def cmd_list(args: argparse.Namespace) -> int:
     from builder.image import images_dir
     from builder.store import human_size, list_images
 
     images = list_images()
-    if args.quiet:
-        for image in images:
-            print(image.tag)
-        return 0
     if args.json:
         print(json.dumps({"store": str(images_dir()), "images": [i.to_json() for i in images]}))
         return 0
@@ -174,9 +162,15 @@ def _verdict(image: ImageRecord) -> str:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from builder.image import images_dir
-    from builder.store import list_images, prune
+    from builder.store import execute_prune, list_images, plan_prune
 
-    removed = prune(args.keep, set(args.live))
+    plan = plan_prune(args.keep, set(args.live))
+    if args.dry_run:
+        shown = plan.to_plan(args.keep)
+        out = shown.format_text() if not args.json else json.dumps(shown.to_json()) + "\n"
+        sys.stdout.write(out)
+        return 0
+    removed = execute_prune(plan)
     kept = [i.tag for i in list_images()]
     if args.json:
         print(json.dumps({"store": str(images_dir()), "removed": removed, "kept": kept}))
@@ -188,13 +182,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from builder.diff import diff_images, format_text, to_json
-    from builder.store import resolve_image
+    import tempfile
 
-    diff = diff_images(resolve_image(args.a), resolve_image(args.b))
+    from builder.diff import diff_images, format_text, to_json
     from builder.overlay import diff_extras
 
-    extras = diff_extras(diff, args.overlay)  # change categories; --overlay's proof
+    with tempfile.TemporaryDirectory(prefix="aurora-diff-") as scratch:
+        finder = cli_release.image_finder(args, Path(scratch))
+        a, b = finder.resolve(args.a), finder.resolve(args.b)
+        diff = diff_images(a.path, b.path, origins=(a.origin, b.origin))
+        extras = diff_extras(diff, args.overlay)  # change categories; --overlay's proof
     if args.json:
         print(json.dumps(to_json(diff) | extras.to_json()))
     else:
@@ -210,30 +207,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if result.identical else 1
 
 
-def version() -> str:
-    """The installed package's version (pyproject.toml), as `--version` prints it."""
-    from importlib import metadata
-
-    try:
-        return metadata.version("aurora-image")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def cmd_completion(args: argparse.Namespace) -> int:
-    from builder.cli_completion import bash_script
-
-    sys.stdout.write(bash_script(build_parser()))
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aurora-image",
         description="Build, test and release immutable images of the Aurora dashboard host.",
     )
-    parser.add_argument("--version", action="version", version=f"aurora-image {version()}")
-    global_options(parser, top=True)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Handler, summary: str, spec: bool = True) -> argparse.ArgumentParser:
@@ -241,15 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
         if spec:
             p.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="host spec (YAML)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
-        global_options(p, top=False)
         p.set_defaults(func=func)
         return p
 
-    add("validate", cmd_validate, "check a host spec and list every problem in it")
-    p = add("schema", cmd_schema, "print the host spec's JSON Schema (for editors)", False)
-    p.add_argument("--out", type=Path, help="write it to this file instead (atomically)")
-    p = add("completion", cmd_completion, "print the shell completion script", False)
-    p.add_argument("shell", choices=["bash"], help="the shell (bash)")
+    add("validate", cmd_validate, "check a host spec and exit")
     p = add("render", cmd_render, "render units and configs into a directory")
     p.add_argument("--out", type=Path, default=DEFAULT_RENDER_DIR, help="output directory")
     p.add_argument(
@@ -260,8 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--against",
         metavar="REF",
-        help="with --diff: an image tag or directory, or a directory `render` wrote",
+        help="with --diff: an image tag or directory, `live` (what the server runs; its "
+        "files from Glance if not built here), or a directory `render` wrote",
     )
+    p.add_argument(
+        "--exit-code", action="store_true", help="with --diff: exit 1 when files would change"
+    )
+    cli_release.live_options(p)
     p = add("lock", cmd_lock, "resolve the dashboard's Python pins into locks/ (with hashes)")
     p.add_argument(
         "--debian",
@@ -278,8 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tag-file", type=Path, metavar="PATH", help="also write the built tag into PATH"
     )
-    p = add("list", cmd_list, "list stored images, newest first, with size and attestation", False)
-    p.add_argument("-q", "--quiet", action="store_true", help="only the tags, one a line")
+    add("list", cmd_list, "list stored images, newest first, with size and attestation", False)
     p = add("prune", cmd_prune, "remove old images, never live ones or their rollback", False)
     p.add_argument("--keep", type=int, required=True, metavar="N", help="newest images to keep")
     p.add_argument(
@@ -289,9 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TAG",
         help="an image that is running somewhere (repeatable); never removed",
     )
-    p = add("diff", cmd_diff, "show what image B changes against image A", False)
-    p.add_argument("a", metavar="A", help="base image: a tag in the store or a directory")
-    p.add_argument("b", metavar="B", help="candidate image: a tag in the store or a directory")
+    p.add_argument("--dry-run", action="store_true", help="list what would go; remove nothing")
+    p = add("diff", cmd_diff, "show what image B changes against image A")
+    p.add_argument("a", metavar="A", help="base image: a tag, a directory, or `live`")
+    p.add_argument("b", metavar="B", help="candidate image: a tag, a directory, or `live`")
+    cli_release.live_options(p)
     p.add_argument(
         "--overlay",
         type=Path,
@@ -299,18 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="prove B differs from A only in this overlay spec's keys (exit 1 if not)",
     )
     cli_ops.register(add)
-    cli_status.register(add)
     cli_release.register(add)
     return parser
-
-
-def print_error(exc: AuroraError, *, as_json: bool) -> None:
-    """One line per problem on stderr; a spec error with --json as JSON on stdout."""
-    if as_json and isinstance(exc, SpecError):
-        print(json.dumps(exc.to_json()))
-    lines = [str(p) for p in getattr(exc, "problems", ())] or str(exc).splitlines() or [""]
-    for line in lines:
-        print(f"aurora-image: {line}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -321,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AuroraError as exc:
         if args.debug:
             raise
-        print_error(exc, as_json=getattr(args, "json", False))
+        print(f"aurora-image: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("aurora-image: interrupted", file=sys.stderr)

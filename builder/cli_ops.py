@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from builder import cli_release
 from builder.errors import AuroraError
 
 if TYPE_CHECKING:
@@ -28,22 +29,22 @@ def register(add: Add) -> None:
     p.add_argument("tag", nargs="?", metavar="TAG", help="image tag or directory (default: newest)")
     p.add_argument("--keep", action="store_true", help="leave it running for `aurora-image ssh`")
     p.add_argument("--stop", action="store_true", help="power off the kept VM of TAG")
-    p.add_argument(
-        "--console",
-        action="store_true",
-        help="attach to the serial console (Ctrl-] leaves); boots TAG first unless it is kept "
-        "running, without waiting for sshd",
-    )
     p = add("ssh", cmd_ssh, "a shell (or -- CMD) on a VM left running by `vm --keep`", False)
     p.add_argument("tag", nargs="?", metavar="TAG", help="which kept VM (default: the only one)")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD", help="command to run")
     p = add("audit", cmd_audit, "check a running host for drift from its image (observe only)")
     p.add_argument("host", metavar="HOST", help="[user@]host, or vm[:TAG] for a kept local VM")
-    p.add_argument("--image", metavar="TAG", help="audit against TAG, whatever the host says")
+    p.add_argument(
+        "--image",
+        metavar="TAG",
+        help="audit against TAG (or `live`: what Nova says the server runs), whatever the "
+        "host says; a tag not built here is read from its Glance upload",
+    )
     p.add_argument("--ssh-port", type=int, default=None, help="ssh port (default: the spec's)")
     p.add_argument("--identity", type=Path, help="ssh private key")
     p.add_argument("--ssh-config", type=Path, help="ssh client config file")
     p.add_argument("--all", action="store_true", help="list every check, not only drift")
+    cli_release.live_options(p)
     p = add("explain", cmd_explain, "print a rendered unit with where each value came from")
     p.add_argument("unit", metavar="UNIT", help="unit name (suffix optional) or rendered path")
 
@@ -74,8 +75,6 @@ def _volume_labels(image_dir: Path, fallback: Path) -> list[str]:
 def cmd_vm(args: argparse.Namespace) -> int:
     from builder import progress, vm_session
 
-    if args.console:
-        return _console(args)
     if args.stop:
         state = vm_session.find(args.tag)
         clean = vm_session.stop(state)
@@ -114,42 +113,6 @@ def cmd_vm(args: argparse.Namespace) -> int:
         clean = vm_session.stop(state)
         print(f"{state.tag}: powered off" + ("" if clean else " (forced)"))
     return rc
-
-
-def _console(args: argparse.Namespace) -> int:
-    """`vm --console`: the kept VM's serial console, or a fresh VM's from its first line."""
-    from builder import console, progress, vm_session
-
-    if args.tag:
-        state = vm_session.read_state(Path(args.tag).name)
-    else:
-        state = vm_session.find(None) if vm_session.running() else None
-    booted = state is None
-    if state is None:
-        image_dir = _image(args.tag)
-        labels = _volume_labels(image_dir, args.spec)
-        with progress.step(f"starting {image_dir.name}"):
-            state = vm_session.start(image_dir, labels, wait_ssh=False)
-    if not state.console:
-        raise vm_session.VmError(
-            f"the VM of {state.tag} has no console socket (kept by an older aurora-image); "
-            f"`aurora-image vm --stop {state.tag}` and start it again"
-        )
-    stops = booted and not args.keep
-    banner = f"{state.tag}: serial console, Ctrl-] to leave" + (
-        " (the VM powers off then)\n" if stops else " (the VM keeps running)\n"
-    )
-    if stops:  # a closed terminal must not leave the VM behind
-        signal.signal(signal.SIGHUP, lambda signum, frame: sys.exit(128 + signum))
-    try:
-        ended = console.attach(Path(state.console), banner=banner)
-    finally:
-        if stops:
-            clean = vm_session.stop(state)
-            print(f"\n{state.tag}: powered off" + ("" if clean else " (forced)"))
-    if not stops:
-        print(f"\n{state.tag}: {ended}; still running (`aurora-image vm --stop {state.tag}`)")
-    return 0
 
 
 def _where(state: VmState) -> str:
@@ -225,8 +188,9 @@ def _audit_remote(args: argparse.Namespace) -> Runner:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    import tempfile
+
     from builder import audit, progress
-    from builder.store import resolve_image
 
     remote = _audit_remote(args)
     tag = args.image
@@ -237,16 +201,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 f"{remote.name} does not say which image it runs (no IMAGE_VERSION in "
                 "/etc/os-release: built before images carried their tag); pass --image TAG"
             )
-    try:
-        image_dir = resolve_image(tag)
-    except AuroraError as exc:
-        raise audit.AuditError(
-            f"{remote.name} runs {tag}, which this store does not hold ({exc}); "
-            "audit from the machine that built it or pass --image"
-        ) from None
-    manifest = json.loads((image_dir / "manifest.json").read_text())
+    # The manifest: from the local store, else the one that travelled with the
+    # release to Glance, so any clone with cloud access can audit.
+    with tempfile.TemporaryDirectory(prefix="aurora-audit-") as scratch:
+        try:
+            found = cli_release.image_finder(args, Path(scratch)).resolve(tag)
+        except AuroraError as exc:
+            raise audit.AuditError(
+                f"{remote.name} runs {tag}, whose manifest neither this store nor Glance "
+                f"gives ({exc}); pass --image or --os-cloud"
+            ) from None
+        manifest = json.loads((found.path / "manifest.json").read_text())
     # Live progress on a terminal only: in a pipe an error stays the one line it is.
-    label = f"auditing {remote.name} against {image_dir.name}"
+    label = f"auditing {remote.name} against {found.tag} ({found.origin})"
     with progress.step(label) if progress.enabled() else contextlib.nullcontext():
         report = audit.audit(remote, manifest)
     if args.json:

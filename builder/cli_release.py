@@ -16,12 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from builder.cli_options import cloud_option
 from builder.errors import AuroraError, SpecError
 
 if TYPE_CHECKING:
     from builder.cloud import Cloud
-    from builder.release import Outcome, Releases, Target
+    from builder.live import ImageFinder
+    from builder.release import Outcome, ReleasePlan, Releases, Target
     from builder.spec import HostSpec
 
 Add = Callable[..., argparse.ArgumentParser]
@@ -32,12 +32,14 @@ def register(add: Add) -> None:
     p = add("promote", cmd_promote, "upload a tested image to Glance, rebuild the server, probe")
     p.add_argument("tag", metavar="TAG", help="image tag in the store (must be attested)")
     _server_options(p, probe=True)
+    _dry_run_option(p)
 
     p = add("rollback", cmd_rollback, "rebuild the server from an earlier image, probe")
     p.add_argument(
         "tag", metavar="TAG", nargs="?", help="tag in Glance (default: the one live before)"
     )
     _server_options(p, probe=True)
+    _dry_run_option(p)
 
     p = add("releases", cmd_releases, "tags locally and in Glance, what is live, who promoted")
     _server_options(p, probe=False)
@@ -45,11 +47,20 @@ def register(add: Add) -> None:
     p = add("glance-prune", cmd_glance_prune, "delete old images from Glance (never live/previous)")
     p.add_argument("--keep", type=int, metavar="N", help="newest ready images to keep")
     _server_options(p, probe=False)
+    _dry_run_option(p)
 
     p = add("secrets", cmd_secrets, "which of the spec's credentials a host has (never values)")
     p.add_argument("action", choices=["check"], help="check: list present / missing")
     p.add_argument("host", metavar="HOST", help="[user@]host, or a Host of --ssh-config")
     _ssh_options(p)
+
+
+def _dry_run_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print exactly what would be uploaded, rebuilt and deleted; change nothing",
+    )
 
 
 def _ssh_options(p: argparse.ArgumentParser) -> None:
@@ -59,7 +70,7 @@ def _ssh_options(p: argparse.ArgumentParser) -> None:
 
 
 def _server_options(p: argparse.ArgumentParser, *, probe: bool) -> None:
-    cloud_option(p)
+    p.add_argument("--cloud", help="clouds.yaml entry (default: deploy.cloud, then OS_CLOUD)")
     p.add_argument("--server", help="Nova server name or id (default: deploy.server)")
     if not probe:
         return
@@ -72,6 +83,29 @@ def _server_options(p: argparse.ArgumentParser, *, probe: bool) -> None:
     )
 
 
+def live_options(p: argparse.ArgumentParser) -> None:
+    """For commands that can read what is live (`live`, or a tag only Glance holds)."""
+    p.add_argument(
+        "--os-cloud",
+        "--cloud",
+        dest="cloud",
+        metavar="CLOUD",
+        help="clouds.yaml entry (default: OS_CLOUD or the OS_* variables, then deploy.cloud)",
+    )
+    p.add_argument("--server", help="Nova server name or id for `live` (default: deploy.server)")
+
+
+def image_finder(args: argparse.Namespace, scratch: Path) -> ImageFinder:
+    """Resolves TAG / directory / `live`; the spec and the cloud are read only if needed."""
+    from builder.live import ImageFinder
+
+    return ImageFinder(
+        scratch,
+        connect=lambda: _cloud(args, _spec(args)),
+        server=lambda: args.server or _spec(args).deploy.server,
+    )
+
+
 def _spec(args: argparse.Namespace) -> HostSpec:
     from builder.spec import load_spec
 
@@ -79,7 +113,7 @@ def _spec(args: argparse.Namespace) -> HostSpec:
 
 
 def _cloud(args: argparse.Namespace, spec: HostSpec) -> Cloud:
-    """As the openstack CLI: --os-cloud, else OS_CLOUD, else the OS_* variables when
+    """As the openstack CLI: --cloud, else OS_CLOUD, else the OS_* variables when
     OS_AUTH_URL is set; the spec's deploy.cloud is the default behind them all."""
     from builder.cloud import Cloud
 
@@ -144,17 +178,33 @@ def _print_attempts(outcome: Outcome) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from builder.release import promote
+    from builder.release import execute, plan_promote
 
     target = _target(args)
-    return _finish(args, lambda: promote(target, args.tag))
+    if args.dry_run:
+        return _print_plan(args, target, plan_promote(target, args.tag))
+    return _finish(args, lambda: execute(target, plan_promote(target, args.tag)))
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from builder.release import rollback
+    from builder.release import execute, plan_rollback
 
     target = _target(args)
-    return _finish(args, lambda: rollback(target, args.tag))
+    if args.dry_run:
+        return _print_plan(args, target, plan_rollback(target, args.tag))
+    return _finish(args, lambda: execute(target, plan_rollback(target, args.tag)))
+
+
+def _print_plan(args: argparse.Namespace, target: Target, plan: ReleasePlan) -> int:
+    """--dry-run: the plan, computed by reading only; nothing was changed."""
+    from builder.release import preview
+
+    shown = preview(target, plan)
+    if args.json:
+        print(json.dumps(shown.to_json()))
+    else:
+        sys.stdout.write(shown.format_text())
+    return 0
 
 
 def cmd_releases(args: argparse.Namespace) -> int:
@@ -196,10 +246,14 @@ def cmd_glance_prune(args: argparse.Namespace) -> int:
 
     spec = _spec(args)
     keep = spec.deploy.keep_images if args.keep is None else args.keep
-    result = glance_prune(_cloud(args, spec), args.server or spec.deploy.server, keep)
+    result = glance_prune(
+        _cloud(args, spec), args.server or spec.deploy.server, keep, dry_run=args.dry_run
+    )
     if args.json:
-        print(json.dumps({"removed": result.removed, "kept": result.kept,
-                          "protected": result.protected}))  # fmt: skip
+        print(json.dumps(result.to_json()))
+        return 0
+    if result.plan is not None:
+        sys.stdout.write(result.plan.format_text())
         return 0
     for name in result.removed:
         print(f"deleted {name}")
