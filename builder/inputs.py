@@ -26,6 +26,7 @@ REPO_INPUTS = (
     "mkosi.tools-sandbox",
     "mkosi.extra",
     "mkosi.postinst.chroot",
+    "mkosi.postinst.d",
     "units",
     "locks",
     "pyproject.toml",
