@@ -245,3 +245,12 @@ def test_the_bundle_is_deterministic(store: Path, tree: Tree) -> None:
     assert release_meta.bundle(path) == first
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(first))) as tar:
         assert tar.getnames() == [MANIFEST, RENDERED_TAR, "attestation.json"]
+
+
+def test_a_rollback_from_another_clone_probes_against_the_manifest_in_glance(
+    released: tuple[str, Path], cloud: Cloud, empty: Path
+) -> None:
+    """The probe's drift check needs the manifest too; an empty store gets it from Glance."""
+    tag, path = released
+    [image] = [i for i in release.glance_images(cloud) if i.name == f"aurora-{tag}"]
+    assert release.release_manifest(cloud, image) == json.loads((path / MANIFEST).read_text())
