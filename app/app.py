@@ -1,6 +1,8 @@
 """Sample Aurora dashboard: what the default image serves when no real app is set.
 
-It shows which product directories exist and how fresh they are, so a booted
+It shows the products the deployment's environment names (the production
+app's variables from /etc/aurora-dashboard.env: CEILOMETER_ZARR_PATH,
+WXCAM_CATALOG_PATH, *_LATEST_IMAGE, ...) and how fresh they are, so a booted
 image has a real Panel page behind nginx without the private dashboard repo.
 """
 
@@ -12,30 +14,38 @@ import panel as pn
 
 pn.extension()
 
-PRODUCT_ROOT = Path(os.environ.get("AURORA_PRODUCT_ROOT", "/data/aurora/products"))
+# The production app's names for its products; a suffix says what the path is.
+PRODUCT_SUFFIXES = ("_ZARR_PATH", "_CATALOG_PATH", "_LATEST_IMAGE")
+
+
+def products() -> dict[str, Path]:
+    """Product name -> path, from the environment the image's env file sets."""
+    return {
+        key: Path(value)
+        for key, value in sorted(os.environ.items())
+        if key.endswith(PRODUCT_SUFFIXES) and value.startswith("/")
+    }
 
 
 def product_rows() -> list[dict[str, str]]:
     rows = []
-    if PRODUCT_ROOT.is_dir():
-        for path in sorted(p for p in PRODUCT_ROOT.iterdir() if p.is_dir()):
+    for key, path in products().items():
+        if path.exists():
             age = time.time() - path.stat().st_mtime
-            rows.append({"product": path.name, "updated": f"{age / 60:.0f} min ago"})
+            rows.append({"product": key, "updated": f"{age / 60:.0f} min ago"})
+        else:
+            rows.append({"product": key, "updated": "not yet made"})
     return rows
 
 
 def status() -> pn.pane.Markdown:
     rows = product_rows()
-    lines = [f"- **{r['product']}**: {r['updated']}" for r in rows] or ["- no products yet"]
+    lines = [f"- **{r['product']}**: {r['updated']}" for r in rows] or ["- no products configured"]
     return pn.pane.Markdown("\n".join(lines))
 
 
-# A staging copy says so on every page (AURORA_BANNER from the spec's environment).
-BANNER = os.environ.get("AURORA_BANNER", "")
-
 pn.Column(
-    *([pn.pane.Alert(BANNER, alert_type="warning")] if BANNER else []),
     "# Aurora cloud dashboard",
-    f"Products under `{PRODUCT_ROOT}`:",
+    "Products named in `/etc/aurora-dashboard.env`:",
     status,
 ).servable(title="Aurora cloud dashboard")

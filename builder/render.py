@@ -14,7 +14,7 @@ from pathlib import Path
 
 import jinja2
 
-from builder.spec import GwsJob, HostSpec, Mount, Schedule, Stream
+from builder.spec import GwsJob, HostSpec, Mount, NetTimeouts, Schedule, Stream
 from builder.systemd_values import parse_timespan
 
 UNITS_DIR = Path(__file__).resolve().parent.parent / "units"
@@ -30,6 +30,10 @@ MIRROR_VERIFY_PROGRAM = "/usr/lib/aurora/aurora-mirror-verify"
 MIRROR_VERIFY_CONFIG = "/etc/aurora/mirror-verify.json"
 # Which units are services and which pipeline (read by the release probe, builder.health).
 UNIT_CLASSES_FILE = "/etc/aurora/unit-classes.json"
+# Written by aurora-volume-id (aurora-storage@.service) when the storage layout
+# first initialises a volume; the GWS pushes compare it with what they pushed from.
+VOLUME_MARKER = ".aurora-volume-id"
+TAILSCALE_STATE = "/var/lib/tailscale"
 
 
 @dataclass(frozen=True)
@@ -126,8 +130,30 @@ def sync_config(spec: HostSpec, stream: Stream) -> dict[str, object]:
         "state_file": f"{spec.storage.state_dir}/{stream.name}.last",
         "lock_file": f"{spec.storage.state_dir}/{stream.name}.lock",
         "ssh": {**_ssh(stream.identity, spec), "port": stream.port},
+        "timeouts": _timeouts(spec.source_sync.defaults.network),
+        "overlap": int(parse_timespan(spec.source_sync.defaults.overlap)),
+        "max_delete": stream.max_delete,
         "rsync_options": [],
     }
+
+
+def _timeouts(net: NetTimeouts) -> dict[str, int]:
+    """Seconds, as the programs' ssh_command and rsync --timeout take them."""
+    return {
+        "connect": int(parse_timespan(net.connect)),
+        "alive_interval": int(parse_timespan(net.alive_interval)),
+        "alive_count": net.alive_count,
+        "io": int(parse_timespan(net.io)),
+    }
+
+
+def volume_marker(spec: HostSpec, path: str) -> str | None:
+    """The identity marker of the persistent volume holding ``path`` (None: not on one)."""
+    mounts = [m for m in spec.mounts if path == m.where or path.startswith(m.where + "/")]
+    if not mounts:
+        return None
+    where = max(mounts, key=lambda m: len(m.where)).where
+    return f"{where.rstrip('/')}/{VOLUME_MARKER}"
 
 
 def _ssh(identity: str | None, spec: HostSpec) -> dict[str, object]:
@@ -153,6 +179,11 @@ def gws_config(spec: HostSpec, job: GwsJob) -> dict[str, object]:
         "log_dir": gws.log_dir,
         "lock_file": f"{spec.storage.state_dir}/gws-{job.name}.lock",
         "ssh": _ssh(gws.identity, spec),
+        "timeouts": _timeouts(gws.network),
+        "max_delete": gws.max_delete if job.max_delete is None else job.max_delete,
+        "backup_dir": f"{gws.root}/{gws.backup_dir}/{job.name}",
+        "backup_days": gws.backup_days,
+        "volume_marker": volume_marker(spec, job.source),
     }
 
 
@@ -212,6 +243,10 @@ def storage_entries(spec: HostSpec, mount: Mount) -> list[dict[str, str]]:
     state = spec.storage.state_on_volume
     if state is not None and state.startswith(mount.where.rstrip("/") + "/"):
         entries.append({"path": state, "mode": "0755", "user": user, "group": user})
+    tailscale = _tailscale_state(spec)
+    if tailscale is not None and tailscale.startswith(mount.where.rstrip("/") + "/"):
+        # tailscaled's node key: the host's tailnet identity, root-only like /var/lib/tailscale.
+        entries.append({"path": tailscale, "mode": "0700", "user": "root", "group": "root"})
     if spec.credential_store.startswith(mount.where.rstrip("/") + "/"):
         # Made root-only before anyone puts a secret in it.
         store = spec.credential_store
@@ -229,7 +264,37 @@ def _var_entries(spec: HostSpec) -> list[dict[str, str]]:
         {"path": spec.storage.log_dir, "mode": "0755", "user": user, "group": user},
         _state_entry(spec),
         {"path": "/var/lib/aurora/ssh", "mode": "0755", "user": "root", "group": "root"},
+        *_tailscale_entries(spec),
     ]
+
+
+def _tailscale_state(spec: HostSpec) -> str | None:
+    """Where tailscaled's state really lives, when the spec keeps it on a volume."""
+    return spec.tailscale.state_on_volume if spec.tailscale.enabled else None
+
+
+def _tailscale_entries(spec: HostSpec) -> list[dict[str, str]]:
+    state = _tailscale_state(spec)
+    return [] if state is None else [{"path": TAILSCALE_STATE, "link": state}]
+
+
+def _tailscale_dropin(spec: HostSpec, state: str) -> bytes:
+    """tailscaled starts only once the volume holding its state is mounted and laid out."""
+    units = [f"aurora-storage@{m.unit_part}.service" for m in spec.mounts
+             if state.startswith(m.where.rstrip("/") + "/")]  # fmt: skip
+    lines = [
+        "# tailscaled's state (the node key) is on a persistent volume, linked from",
+        f"# {TAILSCALE_STATE}: a rebuild keeps the host's tailnet identity.",
+        "[Unit]",
+        f"RequiresMountsFor={state}",
+    ]
+    if units:
+        lines += [f"Wants={' '.join(units)}", f"After={' '.join(units)}"]
+    # Also bound into tailscaled's namespace: should a package ever ship the
+    # directory (so the tmpfiles link is not made), the node key still lands on
+    # the volume.
+    lines += ["", "[Service]", f"BindPaths={state}:{TAILSCALE_STATE}"]
+    return ("\n".join(lines) + "\n").encode()
 
 
 def _state_entry(spec: HostSpec) -> dict[str, str]:
@@ -351,7 +416,7 @@ def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
             condition=defaults.condition_path_exists,
             user=user,
             program=sync_program_link(stream),
-            timeout=stream.timeout,
+            timeout=stream.timeout or defaults.timeout,
         )
         put(
             f"{SYSTEM_UNITS}/{unit}.timer",
@@ -419,7 +484,7 @@ def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
         condition=None,
         user=user,
         program=f"/usr/local/bin/{MIRROR_VERIFY}",
-        timeout=None,
+        timeout=spec.mirror_verify.timeout,
     )
     put(
         f"{SYSTEM_UNITS}/{MIRROR_VERIFY}.timer",
@@ -432,6 +497,11 @@ def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
     tree[MIRROR_VERIFY_CONFIG] = File(config.encode())
     tree[f"/usr/local/bin/{MIRROR_VERIFY}"] = File(link=MIRROR_VERIFY_PROGRAM)
 
+    tailscale_state = _tailscale_state(spec)
+    if tailscale_state is not None:
+        tree[f"{SYSTEM_UNITS}/tailscaled.service.d/aurora-state.conf"] = File(
+            _tailscale_dropin(spec, tailscale_state)
+        )
     if spec.tailscale.enabled:
         put(
             f"{SYSTEM_UNITS}/aurora-tailscale-up.service",

@@ -22,9 +22,8 @@ from pydantic import (
 )
 
 from builder.errors import SpecError
-from builder.spec_errors import spec_error
 from builder.systemd_values import parse_timespan, validate_calendar
-from builder.yaml_lines import load_yaml_with_lines
+from builder.yaml_lines import SpecSyntaxError, line_for, load_yaml_with_lines
 
 
 def _absolute(value: str) -> str:
@@ -227,6 +226,19 @@ class Schedule(Model):
         return self
 
 
+class NetTimeouts(Model):
+    """How long a transfer waits on a silent peer, so a run fails instead of hanging."""
+
+    connect: TimeSpan = "15s"
+    """ssh `ConnectTimeout=`: the TCP connection and the SSH handshake."""
+    alive_interval: TimeSpan = "15s"
+    """ssh `ServerAliveInterval=`: probe a quiet connection this often."""
+    alive_count: int = Field(default=4, ge=1)
+    """ssh `ServerAliveCountMax=`: unanswered probes before the connection is dropped."""
+    io: TimeSpan = "5min"
+    """rsync `--timeout=`, and the limit of each remote command (listing, preflight)."""
+
+
 class SyncDefaults(Model):
     on_boot: TimeSpan = "2min"
     """First run of every sync this long after boot."""
@@ -241,6 +253,13 @@ class SyncDefaults(Model):
     condition_path_exists: AbsPath | None = None
     """Syncs run only when this path exists (`ConditionPathExists=`): the sources are reached over
     the tailnet, so without it they are skipped, not failed."""
+    timeout: TimeSpan = "15min"
+    """`TimeoutStartSec=` of one sync run (a stream's `timeout` overrides it)."""
+    network: NetTimeouts = NetTimeouts()
+    """ssh and rsync timeouts of the syncs."""
+    overlap: TimeSpan = "10min"
+    """Each incremental window starts this long before the last run's time (taken on the source
+    host), so files whose mtimes lag are still pulled; files already here are skipped by rsync."""
 
     @property
     def schedule(self) -> Schedule:
@@ -293,7 +312,10 @@ class Stream(Model):
     port: int = 22
     """SSH port of the source host."""
     timeout: TimeSpan | None = None
-    """`TimeoutStartSec=` of one sync run."""
+    """`TimeoutStartSec=` of one sync run; default `source_sync.defaults.timeout`."""
+    max_delete: int = Field(default=100, ge=0)
+    """Mirror streams: at most this many local files deleted per run (`--max-delete`); more
+    fails the run, naming the fix."""
 
     @model_validator(mode="after")
     def _mode_fields(self) -> Stream:
@@ -396,7 +418,7 @@ class GwsJob(Model):
     name: Name
     """Job name: units `aurora-gws-rsync-<name>.{service,timer}`."""
     source: AbsPath
-    """Local tree to push (a trailing `/` pushes its contents)."""
+    """Local tree whose contents are pushed (`rsync SOURCE/ host:DEST/`)."""
     dest: RelPath
     """Destination below `gws.root`."""
     calendar: Calendar
@@ -405,6 +427,8 @@ class GwsJob(Model):
     """rsync `--exclude` patterns."""
     timeout: TimeSpan | None = None
     """`TimeoutStartSec=` of one push; default `gws.timeout`."""
+    max_delete: int | None = Field(default=None, ge=0)
+    """Deletions allowed on the GWS per push; default `gws.max_delete`."""
     enabled: bool = True
     """False: the push's timer is not enabled."""
 
@@ -438,10 +462,32 @@ class Gws(Model):
     """Default `TimeoutStartSec=` of a push."""
     jitter: TimeSpan = "60s"
     """Random delay added to each push."""
+    network: NetTimeouts = NetTimeouts(io="10min")
+    """ssh and rsync timeouts of the pushes."""
+    max_delete: int = Field(default=50, ge=0)
+    """Files a push may delete on the GWS (`--max-delete`); more stops the push, naming the fix
+    (`aurora-gws-push --max-delete N JOB` for a deliberate larger deletion)."""
+    backup_dir: RelPath = "backups"
+    """Below `root`: what a push deletes or replaces on the GWS is moved to
+    `<backup_dir>/<job>/<UTC date and time>/` instead of vanishing."""
+    backup_days: int = Field(default=30, ge=1)
+    """Backup directories older than this many days are pruned by the push."""
     jobs: Annotated[list[GwsJob], AfterValidator(_unique_by("name", "GWS job name"))]
     """The pushes, one service and timer each."""
     mount: GwsMount
     """The optional SSHFS view of the GWS."""
+
+    @model_validator(mode="after")
+    def _backups_apart(self) -> Gws:
+        backups = PurePosixPath(self.backup_dir)
+        for job in self.jobs:
+            dest = PurePosixPath(job.dest)
+            if backups == dest or dest in backups.parents or backups in dest.parents:
+                raise ValueError(
+                    f"'backup_dir' {self.backup_dir!r} overlaps job {job.name!r}'s dest "
+                    f"{job.dest!r}: a push would delete or push its own backups"
+                )
+        return self
 
 
 class Settle(Model):
@@ -477,6 +523,8 @@ class MirrorVerify(Model):
     """How old a file must be before its copies are compared."""
     checksum: Checksum = Checksum()
     """Which files are compared by content, not just by size and mtime."""
+    timeout: TimeSpan = "2h"
+    """`TimeoutStartSec=` of one verification run."""
 
 
 _UFW_PORT = r"^\d{1,5}(:\d{1,5})?(/(tcp|udp))?$"
@@ -542,6 +590,10 @@ class Tailscale(Model):
     """Name of the credential holding the auth key."""
     ssh: bool = True
     """Enable Tailscale SSH on this node (`tailscale up --ssh`)."""
+    state_on_volume: AbsPath | None = None
+    """Where tailscaled's state (the node key: the host's tailnet identity) really lives, on a
+    persistent volume: `/var/lib/tailscale` becomes a link to it, so a rebuild (which replaces
+    `/var`) keeps the identity and needs no fresh auth key. Unset: it lives on `/var`."""
 
 
 class Secret(Model):
@@ -632,8 +684,16 @@ class Deploy(Model):
 _SECRET_KEY = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|AUTHKEY|PRIVATE", re.IGNORECASE)
 
 
+# Deployment names that hold where a secret is installed, not the secret itself.
+_SECRET_PATH_KEYS = frozenset({"GWS_SSH_PRIVATE_KEY"})
+
+
+def _names_a_path(key: str) -> bool:
+    return key in _SECRET_PATH_KEYS or key.endswith(("_PATH", "_FILE"))
+
+
 def _env_name(key: str) -> str:
-    if _SECRET_KEY.search(key):
+    if _SECRET_KEY.search(key) and not _names_a_path(key):
         raise ValueError(
             f"{key!r} looks like a secret: secrets are credentials given at boot, "
             "declare its name under 'secrets' instead"
@@ -644,6 +704,17 @@ def _env_name(key: str) -> str:
 
 
 EnvName = Annotated[str, AfterValidator(_env_name)]
+
+
+def _no_secrets(environment: dict[str, str]) -> dict[str, str]:
+    """A secret-looking key naming a path (`GWS_SSH_PRIVATE_KEY`) may only carry a path."""
+    for key, value in environment.items():
+        if _SECRET_KEY.search(key) and not value.startswith("/"):
+            raise ValueError(
+                f"{key!r} must be the absolute path a secret is installed at, never the "
+                "secret itself (secrets are credentials given at boot: see 'secrets')"
+            )
+    return environment
 
 
 class HostSpec(Model):
@@ -669,9 +740,10 @@ class HostSpec(Model):
     """Persistent volumes: mounted by the image, never owned by it."""
     dashboard: Dashboard
     """The Panel dashboard service."""
-    environment: dict[EnvName, str] = {}
+    environment: Annotated[dict[EnvName, str], AfterValidator(_no_secrets)] = {}
     """`/etc/aurora-dashboard.env`, read by the dashboard and every job; keys that look like
-    secrets (`PASSWORD`, `TOKEN`, ...) are refused."""
+    secrets (`PASSWORD`, `TOKEN`, ...) are refused, except names of where a secret is installed
+    (`GWS_SSH_PRIVATE_KEY`, `*_PATH`, `*_FILE`), whose value must be an absolute path."""
     nginx: Nginx
     """The public nginx site."""
     source_sync: SourceSync
@@ -691,6 +763,18 @@ class HostSpec(Model):
     """Where releases go on JASMIN Cloud; read by the release commands only."""
 
 
+def _format_loc(loc: tuple[str | int, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _model_loc(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """Drop pydantic's internal location parts (union branches, validator names)."""
+    return tuple(p for p in loc if isinstance(p, int) or not ("[" in p or p.startswith("function")))
+
+
 def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     """Overlay wins; mappings merge key by key, lists and scalars are replaced."""
     merged = dict(base)
@@ -708,6 +792,8 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict
         data, lines = load_yaml_with_lines(path)
     except FileNotFoundError:
         raise SpecError(f"{path}: no such host spec (give an existing YAML file)") from None
+    except SpecSyntaxError as exc:
+        raise SpecError(str(exc)) from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}:1: a host spec is a YAML mapping of keys")
     base = data.pop("base", None)
@@ -721,12 +807,21 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict
 
 
 def load_spec(path: Path) -> HostSpec:
-    """Load and validate a host spec; raise SpecError listing every problem, a line each."""
+    """Load and validate a host spec; raise SpecError with a one-line message."""
     data, lines = _read(path)
     try:
         return HostSpec.model_validate(data)
     except ValidationError as exc:
-        raise spec_error(path, lines, exc, HostSpec) from None
+        err = exc.errors()[0]
+        loc = _model_loc(tuple(err["loc"]))
+        line = line_for(lines, loc) or 1
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling against docs/reference/spec.md)"
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise SpecError(f"{path}:{line}: {_format_loc(loc)}: {message}{more}") from None
 
 
 def app_source_dir(spec: HostSpec, spec_path: Path) -> Path | None:

@@ -46,6 +46,7 @@ VALIDATOR_NAMES = {
     spec_mod._calendar: "calendar expression (`*:02/5`)",
     spec_mod._unit_name_part: "name (`a-z`, `0-9`, `-`)",
     spec_mod._env_name: "environment variable name",
+    spec_mod._no_secrets: "no secret values (secret-looking keys hold a path)",
 }
 SCALAR_NAMES = {str: "string", int: "integer", bool: "boolean", float: "number"}
 

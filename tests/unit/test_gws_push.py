@@ -6,15 +6,24 @@ preflight, the real ``rsync -aH --partial --delete-delay --delay-updates`` and
 the failover between hosts exactly as on the image. The "broken" endpoint lets
 ssh in and runs ``mkdir -p`` but refuses to start rsync (as a host with no
 rsync, or a full quota, would), so its failure is a real rsync failure.
+
+Each job's config is the one the renderer writes for the default spec
+(hosts/aurora.yml), with its absolute paths moved below the test's directory
+(``/data/aurora/products`` -> ``<tmp>/local/data/aurora/products``, in the
+form rendered: no trailing slash) and its hosts pointed at the endpoints.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
+import getpass
+import json
 import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +32,17 @@ from typing import Any, ClassVar
 
 import pytest
 
+from builder.render import VOLUME_MARKER, gws_config
+from builder.spec import load_spec
 from tests import sshd
 from tests.programs import ConfiguredRun, drop, load_program, set_key, set_ssh
+from tests.stall import stalling_proxy
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = ROOT / "mkosi.extra/usr/lib/aurora/aurora-gws-push"
+SPEC = ROOT / "hosts" / "aurora.yml"
+RECORD = ".aurora-push-volume"
+STAMP_RE = re.compile(r"\d{4}-\d\d-\d\dT\d{6}Z")
 LOG_LINE_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \S")
 # What the broken endpoint runs instead of any command starting with rsync: the
 # remote side dies before the protocol starts, which local rsync reports as 12.
@@ -109,12 +124,26 @@ class Job(ConfiguredRun):
     log_dir: Path
     lock: Path
     config: dict[str, Any]
+    marker: Path
+    backups: Path
 
     def put(self, name: str, content: str | None = None) -> Path:
         path = self.source / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content if content is not None else f"data of {name}\n")
         return path
+
+    def new_volume(self) -> str:
+        """Replace the source volume's marker as a fresh volume would have it; its id."""
+        self.marker.unlink(missing_ok=True)
+        return make_marker(self.marker.parent)
+
+    def record(self) -> str | None:
+        path = self.dest / RECORD
+        return path.read_text().strip() if path.exists() else None
+
+    def backup_runs(self) -> list[Path]:
+        return sorted(self.backups.iterdir()) if self.backups.exists() else []
 
     def logs(self) -> list[Path]:
         return sorted(self.log_dir.glob("*.log")) if self.log_dir.exists() else []
@@ -129,36 +158,86 @@ class Job(ConfiguredRun):
         return lines
 
 
+def make_marker(mount: Path) -> str:
+    """The volume marker as aurora-storage@.service makes it (aurora-volume-id)."""
+    volume_id, made = load_program("aurora-volume-id").make_marker(mount)
+    assert made
+    return volume_id
+
+
+def rendered(job: str) -> dict[str, Any]:
+    """The config the image carries for ``job``, rendered from the default spec."""
+    spec = load_spec(SPEC)
+    return gws_config(spec, next(j for j in spec.gws.jobs if j.name == job))
+
+
+def below(base: Path, path: str) -> str:
+    """A rendered absolute path moved below ``base``, keeping its exact form."""
+    assert path.startswith("/")
+    return f"{base}{path}"
+
+
 @pytest.fixture
 def make_job(tmp_path: Path, endpoints: Endpoints) -> Callable[..., Job]:
     def make(name: str = "products", **overrides: Any) -> Job:
         base = tmp_path / name
-        source, dest, config_dir = base / "local", base / "gws" / "data" / name, base / "etc"
+        local, gws, config_dir = base / "local", base / "gws", base / "etc"
+        config = rendered(name)
+        config.update(
+            source=below(local, config["source"]),
+            dest=below(gws, config["dest"]),
+            backup_dir=below(gws, config["backup_dir"]),
+            volume_marker=below(local, config["volume_marker"]),
+            log_dir=below(base, config["log_dir"]),
+            lock_file=below(base, config["lock_file"]),
+            user=endpoints.good.user,
+            hosts=[entry(endpoints.good)],
+        )
+        # Every test host is host:port, so the rendered port 22 is never used.
+        config["ssh"].update(
+            identity=str(endpoints.identity), known_hosts=str(endpoints.known_hosts)
+        )
+        source, marker = Path(config["source"]), Path(config["volume_marker"])
         for directory in (source, config_dir):
             directory.mkdir(parents=True)
-        log_dir, lock = base / "manifests" / "gws-logs", base / "lock" / f"{name}.lock"
-        config: dict[str, Any] = {
-            "name": f"GWS {name}",
-            "source": f"{source}/",
-            "dest": str(dest),
-            "user": endpoints.good.user,
-            "hosts": [entry(endpoints.good)],
-            "excludes": [],
-            "rsync_options": [],
-            "log_dir": str(log_dir),
-            "lock_file": str(lock),
-            "ssh": {
-                "identity": str(endpoints.identity),
-                "port": 22,  # every test host is host:port; 22 must never be used
-                "options": ["StrictHostKeyChecking=yes", "LogLevel=ERROR"],
-                "known_hosts": str(endpoints.known_hosts),
-            },
-        }
-        job = Job(name, config_dir, source, dest, log_dir, lock, config)
+        make_marker(marker.parent)
+        job = Job(
+            name,
+            config_dir,
+            source,
+            Path(config["dest"]),
+            Path(config["log_dir"]),
+            Path(config["lock_file"]),
+            config,
+            marker,
+            Path(config["backup_dir"]),
+        )
         job.write_config(**overrides)
         return job
 
     return make
+
+
+def test_rendered_configs_send_contents_and_name_the_volume() -> None:
+    """What the image carries: no trailing slash anywhere, the marker of the source's volume."""
+    raw, products = rendered("raw"), rendered("products")
+    assert raw["source"] == "/project/aurora/raw"
+    assert raw["dest"] == "/gws/ssde/j25b/gamb2le/data/raw"
+    assert raw["volume_marker"] == f"/project/{VOLUME_MARKER}"
+    assert products["volume_marker"] == f"/data/{VOLUME_MARKER}"
+    assert products["excludes"] == ["/wxcam/"]
+    assert products["backup_dir"] == "/gws/ssde/j25b/gamb2le/backups/products"
+    assert products["max_delete"] == 50 and products["backup_days"] == 30
+    assert products["timeouts"] == {
+        "connect": 15,
+        "alive_interval": 15,
+        "alive_count": 4,
+        "io": 600,
+    }
+    program = _load_program()
+    for job in ("raw", "products", "products-wxcam", "manifests"):
+        cfg = program.parse_config(rendered(job), Path(f"{job}.json"))
+        assert not cfg.source.endswith("/") and cfg.volume_marker is not None
 
 
 def assert_ok(result: subprocess.CompletedProcess[str]) -> None:
@@ -166,10 +245,15 @@ def assert_ok(result: subprocess.CompletedProcess[str]) -> None:
 
 
 def tree(root: Path) -> dict[str, tuple[str, str]]:
-    """Relative path -> (kind, content or link target), for exact comparison."""
+    """Relative path -> (kind, content or link target), for exact comparison.
+
+    The GWS copy's volume record is the push's own bookkeeping, not data: left out.
+    """
     found: dict[str, tuple[str, str]] = {}
     for path in sorted(root.rglob("*")):
         rel = str(path.relative_to(root))
+        if rel == RECORD:
+            continue
         if path.is_symlink():
             found[rel] = ("link", os.readlink(path))
         elif path.is_dir():
@@ -207,15 +291,18 @@ def test_failover_refused_then_rsync_failure_then_success(make_job, endpoints) -
     original, linked = job.dest / "nc/aurora_met_20260502.nc", job.dest / "nc/hardlink.nc"
     assert original.stat().st_ino == linked.stat().st_ino  # -H kept the hard link
     assert original.stat().st_nlink == 2
-    # The broken endpoint really was reached twice (preflight, rsync), the good one too.
-    assert endpoints.logins(endpoints.broken) == broken_before + 2
+    # The broken endpoint was reached for the preflight, the first push's volume
+    # record and rsync; the good one for the preflight (record found) and rsync.
+    assert endpoints.logins(endpoints.broken) == broken_before + 3
     assert endpoints.logins(endpoints.spare) == good_before + 2
+    assert job.record() == json.loads(job.marker.read_text())["id"]
 
     lines = job.log_lines()
     story = [
         line_index(lines, "start job=products"),
         line_index(lines, f"host 1/3 {refused}: preflight failed (ssh exit 255)"),
-        line_index(lines, f"host 2/3 {broken}: preflight ok"),
+        line_index(lines, f"host 2/3 {broken}: preflight ok: record=none files=no"),
+        line_index(lines, "recorded (first push)"),
         line_index(lines, f"host 2/3 {broken}: rsync failed (exit 12)"),
         line_index(lines, f"host 3/3 {good}: preflight ok"),
         line_index(lines, f"host 3/3 {good}: rsync ok (exit 0)"),
@@ -223,7 +310,7 @@ def test_failover_refused_then_rsync_failure_then_success(make_job, endpoints) -
     ]
     assert story == sorted(story), "\n".join(lines)
     assert "Connection refused" in lines[story[1]]
-    assert "test endpoint: rsync refused" in lines[story[3]]
+    assert "test endpoint: rsync refused" in lines[story[4]]
     assert lines[-1] == lines[story[-1]]  # the outcome closes the log
     assert result.stdout.startswith(f"aurora-gws-push: products: ok: transferred via {good}")
     assert str(job.logs()[0]) in result.stdout
@@ -260,13 +347,14 @@ def test_all_hosts_failing_exits_1_and_logs_it(make_job, endpoints) -> None:
 
 
 def test_missing_source_contacts_no_host(make_job, endpoints) -> None:
-    job = make_job(source="/nonexistent/aurora/products/")
+    job = make_job(source="/nonexistent/aurora/products")
     before = endpoints.logins(endpoints.good)
 
     result = job.run()
 
-    assert result.returncode == 1
-    assert "failed before contacting any transfer host" in result.stdout
+    assert result.returncode == 3
+    assert "refused: source /nonexistent/aurora/products does not exist" in result.stdout
+    assert "fix: mount the volume" in result.stdout and result.stdout.count("\n") == 1
     assert "does not exist" in "\n".join(job.log_lines())
     assert endpoints.logins(endpoints.good) == before
 
@@ -295,8 +383,11 @@ def test_missing_rsync_is_a_local_error_not_a_host_failure(make_job, tmp_path: P
 
 
 def test_excludes_leave_wxcam_out_and_protect_the_remote_copy(make_job) -> None:
-    job = make_job(excludes=["wxcam/"])
+    """The rendered products job: /wxcam/ is anchored at the transfer root and matches."""
+    job = make_job()
     job.put("plots/quicklook.png")
+    assert_ok(job.run())  # the first push, to an empty GWS copy, records the volume
+    job.put("quicklooks/wxcam/latest.png")  # anchored: a deeper wxcam/ is still pushed
     job.put("wxcam/FISH/HDR_new.jpg")
     remote_wxcam = job.dest / "wxcam/FISH/HDR_old.jpg"
     remote_wxcam.parent.mkdir(parents=True)
@@ -308,8 +399,9 @@ def test_excludes_leave_wxcam_out_and_protect_the_remote_copy(make_job) -> None:
     assert remote_wxcam.read_text() == "pushed by the products-wxcam job"
     assert not (job.dest / "wxcam/FISH/HDR_new.jpg").exists()
     assert (job.dest / "plots/quicklook.png").exists()
+    assert (job.dest / "quicklooks/wxcam/latest.png").exists()
     assert not (job.dest / "stale.png").exists()  # not excluded: deleted as usual
-    assert "--exclude=wxcam/" in "\n".join(job.log_lines())
+    assert "--exclude=/wxcam/" in job.logs()[-1].read_text()
 
 
 def test_delete_delay_removes_files_gone_from_the_source(make_job) -> None:
@@ -324,16 +416,29 @@ def test_delete_delay_removes_files_gone_from_the_source(make_job) -> None:
     assert_ok(job.run())
 
     assert tree(job.dest) == {"keep.txt": ("file", "changed\n")}
+    # What was deleted or replaced is in a dated backup directory, not gone.
+    [backup] = job.backup_runs()
+    assert STAMP_RE.fullmatch(backup.name)
+    assert tree(backup) == {
+        "keep.txt": ("file", "data of keep.txt\n"),
+        "old": ("dir", ""),
+        "old/drop.txt": ("file", "data of old/drop.txt\n"),
+    }
 
 
-def test_source_without_trailing_slash_sends_the_directory_itself(make_job) -> None:
-    job = make_job()
-    job.put("a.txt")
-    job.write_config(source=str(job.source))
+@pytest.mark.parametrize("slash", ["", "/"])
+def test_source_contents_are_sent_with_or_without_trailing_slash(make_job, slash: str) -> None:
+    """The deployment sends contents (`rsync SRC/ host:DEST/`): never data/raw/raw/."""
+    job = make_job(name="raw")
+    job.write_config(source=str(job.source) + slash)
+    job.put("cl61/gamb2le_depolarisation_lidar_ceilometer_aurora_20260502.nc")
+    job.put("wxcam/FISH/HDR_20260502_1200.jpg")
 
     assert_ok(job.run())
 
-    assert (job.dest / job.source.name / "a.txt").exists()
+    assert job.dest.name == "raw" and job.dest.parent.name == "data"
+    assert tree(job.dest) == tree(job.source)
+    assert not (job.dest / "raw").exists()
 
 
 def test_dest_with_shell_metacharacters_is_quoted(make_job, tmp_path: Path) -> None:
@@ -389,15 +494,16 @@ def test_ssh_command_shape() -> None:
     ssh = program.SshConfig(
         identity="/home/aurora/.ssh/id", port=22, options=["A=b"], known_hosts="/k"
     )
-    assert program.ssh_command(ssh, 2222) == [
-        "ssh", "-p", "2222", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20",
+    timeouts = program.Timeouts(connect=15, alive_interval=15, alive_count=4, io=600)
+    alive = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
+             "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]  # fmt: skip
+    assert program.ssh_command(ssh, timeouts, 2222) == [
+        "ssh", "-p", "2222", *alive,
         "-i", "/home/aurora/.ssh/id", "-o", "IdentitiesOnly=yes",
         "-o", "UserKnownHostsFile=/k", "-o", "A=b",
     ]  # fmt: skip
     bare = program.SshConfig(identity=None, port=22, options=[], known_hosts=None)
-    assert program.ssh_command(bare) == [
-        "ssh", "-p", "22", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20",
-    ]  # fmt: skip
+    assert program.ssh_command(bare, timeouts) == ["ssh", "-p", "22", *alive]
 
 
 # --------------------------------------------------------------------------
@@ -434,8 +540,8 @@ def test_job_name_is_derived_from_link_name(make_job, tmp_path: Path) -> None:
     assert result.stdout.startswith("aurora-gws-push: products-wxcam: ok")
     assert (job.dest / "FISH/HDR_1.jpg").exists()
     assert job.log_lines()[0].endswith(
-        f"start job=products-wxcam name=GWS products-wxcam source={job.source}/ "
-        f"dest={job.config['user']}@[{job.config['hosts'][0]}]:{job.dest}"
+        f"start job=products-wxcam name=products-wxcam source={job.source}/ "
+        f"dest={job.config['user']}@[{job.config['hosts'][0]}]:{job.dest}/ max_delete=50"
     )
 
 
@@ -477,6 +583,15 @@ def test_program_name_without_job_is_a_usage_error(tmp_path: Path) -> None:
         (set_ssh("options", "BatchMode=yes"), "'ssh.options'"),
         (set_ssh("ciphers", []), "'ssh.ciphers'"),
         (lambda c: c["ssh"].pop("known_hosts"), "'ssh.known_hosts'"),
+        (drop("timeouts"), "'timeouts'"),
+        (lambda c: c["timeouts"].update(io=0), "'timeouts.io'"),
+        (lambda c: c["timeouts"].pop("connect"), "'timeouts.connect'"),
+        (set_key("max_delete", -1), "'max_delete'"),
+        (set_key("max_delete", "50"), "'max_delete'"),
+        (set_key("backup_dir", "backups"), "'backup_dir'"),
+        (set_key("backup_days", 0), "'backup_days'"),
+        (drop("volume_marker"), "'volume_marker'"),
+        (set_key("volume_marker", "data/.aurora-volume-id"), "'volume_marker'"),
     ],
 )
 def test_bad_config_is_a_one_line_error_naming_file_and_key(
@@ -507,3 +622,201 @@ def test_missing_or_unparsable_config_is_a_one_line_error(make_job, content) -> 
 
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and str(path) in result.stderr, result.stderr
+
+
+# --------------------------------------------------------------------------
+# The GWS copy is never wiped by accident
+# --------------------------------------------------------------------------
+
+
+def one_line_fix(result: subprocess.CompletedProcess[str], fix: str) -> str:
+    """A refused push: exit 3 and one stdout line that names the fix."""
+    assert result.returncode == 3, f"rc={result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert result.stdout.count("\n") == 1 and result.stderr == "", result
+    line = result.stdout
+    assert "refused: " in line and "; fix: " in line and fix in line, line
+    return line
+
+
+def pushed(job: Job, *names: str) -> dict[str, tuple[str, str]]:
+    for name in names:
+        job.put(name)
+    assert_ok(job.run())
+    return tree(job.dest)
+
+
+def test_first_push_records_the_volume_and_later_pushes_check_it(make_job) -> None:
+    job = make_job()
+    volume = json.loads(job.marker.read_text())["id"]
+    pushed(job, "cl61/a.zarr/0")
+    assert job.record() == volume
+    assert (job.dest / RECORD).stat().st_mode & 0o777 != 0  # a plain file beside the data
+
+    job.put("cl61/a.zarr/1")
+    assert_ok(job.run())  # same volume: pushes as usual, the record survives --delete
+    assert job.record() == volume and (job.dest / "cl61/a.zarr/1").exists()
+
+
+def test_swapped_volume_is_refused_and_the_gws_copy_kept(make_job, endpoints) -> None:
+    job = make_job()
+    before = pushed(job, "cl61/a.zarr/0", "plots/b.png")
+    old = job.record()
+    # A different volume with different (fewer) files: a wrong share, a fresh disk.
+    shutil.rmtree(job.source)
+    job.source.mkdir()
+    job.put("cl61/other.zarr/0")
+    new = job.new_volume()
+
+    result = job.run()
+
+    line = one_line_fix(
+        result, f"runuser -u {getpass.getuser()} -- aurora-gws-rsync-{job.name} --adopt`"
+    )
+    assert f"volume {new}" in line and f"volume {old}" in line
+    assert tree(job.dest) == before and job.record() == old
+    assert job.backup_runs() == []
+    assert "rsync started" not in job.logs()[-1].read_text()
+
+
+def test_adopt_takes_the_new_volume_and_pushes(make_job) -> None:
+    job = make_job()
+    pushed(job, "a.txt")
+    new = job.new_volume()
+    job.put("b.txt")
+
+    result = job.run("--adopt")
+
+    assert_ok(result)
+    assert job.record() == new
+    assert tree(job.dest) == tree(job.source)
+    assert "adopted" in job.logs()[-1].read_text()
+    assert_ok(job.run())  # adopted: the next timer run needs no flag
+
+
+def test_gws_copy_without_record_needs_adopting(make_job) -> None:
+    """A copy pushed before records existed (the Ansible deployment's) is not trusted blindly."""
+    job = make_job()
+    job.dest.mkdir(parents=True)
+    (job.dest / "legacy.nc").write_text("pushed by the Ansible host")
+    job.put("new.nc")
+
+    one_line_fix(job.run(), "aurora-gws-rsync-products --adopt")
+    assert tree(job.dest) == {"legacy.nc": ("file", "pushed by the Ansible host")}
+
+    assert_ok(job.run("--adopt"))
+    assert job.record() is not None and (job.dest / "new.nc").exists()
+
+
+@pytest.mark.parametrize("adopt", [False, True])
+def test_blank_volume_never_empties_the_gws_copy(make_job, adopt: bool) -> None:
+    """Rebuild from nothing: a new, empty volume (the storage layout's directories only)."""
+    job = make_job()
+    before = pushed(job, "cl61/a.zarr/0", "ops_monitor/health/h.json")
+    shutil.rmtree(job.source)
+    for directory in ("cl61", "ops_monitor/health", "quicklooks/power"):
+        (job.source / directory).mkdir(parents=True)
+    job.new_volume()
+
+    result = job.run(*(["--adopt"] if adopt else []))
+
+    line = one_line_fix(result, "restore")
+    assert "holds no files but the GWS copy" in line
+    assert tree(job.dest) == before
+    assert job.backup_runs() == []
+
+
+def test_excluded_files_do_not_count_as_content(make_job) -> None:
+    """products with only wxcam/ (pushed by its own job) is empty for the products push."""
+    job = make_job()
+    before = pushed(job, "plots/quicklook.png")
+    (job.source / "plots/quicklook.png").unlink()
+    job.put("wxcam/FISH/HDR_1.jpg")
+
+    one_line_fix(job.run(), "holds no files")
+    assert tree(job.dest) == before
+
+
+def test_missing_marker_names_the_storage_unit(make_job) -> None:
+    job = make_job()
+    job.marker.unlink()
+    job.put("a.txt")
+
+    one_line_fix(job.run(), "systemctl start aurora-storage@")
+    assert not job.dest.exists() or tree(job.dest) == {}
+
+
+def test_deletions_are_bounded_and_backed_up(make_job) -> None:
+    job = make_job(max_delete=2)
+    pushed(job, *(f"f{i}.txt" for i in range(5)))
+    for i in range(3):
+        (job.source / f"f{i}.txt").unlink()
+
+    line = one_line_fix(job.run(), f"aurora-gws-rsync-{job.name} --max-delete N`")
+    assert "more than 2 files" in line
+    remaining = {name for name in tree(job.dest) if name.startswith("f")}
+    assert len(remaining) == 3  # two deleted, the third kept
+    [backup] = job.backup_runs()
+    assert len(list(backup.iterdir())) == 2  # ...and the two are in the backup
+
+    assert_ok(job.run("--max-delete", "10"))
+    assert tree(job.dest) == tree(job.source)
+
+
+def test_old_backups_are_pruned_by_the_push(make_job) -> None:
+    job = make_job(backup_days=7)
+    today = dt.datetime.now(dt.UTC).date()
+    old = (today - dt.timedelta(days=8)).isoformat() + "T010203Z"
+    recent = (today - dt.timedelta(days=6)).isoformat() + "T010203Z"
+    for name in (old, recent, "notes"):
+        (job.backups / name).mkdir(parents=True)
+        (job.backups / name / "kept.txt").write_text("x")
+
+    pushed(job, "a.txt")
+
+    assert sorted(p.name for p in job.backup_runs()) == sorted([recent, "notes"])
+    assert f"pruned 1 backup(s) older than 7 days: {old}" in job.logs()[-1].read_text()
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        (
+            ["2026-11-01T000000Z", "2026-10-31T235959Z", "2026-10-30T000000Z"],
+            ["2026-10-30T000000Z"],
+        ),
+        (["2026-10-01", "latest", "2026-10-01T0000Z", "../2026-01-01T000000Z"], []),
+    ],
+)
+def test_expired_backups_only_ever_names_its_own_dated_dirs(names, expected) -> None:
+    program = _load_program()
+    assert program.expired_backups(names, dt.date(2026, 11, 30), 30) == expected
+
+
+# --------------------------------------------------------------------------
+# No push hangs
+# --------------------------------------------------------------------------
+
+
+def test_stalled_host_times_out_then_the_next_run_succeeds(make_job, endpoints) -> None:
+    """A host that accepts the connection and then says nothing."""
+    with stalling_proxy(endpoints.good.port) as proxy:
+        job = make_job(hosts=[f"{sshd.HOST}:{proxy.port}"])
+        job.config["timeouts"].update(connect=2, alive_interval=1, alive_count=2, io=3)
+        job.write_config()
+        # The proxy's port is another "host" for known_hosts: pin the good server's key there.
+        key = endpoints.good.known_hosts.read_text().split(" ", 1)[1]
+        with endpoints.known_hosts.open("a") as handle:
+            handle.write(f"[{sshd.HOST}]:{proxy.port} {key}")
+        job.put("a.txt")
+
+        started = time.monotonic()
+        result = job.run()
+        elapsed = time.monotonic() - started
+
+        assert result.returncode == 1 and "all transfer hosts failed (1 tried)" in result.stdout
+        assert elapsed < 10, elapsed
+        assert "timed out" in job.logs()[-1].read_text()
+
+        proxy.stalling = False
+        assert_ok(job.run())
+        assert (job.dest / "a.txt").exists()

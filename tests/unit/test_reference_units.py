@@ -34,6 +34,22 @@ ALLOWED: dict[tuple[tuple[str, ...], str], str] = {
     ),
     (
         (
+            "aurora-asfs-fast-sonic-source-sync.service",
+            "aurora-asfs-logger-source-sync.service",
+            "aurora-cl61-source-sync.service",
+            "aurora-hatpro-source-sync.service",
+            "aurora-power-source-sync.service",
+            "aurora-radar-source-sync.service",
+            "aurora-vaisalamet-source-sync.service",
+            "aurora-mirror-verify.service",
+        ),
+        "Service.TimeoutStartSec",
+    ): (
+        "no sync or verification may hang: a stalled source would otherwise block its "
+        "stream until someone notices (the Ansible units set a timeout on WXcam alone)"
+    ),
+    (
+        (
             "aurora-*-append.service",
             "aurora-*-quicklooks.service",
             "aurora-ceilometer-last24h.service",

@@ -3,11 +3,16 @@
 The "remote" source host is this machine reached through a throwaway sshd, so
 every run exercises the real ssh command line, the remote ``find`` quoting and
 ``rsync --files-from`` / ``--filter`` exactly as on the image.
+
+Each stream's config is the one the renderer writes for the default spec
+(hosts/aurora.yml), its absolute paths moved below the test's directory and its
+host pointed at the loopback sshd; a test overrides only what it is about.
 """
 
 from __future__ import annotations
 
 import fcntl
+import getpass
 import os
 import subprocess
 import time
@@ -18,11 +23,15 @@ from typing import Any, ClassVar
 
 import pytest
 
+from builder.render import sync_config
+from builder.spec import load_spec
 from tests import sshd
 from tests.programs import ConfiguredRun, drop, set_key, set_ssh
+from tests.stall import stalling_proxy
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = ROOT / "mkosi.extra/usr/lib/aurora/aurora-source-sync"
+SPEC = ROOT / "hosts" / "aurora.yml"
 DAY = 86400
 CL61 = "gamb2le_depolarisation_lidar_ceilometer_aurora_"
 
@@ -72,44 +81,56 @@ class Stream(ConfiguredRun):
         return int(self.state.read_text())
 
 
+def rendered(stream: str) -> dict[str, Any]:
+    """The config the image carries for ``stream``, rendered from the default spec."""
+    spec = load_spec(SPEC)
+    return sync_config(spec, next(s for s in spec.source_sync.streams if s.name == stream))
+
+
+RENDERED = {s.name for s in load_spec(SPEC).source_sync.streams}
+
+
 @pytest.fixture
 def make_stream(tmp_path: Path, server: Any) -> Callable[..., Stream]:
-    def make(name: str = "cl61", **overrides: Any) -> Stream:
+    def make(name: str = "cl61", *, server: Any = server, **overrides: Any) -> Stream:
+        """``name``'s rendered config (cl61's for names the spec lacks), moved below tmp."""
         base = tmp_path / name
-        remote, dest = base / "remote", base / "raw"
-        config_dir = base / "etc"
+        config = rendered(name if name in RENDERED else "cl61")
+        config.update(
+            name=name,
+            source_host=server.host,
+            source_user=server.user,
+            source_dir=f"{base}/remote{config['source_dir']}",
+            dest_dir=f"{base}/local{config['dest_dir']}",
+            state_file=f"{base}/local{config['state_file']}",
+            lock_file=f"{base}/local{config['lock_file']}",
+        )
+        config["ssh"].update(
+            identity=str(server.client_key), port=server.port, known_hosts=str(server.known_hosts)
+        )
+        remote, config_dir = Path(config["source_dir"]), base / "etc"
         for directory in (remote, config_dir):
             directory.mkdir(parents=True)
-        state, lock = base / "state" / f"{name}.last", base / "lock" / f"{name}.lock"
-        config: dict[str, Any] = {
-            "name": name,
-            "source_host": server.host,
-            "source_user": server.user,
-            "source_dir": str(remote),
-            "dest_dir": str(dest),
-            "mode": "incremental",
-            "patterns": [f"{CL61}*.nc"],
-            "stamp_regex": None,
-            "min_stamp": None,
-            "lookback_days": None,
-            "start_fresh": False,
-            "filters": [],
-            "delete_excluded": False,
-            "state_file": str(state),
-            "lock_file": str(lock),
-            "ssh": {
-                "identity": str(server.client_key),
-                "port": server.port,
-                "options": ["StrictHostKeyChecking=yes", "LogLevel=ERROR"],
-                "known_hosts": str(server.known_hosts),
-            },
-            "rsync_options": [],
-        }
-        stream = Stream(name, config_dir, remote, dest, state, lock, config)
+        stream = Stream(
+            name,
+            config_dir,
+            remote,
+            Path(config["dest_dir"]),
+            Path(config["state_file"]),
+            Path(config["lock_file"]),
+            config,
+        )
         stream.write_config(**overrides)
         return stream
 
     return make
+
+
+def test_rendered_streams_have_timeouts_overlap_and_bounded_deletes() -> None:
+    cl61, wxcam = rendered("cl61"), rendered("wxcam")
+    assert cl61["timeouts"] == {"connect": 15, "alive_interval": 15, "alive_count": 4, "io": 300}
+    assert cl61["overlap"] == 600
+    assert wxcam["mode"] == "mirror" and wxcam["max_delete"] == 100
 
 
 def assert_ok(result: subprocess.CompletedProcess[str]) -> None:
@@ -177,7 +198,7 @@ def test_incremental_run_pulls_only_files_newer_than_state(make_stream) -> None:
     s.state.write_text(f"{int(time.time()) - 3600}\n")
     s.put(f"{CL61}before_state.nc", age=7200)
     s.put(f"{CL61}after_state.nc", age=60)
-    s.dest.mkdir()
+    s.dest.mkdir(parents=True)
     (s.dest / "kept_local.nc").write_text("local")
     before = int(time.time())
 
@@ -186,15 +207,18 @@ def test_incremental_run_pulls_only_files_newer_than_state(make_stream) -> None:
     assert s.pulled() == {f"{CL61}after_state.nc", "kept_local.nc"}
     assert s.state_epoch() >= before
 
-    second = s.run()  # nothing changed since: nothing listed, state still advances
+    copied = s.dest / f"{CL61}after_state.nc"
+    inode = copied.stat().st_ino
+    second = s.run()  # the overlap lists the recent file again; rsync leaves it be
     assert_ok(second)
-    assert "files=0" in second.stdout
+    assert "files=1" in second.stdout
     assert s.pulled() == {f"{CL61}after_state.nc", "kept_local.nc"}
+    assert copied.stat().st_ino == inode
 
 
 def test_start_fresh_records_now_and_pulls_no_history(make_stream) -> None:
     s = make_stream(start_fresh=True, lookback_days=10)
-    s.put(f"{CL61}history.nc", age=60)
+    s.put(f"{CL61}history.nc", age=3600)  # older than the overlap
     before = int(time.time())
 
     assert_ok(s.run())
@@ -304,7 +328,7 @@ def test_unreachable_source_fails_and_changes_nothing(make_stream, mode: str) ->
     s.state.parent.mkdir(parents=True)
     s.state.write_text("1000\n")
     os.utime(s.state, (1000, 1000))
-    s.dest.mkdir()
+    s.dest.mkdir(parents=True)
     (s.dest / "AUTO_local.jpg").write_text("local")
     (s.dest / f"{CL61}local.nc").write_text("local")
 
@@ -315,7 +339,8 @@ def test_unreachable_source_fails_and_changes_nothing(make_stream, mode: str) ->
     assert s.state.read_text() == "1000\n"
     assert s.state.stat().st_mtime == 1000
     assert s.pulled() == {"AUTO_local.jpg", f"{CL61}local.nc"}
-    assert [p.name for p in s.state.parent.iterdir()] == [s.state.name]  # no temp left
+    left = {p.name for p in s.state.parent.iterdir()}
+    assert left == {s.state.name, s.lock.name}  # no temp file left beside the state
 
 
 def test_rsync_failure_after_listing_keeps_state(make_stream) -> None:
@@ -417,3 +442,142 @@ def test_missing_or_unparsable_config_is_a_one_line_error(make_stream, content) 
 
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and str(path) in result.stderr, result.stderr
+
+
+# --------------------------------------------------------------------------
+# Windows that miss nothing, runs that never hang, bounded mirror deletes
+# --------------------------------------------------------------------------
+
+LAG = 3600
+# The source host's clock runs an hour behind this one: `date` there says so,
+# and the files it writes carry its (lagging) time.
+LAGGING_CLOCK = f"""\
+#!/bin/sh
+bin=$(mktemp -d)
+printf '#!/bin/sh\\necho $(( $(/bin/date +%%s) - {LAG} ))\\n' > "$bin/date"
+chmod +x "$bin/date"
+PATH="$bin:$PATH" /bin/sh -c "$SSH_ORIGINAL_COMMAND"
+status=$?
+rm -rf "$bin"
+exit $status
+"""
+
+
+@pytest.fixture
+def lagging_server(tmp_path: Path) -> Iterator[Any]:
+    """A source host whose clock lags this host's by LAG seconds."""
+    with sshd.running_sshd(tmp_path / "lagging") as servers:
+        server = servers[0]
+        wrapper = tmp_path / "lagging-clock"
+        wrapper.write_text(LAGGING_CLOCK)
+        wrapper.chmod(0o755)
+        keys = server.workdir / "authorized_keys"
+        keys.write_text(f'command="{wrapper}" {keys.read_text()}')
+        yield server
+
+
+@pytest.mark.parametrize("overlap", [600, 0])
+def test_window_reference_time_comes_from_the_source_host(
+    make_stream, lagging_server, overlap: int
+) -> None:
+    s = make_stream(server=lagging_server, overlap=overlap, lookback_days=None)
+    s.state.parent.mkdir(parents=True)
+    s.state.write_text(f"{int(time.time()) - LAG - 7200}\n")
+
+    assert_ok(s.run())
+    now_here = int(time.time())
+    # The state is the source's "now", an hour behind this host's.
+    assert now_here - LAG - 60 <= s.state_epoch() <= now_here - LAG + 1
+
+    # Written on the source after that run, stamped by its clock; its mtime also
+    # lags a few minutes behind the run's reference time (slow to be closed).
+    s.put(f"{CL61}lagging.nc", age=LAG + 120)
+    result = s.run()
+
+    assert_ok(result)
+    if overlap:
+        assert s.pulled() == {f"{CL61}lagging.nc"}
+    else:  # without the overlap the window misses it: what the overlap is for
+        assert s.pulled() == set()
+
+
+def test_stalled_source_fails_within_its_timeout_then_next_run_succeeds(
+    make_stream, server
+) -> None:
+    with stalling_proxy(server.port) as proxy:
+        s = make_stream()
+        s.config["ssh"]["port"] = proxy.port
+        s.config["timeouts"].update(connect=2, alive_interval=1, alive_count=2, io=3)
+        s.write_config()
+        key = server.known_hosts.read_text().split(" ", 1)[1]
+        known = s.config_dir / "known_hosts"
+        known.write_text(f"[{sshd.HOST}]:{proxy.port} {key}")
+        s.config["ssh"]["known_hosts"] = str(known)
+        s.write_config()
+        s.put(f"{CL61}new.nc")
+
+        started = time.monotonic()
+        result = s.run()
+        elapsed = time.monotonic() - started
+
+        assert result.returncode == 1, result.stderr
+        assert elapsed < 10, elapsed
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("aurora-source-sync: cl61: ") and "fix: " in last
+        assert "state not advanced" in last
+        assert not s.state.exists() and s.pulled() == set()
+
+        proxy.stalling = False
+        assert_ok(s.run())
+        assert s.pulled() == {f"{CL61}new.nc"}
+
+
+STALL_RSYNC = """\
+#!/bin/sh
+case "$SSH_ORIGINAL_COMMAND" in
+  rsync*) sleep 60; exit 1 ;;
+esac
+exec /bin/sh -c "$SSH_ORIGINAL_COMMAND"
+"""
+
+
+def test_rsync_that_stalls_after_login_times_out(make_stream, tmp_path: Path) -> None:
+    with sshd.running_sshd(tmp_path / "stall-rsync") as servers:
+        server = servers[0]
+        wrapper = tmp_path / "stall-rsync.sh"
+        wrapper.write_text(STALL_RSYNC)
+        wrapper.chmod(0o755)
+        keys = server.workdir / "authorized_keys"
+        keys.write_text(f'command="{wrapper}" {keys.read_text()}')
+        s = make_stream(server=server)
+        s.config["timeouts"].update(io=3)
+        s.write_config()
+        s.put(f"{CL61}new.nc")
+
+        started = time.monotonic()
+        result = s.run()
+
+        assert result.returncode == 1
+        assert time.monotonic() - started < 20
+        assert "rsync failed (exit 30)" in result.stderr  # rsync's own I/O timeout
+        assert not s.state.exists()
+
+
+def test_wxcam_mirror_deletions_are_bounded(make_stream) -> None:
+    s = make_stream(name="wxcam", max_delete=2)
+    for i in range(4):
+        s.put(f"FISH/HDR_{i}.jpg")
+    assert_ok(s.run())
+    for i in range(3):  # the camera directory empties: a bad filter, a pruned source
+        (s.remote / f"FISH/HDR_{i}.jpg").unlink()
+
+    result = s.run()
+
+    assert result.returncode == 1
+    line = result.stderr.strip().splitlines()[-1]
+    fix = f"`runuser -u {getpass.getuser()} -- aurora-wxcam-sync --max-delete N`"
+    assert fix in line and "fix: " in line
+    assert len(s.pulled()) == 2  # two deleted, then rsync stopped
+
+    assert_ok(s.run("--max-delete", "5"))
+    assert s.pulled() == {"FISH/HDR_3.jpg"}
