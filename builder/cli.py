@@ -166,9 +166,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     plan = plan_prune(args.keep, set(args.live))
     if args.dry_run:
-        shown = plan.to_plan(args.keep)
-        out = shown.format_text() if not args.json else json.dumps(shown.to_json()) + "\n"
-        sys.stdout.write(out)
+        if args.json:
+            print(json.dumps(plan.to_json(args.keep)))
+        else:
+            sys.stdout.write(plan.to_plan(args.keep).format_text())
         return 0
     removed = execute_prune(plan)
     kept = [i.tag for i in list_images()]

@@ -249,6 +249,16 @@ class PrunePlan:
     protected: dict[str, str]  # tag -> why it stays although older than `keep`
     kept: tuple[str, ...]
 
+    def to_json(self, keep: int) -> dict[str, Any]:
+        """The plan for --dry-run --json, with the same keys a real prune reports."""
+        removed = [p.name for p in (*self.images, *self.partials)]
+        return {
+            **self.to_plan(keep).to_json(),
+            "store": str(self.store),
+            "removed": removed,
+            "kept": list(self.kept),
+        }
+
     def to_plan(self, keep: int) -> Plan:
         steps = [
             Step(

@@ -227,6 +227,8 @@ def test_prune_dry_run_removes_nothing_and_lists_what_would_go(
     assert main(["prune", "--keep", "1", "--live", tags[1], "--dry-run", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert [s["what"] for s in plan["steps"] if s["kind"] == "remove"] == removes
+    assert plan["dry_run"] is True and plan["removed"] == removes
+    assert plan["kept"] == [tags[3], tags[1]]
     assert files(store) == on_disk
     assert main(["prune", "--keep", "1", "--live", tags[1], "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["removed"] == removes
