@@ -54,6 +54,7 @@ pristine: ## what CI runs: `make image` then `make test` in a fresh Debian 12 ro
 docs: setup ## regenerate the spec reference and build the MkDocs site into build/site
 	$(RUN) python -m builder.spec_reference
 	$(CLI) schema --out docs/reference/spec.schema.json
+	$(RUN) python -m builder.cli_reference
 	$(RUN) mkdocs build --strict --site-dir build/site
 
 promote: setup ## upload image TAG=… to Glance, rebuild the JASMIN server from it, probe it

@@ -10,9 +10,14 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from builder.cli_options import cloud_option
 from builder.errors import AuroraError
+
+if TYPE_CHECKING:
+    from builder.cloud import Cloud
+    from builder.spec import HostSpec
 
 Add = Callable[..., argparse.ArgumentParser]
 
@@ -26,7 +31,8 @@ def register(add: Add) -> None:
         "--server",
         action="append",
         metavar="NAME",
-        help="Nova server name or id (repeatable; default: deploy.server)",
+        help="Nova server name or id (repeatable; default: every deploy.targets entry, "
+        "else deploy.server)",
     )
     p.add_argument("--local", action="store_true", help="only this machine; do not ask the cloud")
     p = add("logs", cmd_logs, "an image's build log, last smoke-suite log and serial logs", False)
@@ -37,7 +43,6 @@ def register(add: Add) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from builder import status, vm_session
-    from builder.cli_release import _cloud
     from builder.image import images_dir
     from builder.spec import load_spec
     from builder.store import list_images
@@ -45,8 +50,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     servers: list[status.ServerStatus] = []
     if not args.local:
         spec = load_spec(args.spec)
-        for name in args.server or [spec.deploy.server]:
-            servers.append(status.server_status(lambda: _cloud(args, spec), name))
+        for target, name, cloud in _servers(args, spec):
+            servers.append(status.server_status(_connect(args, spec, cloud), name, target))
     newest, vms = status.local_status(list_images(), vm_session.running(), servers)
     result = status.Status(servers, str(images_dir()), newest, vms)
     if args.json:
@@ -54,6 +59,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(status.format_text(result))
     return 0 if result.ok else 1
+
+
+def _servers(args: argparse.Namespace, spec: HostSpec) -> list[tuple[str | None, str, str | None]]:
+    """(target, server, its cloud) to ask: --server, else every deploy target, else
+    deploy.server."""
+    if args.server:
+        return [(None, name, None) for name in args.server]
+    targets = spec.deploy.targets
+    if targets:
+        return [(name, t.server, t.cloud) for name, t in targets.items()]
+    return [(None, spec.deploy.server, None)]
+
+
+def _connect(args: argparse.Namespace, spec: HostSpec, cloud: str | None) -> Callable[[], Cloud]:
+    """--os-cloud, else the target's own cloud, else as every release command chooses."""
+    from builder.cli_release import _cloud
+    from builder.cloud import Cloud
+
+    chosen = args.cloud or cloud
+    return (lambda: Cloud.connect(chosen)) if chosen else (lambda: _cloud(args, spec))
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

@@ -76,3 +76,5 @@ def write_smoke_log(image_dir: Path, report: str, serial_log: Path | None) -> No
         partial = image_dir / f".{SMOKE_SERIAL}.partial"
         shutil.copyfile(serial_log, partial)
         partial.replace(image_dir / SMOKE_SERIAL)
+    else:  # a run that booted nothing: an older run's console would mislead
+        (image_dir / SMOKE_SERIAL).unlink(missing_ok=True)

@@ -26,6 +26,7 @@ class ServerStatus:
     """One server as Nova and Glance see it now."""
 
     server: str
+    target: str | None = None  # the deploy.targets entry it is, if any
     cloud: str | None = None
     id: str | None = None
     state: str | None = None  # Nova status (task state in brackets while one runs)
@@ -78,7 +79,9 @@ class Status:
         }
 
 
-def server_status(connect: Callable[[], Cloud], name: str) -> ServerStatus:
+def server_status(
+    connect: Callable[[], Cloud], name: str, target: str | None = None
+) -> ServerStatus:
     """Ask Nova and Glance about ``name``; a failure becomes the entry's error."""
     from builder.release import releases
 
@@ -86,13 +89,13 @@ def server_status(connect: Callable[[], Cloud], name: str) -> ServerStatus:
         cloud = connect()
         result = releases(cloud, name)
     except AuroraError as exc:
-        return ServerStatus(server=name, error=str(exc))
+        return ServerStatus(server=name, target=target, error=str(exc))
     server = result.server
     state = server.status + (f" ({server.task_state})" if server.task_state else "")
     live = next((r for r in result.releases if r.live), None)
     if live is None:
         return ServerStatus(
-            server=server.name, cloud=cloud.name, id=server.id, state=state,
+            server=server.name, target=target, cloud=cloud.name, id=server.id, state=state,
             image=result.server_image, image_id=server.image_id,
         )  # fmt: skip
     row = live.to_json()
@@ -109,6 +112,7 @@ def server_status(connect: Callable[[], Cloud], name: str) -> ServerStatus:
     promoted = " ".join(x for x in (row["promoted_at"], row["promoted_by"]) if x)
     return ServerStatus(
         server=server.name,
+        target=target,
         cloud=cloud.name,
         id=server.id,
         state=state,
@@ -155,10 +159,11 @@ def _yes_no(value: bool | None) -> str:
 def format_text(status: Status) -> str:
     lines: list[str] = []
     for s in status.servers:
+        name = f"server {s.server}" + (f" [{s.target}]" if s.target else "")
         if s.error:
-            lines += [f"server {s.server}: cannot be read: {s.error}", ""]
+            lines += [f"{name}: cannot be read: {s.error}", ""]
             continue
-        lines.append(f"server {s.server} (cloud {s.cloud}, id {s.id})")
+        lines.append(f"{name} (cloud {s.cloud}, id {s.id})")
         lines.append(f"  state:     {s.state}")
         if s.tag:
             lines.append(f"  live:      {s.tag}  (Glance {s.image}, {s.image_id})")

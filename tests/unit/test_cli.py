@@ -9,6 +9,7 @@ checked with a real JSON Schema validator against the shipped specs.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import yaml
 
 from builder import spec_schema
 from builder.cli import build_parser, main
-from builder.cli_completion import bash_script
+from builder.cli_completion import bash_script, commands
 from tests.fake_images import make_image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -304,10 +305,71 @@ def test_completion_offers_the_stored_image_tags(script: Path, tmp_path: Path) -
 def test_completion_covers_every_command_and_option() -> None:
     """Generated from the parser: nothing can be left out by hand."""
     text = bash_script(build_parser())
-    from builder.cli_completion import commands
-
     _, subs = commands(build_parser())
     for command in subs:
         assert f"        {command.name}) opts=" in text
         for option in command.options:
             assert option in text
+
+
+# -- the serial console bridge ------------------------------------------------------
+# The real console (QEMU's socket, the guest's getty) is exercised by
+# tests/vm/test_vm_command.py; here only what the bridge itself decides.
+
+
+def test_console_of_a_vm_that_is_gone_is_one_clear_error(tmp_path: Path) -> None:
+    from builder.console import ConsoleError, attach
+
+    with pytest.raises(ConsoleError, match=r"cannot attach to the console .*console\.sock"):
+        attach(tmp_path / "console.sock")
+
+
+def test_console_bridges_bytes_and_leaves_on_ctrl_close_bracket(tmp_path: Path) -> None:
+    import socket
+    import threading
+
+    from builder.console import attach
+
+    path = tmp_path / "console.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    got: list[bytes] = []
+
+    def guest() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"aurora login: ")
+            while data := conn.recv(1024):
+                got.append(data)
+
+    thread = threading.Thread(target=guest)
+    thread.start()
+    keys_r, keys_w = os.pipe()
+    screen_r, screen_w = os.pipe()
+    os.write(keys_w, b"root\r\x1dnever sent")
+    ended = attach(path, stdin=keys_r, stdout=screen_w, banner="hello\n")
+    thread.join(timeout=10)
+    server.close()
+    os.close(screen_w)
+    shown = os.read(screen_r, 4096)
+    assert ended == "detached"
+    assert shown.startswith(b"hello\r\n")
+    assert b"".join(got) == b"\rroot\r"  # the wake-up CR, then the keys up to Ctrl-]
+    for fd in (keys_r, keys_w, screen_r):
+        os.close(fd)
+
+
+def test_committed_cli_reference_is_current() -> None:
+    """docs/reference/cli.md is generated from the parser, like the completion script."""
+    from builder import cli_reference
+
+    assert cli_reference.PAGE.read_text() == cli_reference.render_page(), (
+        "docs/reference/cli.md is stale: run `make docs` (python -m builder.cli_reference)"
+    )
+    page = cli_reference.render_page()
+    _, subs = commands(build_parser())
+    for command in subs:
+        assert f"\n## aurora-image {command.name}\n" in page
+        for option in command.options:
+            assert option in {"-h", "--help"} or f"`{option}`" in page

@@ -146,3 +146,22 @@ def test_logs_of_an_image_without_any_is_one_line(
     assert main(["logs", "2026.11-000000000000"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has no logs yet" in err
+
+
+def test_status_asks_every_deploy_target(
+    store: Path, cloud: Cloud, nova: NovaDouble, glance: GlanceServer, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    three_releases(store, cloud, nova)
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds_yaml(store, glance, nova)))
+    spec = tmp_path / "targets.yml"
+    spec.write_text(
+        f"base: {REPO / 'hosts' / 'aurora.yml'}\n"
+        "deploy:\n  targets:\n"
+        f"    test: {{server: {nova.server.name}, role: staging, cloud: unit}}\n"
+    )
+    assert main(["status", "--json", "--spec", str(spec)]) == 1  # the shipped targets: no cloud
+    servers = {s["target"]: s for s in json.loads(capsys.readouterr().out)["servers"]}
+    assert servers["test"]["tag"] == "2026.11-cccc" and servers["test"]["error"] is None
+    assert set(servers) >= {"test", "staging", "production"}
+    assert all(servers[t]["error"] for t in ("staging", "production"))
