@@ -284,6 +284,9 @@ def _variants(value: Any) -> list[Any]:
         bumped = str((int(digit.group()) + 1) % 10)
         out.append(text[: digit.start()] + bumped + text[digit.end() :])
     out += [text + "x", text + "-x", text + "/x"]
+    if "." in text:  # a value whose suffix is its kind (network-online.target)
+        dot = text.rindex(".")
+        out.append(text[:dot] + "x" + text[dot:])
     return out
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import jinja2
 
 from builder.spec import GwsJob, HostSpec, Mount, NetTimeouts, Schedule, Stream
-from builder.systemd_values import parse_timespan
+from builder.systemd_values import escape_exec, escape_specifiers, parse_timespan
 
 UNITS_DIR = Path(__file__).resolve().parent.parent / "units"
 SYSTEM_UNITS = "/etc/systemd/system"
@@ -88,6 +88,9 @@ def environment(units_dir: Path = UNITS_DIR) -> jinja2.Environment:
     )
     env.filters["seconds"] = _seconds
     env.filters["milliseconds"] = _milliseconds
+    # Spec text in unit files: systemd expands `%` (and `$` in Exec*=) otherwise.
+    env.filters["unit_text"] = escape_specifiers
+    env.filters["exec"] = escape_exec
     return env
 
 

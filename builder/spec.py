@@ -8,6 +8,7 @@ path and the fix, on one line.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
@@ -18,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -25,10 +27,101 @@ from builder.errors import SpecError
 from builder.systemd_values import parse_timespan, validate_calendar
 from builder.yaml_lines import SpecSyntaxError, line_for, load_yaml_with_lines
 
+# Character sets, one per value class. Values land in unit files, tmpfiles,
+# fstab, nginx and JSON; each class admits only what its value needs, so no
+# value can end a line, open a section, add a directive or field, or reach a
+# shell. `%` and `$` in free text are escaped where systemd would expand them
+# (builder.systemd_values.escape_*). Control characters are refused in every
+# string by Model.
+_PATH_CHARS = r"[A-Za-z0-9._+@/-]"
+_CHARSETS: dict[str, tuple[str, str]] = {
+    "path": (rf"{_PATH_CHARS}+", "a path of letters, digits and . _ + @ / -"),
+    "host": (
+        r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*",
+        "a host name or an IP address",
+    ),
+    "origin": (
+        r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:\d{1,5})?",
+        "a host name, optionally with :port",
+    ),
+    "user": (r"[a-z_][a-z0-9_.-]{0,31}", "a user name: lower-case letters, digits, _ . -"),
+    "unit": (
+        r"[A-Za-z0-9:_.\\@-]+\.(service|socket|target|timer|mount|automount|path|slice|scope"
+        r"|device|swap)",
+        "a unit name such as network-online.target",
+    ),
+    "glob": (
+        r"[A-Za-z0-9._*?!^\[\]{},/+@=:~-]+",
+        "a glob of letters, digits and . _ * ? [ ] { } , / + @ = : ~ -",
+    ),
+    "filter": (r"[+-] [A-Za-z0-9._*?!^\[\]{},/+@=:~-]+", "an rsync rule '+ GLOB' or '- GLOB'"),
+    "text": (r"[^\\]*", "text without backslashes"),
+    "command": (r".*[^\\]", "a command that does not end in a backslash"),
+    "env": (r"[^'\"\\`$]*", "text without quotes, backslashes, backticks or $"),
+    "url": (r"(https?|ssh|git)://[A-Za-z0-9._~:/?#@!&()*+,;=%-]+", "an http(s)/ssh/git URL"),
+    "git": (
+        r"(https?|ssh|git|file)://[A-Za-z0-9._~:/?#@!&()*+,;=%-]+|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._/-]+",
+        "a git URL (https://, ssh://, file:// or user@host:path)",
+    ),
+    "ref": (r"[A-Za-z0-9._][A-Za-z0-9._/-]*", "a commit, tag or branch name"),
+    "word": (r"[A-Za-z0-9][A-Za-z0-9._-]*", "a name of letters, digits and . _ -"),
+    "apt_suite": (r"[A-Za-z0-9][A-Za-z0-9._/-]*", "an apt suite such as trixie"),
+    "mount_what": (r"[A-Za-z0-9._:/,=@+-]+", "LABEL=..., UUID=... or a device or network source"),
+    "fstype": (r"[a-z0-9][a-z0-9._]*", "a file system type such as ext4"),
+    "mount_options": (r"[A-Za-z0-9._,=/:@+-]+", "comma-separated options without spaces"),
+    "mount_option": (r"[A-Za-z0-9._=/:@+-]+", "one option without commas or spaces"),
+    "location": (r"/([A-Za-z0-9._~-]+/)*", "a URL prefix like /wxcam-media/"),
+    "header": (
+        r"[A-Za-z0-9-]+ \"[^\"\\$;{}#]*\"",
+        'Name "value" (the value without quotes, backslashes, $ ; { } #)',
+    ),
+}
+
+
+def _charset(kind: str) -> Callable[[str], str]:
+    pattern, what = _CHARSETS[kind]
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise ValueError(f"{value!r} must be {what}")
+        return value
+
+    return check
+
+
+def _text_of(kind: str) -> Any:
+    return Annotated[str, AfterValidator(_charset(kind))]
+
+
+# Unicode categories refused in every string: control characters (newline,
+# tab, ESC ...), format characters (bidi overrides), line and paragraph separators.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _no_control(value: Any) -> None:
+    if isinstance(value, str):
+        bad = next((c for c in value if unicodedata.category(c) in _REFUSED_CATEGORIES), None)
+        if bad is not None:
+            raise ValueError(
+                f"{value!r} contains the control character U+{ord(bad):04X}: "
+                "write it on one line without control characters"
+            )
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _no_control(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_control(key)
+            _no_control(item)
+
 
 def _absolute(value: str) -> str:
     if not PurePosixPath(value).is_absolute():
         raise ValueError(f"path {value!r} must be absolute (start with /)")
+    _charset("path")(value)
+    if ".." in PurePosixPath(value).parts:
+        raise ValueError(f"path {value!r} must not contain '..'")
     return str(PurePosixPath(value))
 
 
@@ -36,6 +129,9 @@ def _relative(value: str) -> str:
     path = PurePosixPath(value)
     if path.is_absolute() or ".." in path.parts or not value:
         raise ValueError(f"{value!r} must be a relative path below its root, without '..'")
+    _charset("path")(value)
+    if any(part.startswith("-") for part in path.parts):
+        raise ValueError(f"{value!r}: a path part must not start with '-'")
     return str(path)
 
 
@@ -58,6 +154,18 @@ def _unit_name_part(value: str) -> str:
 
 
 AbsPath = Annotated[str, AfterValidator(_absolute)]
+LocalPath = _text_of("path")
+Host = _text_of("host")
+Origin = _text_of("origin")
+UserName = _text_of("user")
+UnitName = _text_of("unit")
+Glob = _text_of("glob")
+Text = _text_of("text")
+Command = _text_of("command")
+EnvValue = _text_of("env")
+Url = _text_of("url")
+Word = _text_of("word")
+MountOption = _text_of("mount_option")
 RelPath = Annotated[str, AfterValidator(_relative)]
 TimeSpan = Annotated[str, AfterValidator(_timespan)]
 Calendar = Annotated[str, AfterValidator(_calendar)]
@@ -74,6 +182,13 @@ class Model(BaseModel):
     model_config = ConfigDict(
         extra="forbid", frozen=True, strict=False, use_attribute_docstrings=True
     )
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _one_line(cls, value: Any) -> Any:
+        """No string of the spec may carry a control character (a newline adds a line)."""
+        _no_control(value)
+        return value
 
 
 def _unique_by(key: str, what: str) -> Callable[[list[Any]], list[Any]]:
@@ -128,11 +243,11 @@ class Storage(Model):
 class AppSource(Model):
     """Where the dashboard app comes from: a local tree or a git commit."""
 
-    path: str | None = None
+    path: LocalPath | None = None
     """A local app tree, relative to the spec file (the sample app in `app/`)."""
-    git: str | None = None
+    git: _text_of("git") | None = None
     """The app's git URL; needs `ref`. Cloned at build time, baked into the image."""
-    ref: str | None = None
+    ref: _text_of("ref") | None = None
     """The commit to build from `git`, so two builds of one spec get the same app."""
 
     @model_validator(mode="after")
@@ -149,15 +264,15 @@ class Dashboard(Model):
     """Where the Panel app comes from: a local `path`, or `git` with a pinned `ref`."""
     checkout: AbsPath
     """Where the app is installed in the image; its venv is `<checkout>/venv`."""
-    entry: str = "app.py"
+    entry: RelPath = "app.py"
     """The app file `panel serve` runs, relative to `checkout`."""
-    address: str = "127.0.0.1"
+    address: Host = "127.0.0.1"
     """Address Panel listens on; loopback, so only nginx reaches it."""
     port: int = Field(ge=1, le=65535)
     """Port Panel listens on (nginx proxies to it; the firewall denies it from outside)."""
-    websocket_origins: list[str]
+    websocket_origins: list[Origin]
     """Origins allowed to open Panel's websocket (`--allow-websocket-origin`)."""
-    static_dirs: dict[str, AbsPath] = {}
+    static_dirs: dict[Word, AbsPath] = {}
     """URL name → directory Panel serves as static files (`--static-dirs`)."""
     keep_alive: TimeSpan
     """Websocket keep-alive ping interval (`--keep-alive`)."""
@@ -179,7 +294,7 @@ class Dashboard(Model):
 
 
 class WxcamMedia(Model):
-    location: Annotated[str, Field(pattern=r"^/.*/$")]
+    location: _text_of("location")
     """URL prefix nginx serves the WXcam media under (starts and ends with `/`)."""
     root: AbsPath
     """Directory served there as static files, with byte ranges (MP4s stream over HTTP)."""
@@ -193,7 +308,7 @@ class Nginx(Model):
     certificate_dir: AbsPath
     """Let's Encrypt state on the persistent volume; `/etc/letsencrypt` links here, and nginx
     switches to TLS once a certificate for `hostname` exists in it."""
-    security_headers: list[str] = [
+    security_headers: list[_text_of("header")] = [
         'X-Content-Type-Options "nosniff"',
         'X-Frame-Options "SAMEORIGIN"',
         'Referrer-Policy "strict-origin-when-cross-origin"',
@@ -248,7 +363,7 @@ class SyncDefaults(Model):
     """Random delay added to each sync run."""
     persistent: bool = True
     """`Persistent=` of the sync timers."""
-    after: list[str] = ["network-online.target"]
+    after: list[UnitName] = ["network-online.target"]
     """Units every sync service starts after (`After=`)."""
     condition_path_exists: AbsPath | None = None
     """Syncs run only when this path exists (`ConditionPathExists=`): the sources are reached over
@@ -274,15 +389,15 @@ class Stream(Model):
     name: Name
     """Stream name: units `aurora-<name>-source-sync.{service,timer}`, command
     `/usr/local/bin/aurora-<name>-sync`, state `<state_dir>/<name>.last`."""
-    label: str
+    label: Text
     """Short human name, used in the timer's description."""
-    description: str
+    description: Text
     """Description of the sync service."""
     enabled: bool = True
     """False: the stream's timer is not enabled (its state file is kept)."""
-    host: str
+    host: Host
     """Source host (a tailnet address)."""
-    user: str | None = None
+    user: UserName | None = None
     """Login on the source host; default: the spec's `user.name`."""
     path: AbsPath
     """Directory on the source host to pull from."""
@@ -291,7 +406,7 @@ class Stream(Model):
     mode: Literal["incremental", "mirror"] = "incremental"
     """`incremental`: pull files changed since the last run that match `patterns`; `mirror`: rsync
     the tree through `filters`."""
-    patterns: list[str] = []
+    patterns: list[Glob] = []
     """File name globs to pull (incremental streams)."""
     lookback_days: int | None = Field(default=None, ge=1)
     """Without a state file (first run, rebuilt host), pull only files this recent."""
@@ -302,7 +417,7 @@ class Stream(Model):
     """Files whose captured stamp sorts before this are skipped (digits, e.g. `202605020000`)."""
     start_fresh: bool = False
     """Without a state file, record "now" and pull nothing instead of the history."""
-    filters: list[Annotated[str, Field(pattern=r"^[+-] \S")]] = []
+    filters: list[_text_of("filter")] = []
     """rsync filter rules for a mirror stream, in order (`+ HDR_*.jpg`, `- *`)."""
     delete_excluded: bool = False
     """Mirror streams: delete local files the filters exclude."""
@@ -346,11 +461,11 @@ class Mount(Model):
 
     where: AbsPath
     """Mount point."""
-    what: str
+    what: _text_of("mount_what")
     """What to mount: `LABEL=...` for a volume, or a CephFS source."""
-    type: str
+    type: _text_of("fstype")
     """File system type (`ext4`, `ceph`, ...)."""
-    options: str = "defaults,nofail,x-systemd.device-timeout=30s"
+    options: _text_of("mount_options") = "defaults,nofail,x-systemd.device-timeout=30s"
     """Mount options; keep `nofail` so the image boots without the volume."""
 
     @property
@@ -367,23 +482,23 @@ class Job(Model):
 
     name: Name
     """Job name: units `aurora-<name>.{service,timer}`."""
-    description: str
+    description: Text
     """Description of the job's service."""
-    timer_description: str
+    timer_description: Text
     """Description of the job's timer."""
     enabled: bool = True
     """False: the job's timer is not enabled."""
     schedule: Schedule
     """When the job runs."""
-    command: str
+    command: Command
     """Command run in `dashboard.checkout` with the app's environment; must run one of the app's
     `.py` scripts. `{venv}`, `{checkout}`, `{raw}` and `{products}` stand for the spec's paths.
     Skipped, not failed, when the app lacks the script."""
-    after: list[str] = ["network-online.target"]
+    after: list[UnitName] = ["network-online.target"]
     """Units the job starts after (`After=`)."""
-    wants: list[str] | None = None
+    wants: list[UnitName] | None = None
     """`Wants=`; default: `network-online.target` when it is in `after`."""
-    exec_condition: str | None = None
+    exec_condition: Command | None = None
     """`ExecCondition=`: the run is skipped when this command fails (same placeholders as
     `command`)."""
     io_best_effort: bool = False
@@ -423,7 +538,7 @@ class GwsJob(Model):
     """Destination below `gws.root`."""
     calendar: Calendar
     """When to push (`OnCalendar=`)."""
-    excludes: list[str] = []
+    excludes: list[Glob] = []
     """rsync `--exclude` patterns."""
     timeout: TimeSpan | None = None
     """`TimeoutStartSec=` of one push; default `gws.timeout`."""
@@ -438,9 +553,9 @@ class GwsMount(Model):
     """Mount the GWS over SSHFS (off, as in the Ansible repository)."""
     where: AbsPath
     """Mount point of the SSHFS view."""
-    host: str
+    host: Host
     """Transfer host the SSHFS mount goes through."""
-    options: list[str] = []
+    options: list[MountOption] = []
     """Extra SSHFS mount options."""
 
 
@@ -448,9 +563,9 @@ class Gws(Model):
     enabled: bool = True
     """False: no push timer is enabled (a staging copy must never write to the group
     workspace); the units stay in the image."""
-    user: str
+    user: UserName
     """JASMIN account the pushes log in as."""
-    hosts: list[str] = Field(min_length=1)
+    hosts: list[Host] = Field(min_length=1)
     """Transfer hosts, tried in this order until one succeeds."""
     root: AbsPath
     """Group workspace path on JASMIN; job destinations are below it."""
@@ -549,9 +664,9 @@ class Debian(Model):
     so the same lock builds the same image; without one the build warns when
     the archive has moved on from locks/debian-packages.txt."""
 
-    mirror: Annotated[str, Field(pattern=r"^https?://\S+[^/]$")] = "http://deb.debian.org/debian"
+    mirror: Annotated[Url, Field(pattern=r"^.*[^/]$")] = "http://deb.debian.org/debian"
     """Debian archive the image's packages come from."""
-    security_mirror: Annotated[str, Field(pattern=r"^https?://\S+[^/]$")] = (
+    security_mirror: Annotated[Url, Field(pattern=r"^.*[^/]$")] = (
         "http://deb.debian.org/debian-security"
     )
     """Debian security archive."""
@@ -571,13 +686,13 @@ class AptRepository(Model):
 
     name: Name
     """Name of the repository (its sources file and key are named after it)."""
-    url: Annotated[str, Field(pattern=r"^https?://\S+$")]
+    url: Url
     """Repository URL."""
-    suite: str
+    suite: _text_of("apt_suite")
     """Suite, e.g. `trixie`."""
-    components: list[str] = ["main"]
+    components: list[Word] = ["main"]
     """Components to use."""
-    key: str
+    key: LocalPath
     """The repository's signing key, relative to the spec file; its bytes are a build input."""
 
 
@@ -586,7 +701,7 @@ class Tailscale(Model):
 
     enabled: bool = False
     """Join the tailnet at boot (the client must come from `apt_repositories`)."""
-    auth_credential: str = "tailscale.authkey"
+    auth_credential: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")] = "tailscale.authkey"
     """Name of the credential holding the auth key."""
     ssh: bool = True
     """Enable Tailscale SSH on this node (`tailscale up --ssh`)."""
@@ -601,14 +716,14 @@ class Secret(Model):
 
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")]
     """Credential name, the same under QEMU (SMBIOS) and on JASMIN (the credential store)."""
-    purpose: str
+    purpose: Text
     """What the secret is for, for the operator (never its value)."""
     path: AbsPath | None = None
     """Where `aurora-credentials.service` installs it; unset: read only by the units that import
     it."""
     mode: Annotated[str, Field(pattern=r"^0[0-7]{3}$")] = "0600"
     """File mode of the installed secret."""
-    owner: str = "root"
+    owner: UserName = "root"
     """Owner of the installed secret."""
     format: Literal["raw", "msmtprc"] = "raw"
     """`raw`: copied as given; `msmtprc`: relay settings as JSON (`host`, `port`, `from`, `user`,
@@ -623,17 +738,17 @@ ChangeCategory = Literal[
 class DeployTarget(Model):
     """One server a release goes to (e.g. `staging`, `production`)."""
 
-    server: str
+    server: Word
     """Name (or id) of the Nova server this target rebuilds."""
     role: Literal["staging", "production"]
     """`staging` takes any attested image; `production` only one whose inputs ran healthy on
     staging for `deploy.staging_soak`, and with the approvals `deploy.approval_required` asks."""
-    cloud: str | None = None
+    cloud: Word | None = None
     """Its `clouds.yaml` entry; unset: `deploy.cloud`."""
     spec: str | None = None
     """The spec this target's image is built from, relative to this spec (e.g. `staging.yml`, an
     overlay of it); unset: this spec."""
-    address: str | None = None
+    address: Host | None = None
     """Address the health probe uses; unset: the server's address from Nova."""
 
 
@@ -644,14 +759,14 @@ class Deploy(Model):
     field can be overridden on the command line.
     """
 
-    cloud: str | None = None
+    cloud: Word | None = None
     """The default `clouds.yaml` entry; `--cloud`, `OS_CLOUD` or `OS_AUTH_URL` (the `OS_*`
     variables) take precedence, as with the openstack CLI."""
-    server: str = "aurora"
+    server: Word = "aurora"
     """Name (or id) of the Nova server releases rebuild."""
-    address: str | None = None
+    address: Host | None = None
     """Address the health probe uses; unset: the server's address from Nova."""
-    ssh_user: str = "root"
+    ssh_user: UserName = "root"
     """User the probe, `audit` and `secrets check` log in as."""
     ssh_port: Annotated[int, Field(ge=1, le=65535)] = 22
     """SSH port the probe uses."""
@@ -740,7 +855,7 @@ class HostSpec(Model):
     """Persistent volumes: mounted by the image, never owned by it."""
     dashboard: Dashboard
     """The Panel dashboard service."""
-    environment: Annotated[dict[EnvName, str], AfterValidator(_no_secrets)] = {}
+    environment: Annotated[dict[EnvName, EnvValue], AfterValidator(_no_secrets)] = {}
     """`/etc/aurora-dashboard.env`, read by the dashboard and every job; keys that look like
     secrets (`PASSWORD`, `TOKEN`, ...) are refused, except names of where a secret is installed
     (`GWS_SSH_PRIVATE_KEY`, `*_PATH`, `*_FILE`), whose value must be an absolute path."""

@@ -165,6 +165,8 @@ def _constraints(metadata: list[Any]) -> list[str]:
 def _validator_name(func: Any) -> str:
     if func in VALIDATOR_NAMES:
         return VALIDATOR_NAMES[func]
+    if func.__qualname__.startswith("_charset."):
+        return inspect.getclosurevars(func).nonlocals["what"]
     if func.__qualname__.startswith("_unique_by."):
         key = inspect.getclosurevars(func).nonlocals["key"]
         return f"no two items with the same `{key}`"

@@ -14,7 +14,19 @@ import re
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-__all__ = ["parse_timespan", "validate_calendar"]
+__all__ = ["escape_exec", "escape_specifiers", "parse_timespan", "validate_calendar"]
+
+
+def escape_specifiers(text: str) -> str:
+    """Text for a unit setting that expands %-specifiers (Description=, paths): `%` doubled."""
+    return text.replace("%", "%%")
+
+
+def escape_exec(text: str) -> str:
+    """A command line for Exec*=: `%` and `$` doubled, so systemd passes both on literally
+    (a shell in the command then sees the `$` the spec author wrote)."""
+    return escape_specifiers(text).replace("$", "$$")
+
 
 # --------------------------------------------------------------------------- time spans
 
