@@ -538,3 +538,18 @@ def test_missing_or_unparsable_config_is_a_one_line_error(site: Site, content) -
 
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and str(path) in result.stderr, result.stderr
+
+
+def test_a_stalled_remote_call_counts_as_a_failed_host(monkeypatch) -> None:
+    """A host that never answers is given up on (next host), not waited for."""
+    from tests.programs import load_program
+
+    program = load_program("aurora-mirror-verify")
+    monkeypatch.setattr(program, "REMOTE_CALL_TIMEOUT", 1)
+    started = time.monotonic()
+
+    result = program.run(["sleep", "30"])
+
+    assert time.monotonic() - started < 5
+    assert result.returncode == program.SSH_FAILED
+    assert b"timed out after 1s" in result.stderr
