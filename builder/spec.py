@@ -581,7 +581,7 @@ class Gws(Model):
     """ssh and rsync timeouts of the pushes."""
     max_delete: int = Field(default=50, ge=0)
     """Files a push may delete on the GWS (`--max-delete`); more stops the push, naming the fix
-    (`aurora-gws-push --max-delete N JOB` for a deliberate larger deletion)."""
+    (`aurora-gws-rsync-<job> --max-delete N` for a deliberate larger deletion)."""
     backup_dir: RelPath = "backups"
     """Below `root`: what a push deletes or replaces on the GWS is moved to
     `<backup_dir>/<job>/<UTC date and time>/` instead of vanishing."""
