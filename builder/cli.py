@@ -10,8 +10,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from builder import cli_ops, cli_release
-from builder.errors import AuroraError
+from builder import cli_ops, cli_release, cli_status
+from builder.cli_options import global_options
+from builder.errors import AuroraError, SpecError
 from builder.inputs import REPO
 
 if TYPE_CHECKING:
@@ -119,7 +120,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from builder.spec import load_spec
 
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec)  # a SpecError lists every problem (main prints them)
     streams = len(spec.source_sync.streams)
     if args.json:
         print(json.dumps({"spec": str(args.spec), "valid": True, "release": spec.release,
@@ -129,11 +130,29 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from builder.spec_schema import schema_text
+
+    text = schema_text()
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    from builder.tree import atomic_write
+
+    atomic_write(args.out, text.encode())
+    print(json.dumps({"wrote": str(args.out)}) if args.json else f"wrote {args.out}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from builder.image import images_dir
     from builder.store import human_size, list_images
 
     images = list_images()
+    if args.quiet:
+        for image in images:
+            print(image.tag)
+        return 0
     if args.json:
         print(json.dumps({"store": str(images_dir()), "images": [i.to_json() for i in images]}))
         return 0
@@ -208,12 +227,30 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if result.identical else 1
 
 
+def version() -> str:
+    """The installed package's version (pyproject.toml), as `--version` prints it."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("aurora-image")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from builder.cli_completion import bash_script
+
+    sys.stdout.write(bash_script(build_parser()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aurora-image",
         description="Build, test and release immutable images of the Aurora dashboard host.",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"aurora-image {version()}")
+    global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Handler, summary: str, spec: bool = True) -> argparse.ArgumentParser:
@@ -221,10 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
         if spec:
             p.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="host spec (YAML)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        global_options(p, top=False)
         p.set_defaults(func=func)
         return p
 
-    add("validate", cmd_validate, "check a host spec and exit")
+    add("validate", cmd_validate, "check a host spec and list every problem in it")
+    p = add("schema", cmd_schema, "print the host spec's JSON Schema (for editors)", False)
+    p.add_argument("--out", type=Path, help="write it to this file instead (atomically)")
+    p = add("completion", cmd_completion, "print the shell completion script", False)
+    p.add_argument("shell", choices=["bash"], help="the shell (bash)")
     p = add("render", cmd_render, "render units and configs into a directory")
     p.add_argument("--out", type=Path, default=DEFAULT_RENDER_DIR, help="output directory")
     p.add_argument(
@@ -258,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tag-file", type=Path, metavar="PATH", help="also write the built tag into PATH"
     )
-    add("list", cmd_list, "list stored images, newest first, with size and attestation", False)
+    p = add("list", cmd_list, "list stored images, newest first, with size and attestation", False)
+    p.add_argument("-q", "--quiet", action="store_true", help="only the tags, one a line")
     p = add("prune", cmd_prune, "remove old images, never live ones or their rollback", False)
     p.add_argument("--keep", type=int, required=True, metavar="N", help="newest images to keep")
     p.add_argument(
@@ -280,8 +323,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="prove B differs from A only in this overlay spec's keys (exit 1 if not)",
     )
     cli_ops.register(add)
+    cli_status.register(add)
     cli_release.register(add)
     return parser
+
+
+def print_error(exc: AuroraError, *, as_json: bool) -> None:
+    """One line per problem on stderr; a spec error with --json as JSON on stdout."""
+    if as_json and isinstance(exc, SpecError):
+        print(json.dumps(exc.to_json()))
+    lines = [str(p) for p in getattr(exc, "problems", ())] or str(exc).splitlines() or [""]
+    for line in lines:
+        print(f"aurora-image: {line}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -292,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AuroraError as exc:
         if args.debug:
             raise
-        print(f"aurora-image: {exc}", file=sys.stderr)
+        print_error(exc, as_json=getattr(args, "json", False))
         return exc.exit_code
     except KeyboardInterrupt:
         print("aurora-image: interrupted", file=sys.stderr)

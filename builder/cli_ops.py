@@ -29,6 +29,12 @@ def register(add: Add) -> None:
     p.add_argument("tag", nargs="?", metavar="TAG", help="image tag or directory (default: newest)")
     p.add_argument("--keep", action="store_true", help="leave it running for `aurora-image ssh`")
     p.add_argument("--stop", action="store_true", help="power off the kept VM of TAG")
+    p.add_argument(
+        "--console",
+        action="store_true",
+        help="attach to the serial console (Ctrl-] leaves); boots TAG first unless it is kept "
+        "running, without waiting for sshd",
+    )
     p = add("ssh", cmd_ssh, "a shell (or -- CMD) on a VM left running by `vm --keep`", False)
     p.add_argument("tag", nargs="?", metavar="TAG", help="which kept VM (default: the only one)")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD", help="command to run")
@@ -75,6 +81,8 @@ def _volume_labels(image_dir: Path, fallback: Path) -> list[str]:
 def cmd_vm(args: argparse.Namespace) -> int:
     from builder import progress, vm_session
 
+    if args.console:
+        return _console(args)
     if args.stop:
         state = vm_session.find(args.tag)
         clean = vm_session.stop(state)
@@ -113,6 +121,42 @@ def cmd_vm(args: argparse.Namespace) -> int:
         clean = vm_session.stop(state)
         print(f"{state.tag}: powered off" + ("" if clean else " (forced)"))
     return rc
+
+
+def _console(args: argparse.Namespace) -> int:
+    """`vm --console`: the kept VM's serial console, or a fresh VM's from its first line."""
+    from builder import console, progress, vm_session
+
+    if args.tag:
+        state = vm_session.read_state(Path(args.tag).name)
+    else:
+        state = vm_session.find(None) if vm_session.running() else None
+    booted = state is None
+    if state is None:
+        image_dir = _image(args.tag)
+        labels = _volume_labels(image_dir, args.spec)
+        with progress.step(f"starting {image_dir.name}"):
+            state = vm_session.start(image_dir, labels, wait_ssh=False)
+    if not state.console:
+        raise vm_session.VmError(
+            f"the VM of {state.tag} has no console socket (kept by an older aurora-image); "
+            f"`aurora-image vm --stop {state.tag}` and start it again"
+        )
+    stops = booted and not args.keep
+    banner = f"{state.tag}: serial console, Ctrl-] to leave" + (
+        " (the VM powers off then)\n" if stops else " (the VM keeps running)\n"
+    )
+    if stops:  # a closed terminal must not leave the VM behind
+        signal.signal(signal.SIGHUP, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        ended = console.attach(Path(state.console), banner=banner)
+    finally:
+        if stops:
+            clean = vm_session.stop(state)
+            print(f"\n{state.tag}: powered off" + ("" if clean else " (forced)"))
+    if not stops:
+        print(f"\n{state.tag}: {ended}; still running (`aurora-image vm --stop {state.tag}`)")
+    return 0
 
 
 def _where(state: VmState) -> str:

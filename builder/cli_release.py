@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from builder.cli_options import cloud_option
 from builder.errors import AuroraError, SpecError
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def _ssh_options(p: argparse.ArgumentParser) -> None:
 
 
 def _server_options(p: argparse.ArgumentParser, *, probe: bool) -> None:
-    p.add_argument("--cloud", help="clouds.yaml entry (default: deploy.cloud, then OS_CLOUD)")
+    cloud_option(p)
     p.add_argument("--server", help="Nova server name or id (default: deploy.server)")
     if not probe:
         return
@@ -85,13 +86,7 @@ def _server_options(p: argparse.ArgumentParser, *, probe: bool) -> None:
 
 def live_options(p: argparse.ArgumentParser) -> None:
     """For commands that can read what is live (`live`, or a tag only Glance holds)."""
-    p.add_argument(
-        "--os-cloud",
-        "--cloud",
-        dest="cloud",
-        metavar="CLOUD",
-        help="clouds.yaml entry (default: OS_CLOUD or the OS_* variables, then deploy.cloud)",
-    )
+    cloud_option(p)
     p.add_argument("--server", help="Nova server name or id for `live` (default: deploy.server)")
 
 
@@ -113,7 +108,7 @@ def _spec(args: argparse.Namespace) -> HostSpec:
 
 
 def _cloud(args: argparse.Namespace, spec: HostSpec) -> Cloud:
-    """As the openstack CLI: --cloud, else OS_CLOUD, else the OS_* variables when
+    """As the openstack CLI: --os-cloud, else OS_CLOUD, else the OS_* variables when
     OS_AUTH_URL is set; the spec's deploy.cloud is the default behind them all."""
     from builder.cloud import Cloud
 

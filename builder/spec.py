@@ -24,8 +24,9 @@ from pydantic import (
 )
 
 from builder.errors import SpecError
+from builder.spec_errors import spec_error
 from builder.systemd_values import parse_timespan, validate_calendar
-from builder.yaml_lines import SpecSyntaxError, line_for, load_yaml_with_lines
+from builder.yaml_lines import load_yaml_with_lines
 
 # Character sets, one per value class. Values land in unit files, tmpfiles,
 # fstab, nginx and JSON; each class admits only what its value needs, so no
@@ -878,18 +879,6 @@ class HostSpec(Model):
     """Where releases go on JASMIN Cloud; read by the release commands only."""
 
 
-def _format_loc(loc: tuple[str | int, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
-def _model_loc(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
-    """Drop pydantic's internal location parts (union branches, validator names)."""
-    return tuple(p for p in loc if isinstance(p, int) or not ("[" in p or p.startswith("function")))
-
-
 def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     """Overlay wins; mappings merge key by key, lists and scalars are replaced."""
     merged = dict(base)
@@ -907,8 +896,6 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict
         data, lines = load_yaml_with_lines(path)
     except FileNotFoundError:
         raise SpecError(f"{path}: no such host spec (give an existing YAML file)") from None
-    except SpecSyntaxError as exc:
-        raise SpecError(str(exc)) from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}:1: a host spec is a YAML mapping of keys")
     base = data.pop("base", None)
@@ -922,21 +909,12 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict
 
 
 def load_spec(path: Path) -> HostSpec:
-    """Load and validate a host spec; raise SpecError with a one-line message."""
+    """Load and validate a host spec; raise SpecError listing every problem, a line each."""
     data, lines = _read(path)
     try:
         return HostSpec.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = _model_loc(tuple(err["loc"]))
-        line = line_for(lines, loc) or 1
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            message = "unknown key (check its spelling against docs/reference/spec.md)"
-        elif err["type"] == "missing":
-            message = "required key is missing"
-        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise SpecError(f"{path}:{line}: {_format_loc(loc)}: {message}{more}") from None
+        raise spec_error(path, lines, exc, HostSpec) from None
 
 
 def app_source_dir(spec: HostSpec, spec_path: Path) -> Path | None:
