@@ -820,3 +820,17 @@ def test_stalled_host_times_out_then_the_next_run_succeeds(make_job, endpoints) 
         proxy.stalling = False
         assert_ok(job.run())
         assert (job.dest / "a.txt").exists()
+
+
+def test_unwritable_log_dir_is_one_line_naming_the_fix(make_job, tmp_path: Path) -> None:
+    """/data not mounted: the log directory cannot be made; nothing is contacted."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    job = make_job(log_dir=str(blocker / "gws_push_logs"))
+    job.put("a.txt")
+
+    result = job.run()
+
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "fix: check that the volume" in result.stderr
+    assert not job.dest.exists()
