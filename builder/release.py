@@ -325,11 +325,11 @@ def cached_qcow(image_dir: Path) -> Qcow | None:
     return None
 
 
-def _qemu_convert(image_dir: Path, dest: Path) -> None:
+def _qemu_convert(image_dir: Path, dest: Path, purpose: str = "") -> None:
     """`qemu-img convert -c -O qcow2` of the image's disk into `dest` (via a partial file)."""
     partial = dest.with_name(f".{dest.name}.partial")
     argv = ["qemu-img", "convert", "-c", "-m", "4", "-W", "-O", "qcow2"]
-    with progress.step(f"convert {image_dir.name} to compressed qcow2"):
+    with progress.step(f"convert {image_dir.name} to compressed qcow2{purpose}"):
         try:
             done = subprocess.run(
                 [*argv, str(image_dir / DISK), str(partial)],
@@ -370,7 +370,7 @@ def measure_qcow(image_dir: Path) -> int:
         return cached.size
     with tempfile.TemporaryDirectory(prefix="aurora-dry-run-") as scratch:
         dest = Path(scratch) / QCOW
-        _qemu_convert(image_dir, dest)
+        _qemu_convert(image_dir, dest, " (temporary, to know the upload's size)")
         return dest.stat().st_size
 
 
@@ -1173,7 +1173,7 @@ def select_prune(
 
 def _prune_reason(image: GlanceImage, keep: int) -> str:
     if is_ready(image):
-        return f"ready, older than the {keep} newest ready image(s)"
+        return f"ready, not among the {keep} newest ready images"
     return f"unfinished upload ({image.status}), untouched since {image.updated_at}"
 
 

@@ -264,7 +264,7 @@ class PrunePlan:
             Step(
                 "remove",
                 path.name,
-                f"older than the {keep} newest; {human_size(allocated_bytes(path))}",
+                f"not among the {keep} newest; {human_size(allocated_bytes(path))}",
                 {"path": str(path), "bytes": allocated_bytes(path)},
             )
             for path in self.images
@@ -283,7 +283,7 @@ class PrunePlan:
             command=f"prune --keep {keep}",
             target=f"the image store {self.store}",
             steps=tuple(steps),
-            summary=f"then {n} image{'s' if n != 1 else ''} are left",
+            summary=f"then {n} image{' is' if n == 1 else 's are'} left",
         )
 
 
