@@ -105,7 +105,7 @@ def test_every_push_names_the_marker_the_storage_unit_makes() -> None:
     assert load_program("aurora-volume-id").MARKER == VOLUME_MARKER
     assert load_program("aurora-gws-push").RECORD != VOLUME_MARKER
     unit = STORAGE_UNIT.read_text()
-    start = unit.index("ExecStart=/usr/lib/aurora/aurora-volume-id /%I")
+    start = unit.index("ExecStart=-/usr/lib/aurora/aurora-volume-id /%I")
     assert start < unit.index("ExecStart=/usr/bin/systemd-tmpfiles")  # before the layout
     assert program_path("aurora-volume-id").stat().st_mode & 0o111
     mounts = {m.where for m in load_spec(SPEC).mounts}
