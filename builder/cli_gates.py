@@ -28,8 +28,12 @@ def categories() -> tuple[str, ...]:
     return get_args(ChangeCategory)
 
 
-def add_options(p: argparse.ArgumentParser, *, promote: bool) -> None:
+def target_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", metavar="NAME", help="deploy target (deploy.targets)")
+
+
+def add_options(p: argparse.ArgumentParser, *, promote: bool) -> None:
+    target_option(p)
     p.add_argument(
         "--break-lease",
         action="store_true",

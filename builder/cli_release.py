@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from builder.cli_options import cloud_option
+from builder import cli_gates
 from builder.errors import AuroraError, SpecError
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ def register(add: Add) -> None:
     p.add_argument("tag", metavar="TAG", help="image tag in the store (must be attested)")
     _server_options(p, probe=True)
     _dry_run_option(p)
+    cli_gates.add_options(p, promote=True)
 
     p = add("rollback", cmd_rollback, "rebuild the server from an earlier image, probe")
     p.add_argument(
@@ -41,9 +43,13 @@ def register(add: Add) -> None:
     )
     _server_options(p, probe=True)
     _dry_run_option(p)
+    cli_gates.add_options(p, promote=False)
+
+    cli_gates.register(add)
 
     p = add("releases", cmd_releases, "tags locally and in Glance, what is live, who promoted")
     _server_options(p, probe=False)
+    cli_gates.target_option(p)
 
     p = add("glance-prune", cmd_glance_prune, "delete old images from Glance (never live/previous)")
     p.add_argument("--keep", type=int, metavar="N", help="newest ready images to keep")
@@ -124,6 +130,7 @@ def _target(args: argparse.Namespace) -> Target:
     from builder.systemd_values import parse_timespan
 
     spec = _spec(args)
+    cli_gates.apply_target(args, spec)
     deploy = spec.deploy
     span = args.probe_timeout or deploy.probe_timeout
     try:
@@ -173,21 +180,22 @@ def _print_attempts(outcome: Outcome) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from builder.release import execute, plan_promote
+    from builder.release import plan_promote
 
     target = _target(args)
     if args.dry_run:
         return _print_plan(args, target, plan_promote(target, args.tag))
-    return _finish(args, lambda: execute(target, plan_promote(target, args.tag)))
+    # Signature, policy, approvals, lease first; the plan is made under the lease.
+    return _finish(args, lambda: cli_gates.promote(args, target))
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from builder.release import execute, plan_rollback
+    from builder.release import plan_rollback
 
     target = _target(args)
     if args.dry_run:
         return _print_plan(args, target, plan_rollback(target, args.tag))
-    return _finish(args, lambda: execute(target, plan_rollback(target, args.tag)))
+    return _finish(args, lambda: cli_gates.rollback(args, target))
 
 
 def _print_plan(args: argparse.Namespace, target: Target, plan: ReleasePlan) -> int:
@@ -206,6 +214,7 @@ def cmd_releases(args: argparse.Namespace) -> int:
     from builder.release import releases
 
     spec = _spec(args)
+    cli_gates.apply_target(args, spec)
     result = releases(_cloud(args, spec), args.server or spec.deploy.server)
     if args.json:
         print(json.dumps(result.to_json()))

@@ -212,7 +212,13 @@ def guarded_rollback(
         _verify_glance(gates, chosen)
         if chosen.hidden:
             cloud.set_hidden(chosen.id, False)
-    # (no image: release.rollback says why, in its words)
+    if tag and chosen is None:  # said before any lease is taken
+        ready = ", ".join(sorted({i.prop("aurora_tag") or i.name for i in images if is_ready(i)}))
+        raise ImageNotFound(
+            f"cloud {cloud.name}: Glance has no ready image {glance_name(tag)} "
+            f"(ready tags: {ready or 'none'}); promote it first"
+        )
+    # (no image live before: release.rollback says why, in its words)
     if chosen is not None and server.image_id and server.image_id != chosen.id:
         try:
             current = cloud.image(server.image_id)

@@ -23,6 +23,7 @@ import openstack
 import pytest
 
 from builder import gates, lease, release, signing
+from builder.cli import main
 from builder.cloud import Cloud
 from builder.policy import BASE_TAG, PolicyRefused, StagingServer, check_production
 from builder.release import MARK, Target, ensure_upload, record
@@ -85,6 +86,7 @@ def clouds(glance: GlanceServer, staging: NovaDouble, production: NovaDouble) ->
     for nova in (staging, production):
         nova.server.metadata.clear()
         nova.requests.clear()
+        nova.rebuilds.clear()
     return made
 
 
@@ -529,3 +531,86 @@ def test_a_soak_that_passes_records_its_verdict(
     props = cloud.image(production.server.image_id).properties
     assert props["aurora_soak_verdict"] == "passed"
     assert props["aurora_soak_detail"].startswith("soak passed:")
+
+
+# -- through the CLI: a spec with two targets, two clouds ---------------------------------
+
+
+@pytest.fixture
+def two_target_spec(
+    tmp_path: Path, glance: GlanceServer, staging: NovaDouble, production: NovaDouble,
+    signer: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+) -> Path:  # fmt: skip
+    """hosts/aurora.yml with staging and production targets, each on its own cloud."""
+    from builder.inputs import REPO
+
+    clouds = tmp_path / "clouds.yaml"
+    entry = {"auth_type": "none", "image_endpoint_override": glance.endpoint}
+    clouds.write_text(json.dumps({"clouds": {
+        "unit-staging": entry | {"compute_endpoint_override": staging.endpoint},
+        "unit-production": entry | {"compute_endpoint_override": production.endpoint},
+    }}))  # fmt: skip
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
+    for name in ("OS_CLOUD", "OS_AUTH_URL"):
+        monkeypatch.delenv(name, raising=False)
+    spec = tmp_path / "hosts" / "two-targets.yml"
+    spec.parent.mkdir()
+    spec.write_text(
+        f"base: {REPO / 'hosts' / 'aurora.yml'}\n"
+        "deploy:\n"
+        f"  allowed_signers: {signer[1]}\n"
+        "  targets:\n"
+        f"    staging: {{server: {staging.server.name}, role: staging, cloud: unit-staging}}\n"
+        f"    production: {{server: {production.server.name}, role: production, "
+        "cloud: unit-production}\n"
+    )
+    return spec
+
+
+def test_cli_production_promote_refused_for_lack_of_soak(
+    store: Path, clouds: dict[str, Cloud], staging: NovaDouble, production: NovaDouble,
+    signer: tuple[Path, Path], two_target_spec: Path, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    path = attested(store, "2026.11-pppp")
+    signing.sign(path, signer[0])
+    staged = ensure_upload(clouds["staging"], attested(store, "2026.11-ssss", disk=b"stag")).image
+    clouds["staging"].set_properties(staged.id, **{BASE_TAG: "2026.11-pppp"})
+    live_on(clouds["staging"], staging, staged.id, hours_ago=3)
+    capsys.readouterr()
+    code = main(["promote", "2026.11-pppp", "--target", "production", "--spec",
+                 str(two_target_spec)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == PolicyRefused.exit_code == 6
+    errors = [line for line in err.splitlines() if line.startswith("aurora-image: ")]
+    assert len(errors) == 1, err
+    assert "production needs these inputs live and healthy on staging for 24 h" in errors[0]
+    assert "staging runs it as aurora-2026.11-ssss, healthy, for 3.0 h" in errors[0]
+    assert "signature of" not in err  # verified (signed by alice@ops), so nothing to warn
+    assert untouched(production)
+    assert [i.name for i in clouds["production"].images(MARK)] == ["aurora-2026.11-ssss"]
+
+
+def test_cli_lease_conflict_names_the_holder_and_exits_5(
+    store: Path, clouds: dict[str, Cloud], production: NovaDouble, signer: tuple[Path, Path],
+    two_target_spec: Path, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    path = attested(store, "2026.11-pppp")
+    signing.sign(path, signer[0])
+    cloud = clouds["production"]
+    server = cloud.server(production.server.name)
+    held = lease.new_lease("carol@ops", "rollback", 3600, datetime.now(UTC))
+    cloud.set_server_metadata(server.id, **held.to_metadata())
+    capsys.readouterr()
+    code = main(["rollback", "2026.11-pppp", "--target", "production", "--spec",
+                 str(two_target_spec)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1  # no such image in Glance: said before any lease is taken
+    code = main(["promote", "2026.11-pppp", "--target", "production", "--force", "--reason",
+                 "hotfix", "--spec", str(two_target_spec)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == lease.LeaseHeld.exit_code == 5, err
+    line = next(x for x in err.splitlines() if x.startswith("aurora-image: "))
+    assert f"leased by carol@ops for rollback since {held.taken.strftime(lease.STAMP)}" in line
+    assert "--break-lease" in line
+    assert untouched(production)
+    assert production.server.metadata["aurora_lease_holder"] == "carol@ops"
