@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from builder.cli_options import cloud_option
 from builder import cli_gates
+from builder.cli_options import cloud_option
 from builder.errors import AuroraError, SpecError
 
 if TYPE_CHECKING:
