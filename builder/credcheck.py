@@ -1,4 +1,5 @@
-"""`aurora-image secrets check HOST`: which of the spec's credentials a host has.
+"""Secrets: refused as values anywhere in the spec, and `aurora-image secrets check
+HOST`: which of the spec's credentials a host has.
 
 The spec names every credential; values live outside the image: system
 credentials (SMBIOS under QEMU, listed by `systemd-creds --system list`) and
@@ -10,11 +11,87 @@ and sizes, so no value ever leaves the host or reaches a log.
 
 from __future__ import annotations
 
+import math
+import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-from builder.remote import Remote
-from builder.spec import Secret
+if TYPE_CHECKING:
+    from builder.remote import Remote
+    from builder.spec import Secret
+
+# --------------------------------------------------------------------------- values
+# The spec holds names of secrets, never values. These checks run on every string
+# of the spec (builder.spec.Model), so a value pasted in by mistake is refused at
+# validation, before it can reach an image, a manifest or a log.
+
+SECRET_FIX = (
+    "secrets never go in the spec: declare a credential under 'secrets' and give its "
+    "value at boot (the credential store)"
+)
+_PEM = re.compile(r"-----BEGIN [A-Z0-9 ]*(PRIVATE KEY|CERTIFICATE|KEY|SECRET)[A-Z ]*-----")
+# http(s) with any user part (a token as user name), or any scheme with user:password.
+_URL_CREDENTIALS = re.compile(
+    r"\bhttps?://[^/\s@]+@|\b[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@", re.IGNORECASE
+)
+# password=..., secret=... as mount or command-line options; a path value is a file
+# holding the secret (secretfile=, credentials=/path), which is fine.
+_OPTION = re.compile(
+    r"(?:^|[\s,;&?-])(password|passwd|pass|pwd|secret|token|api[_-]?key|auth[_-]?key)"
+    r"=(?![/$])[^\s,;&]+",
+    re.IGNORECASE,
+)
+_KNOWN_TOKENS = re.compile(
+    r"\b(ghp_|gho_|ghs_|github_pat_|glpat-|xox[abposr]-|tskey-|sk-|AKIA[0-9A-Z]{12})"
+    r"[A-Za-z0-9_-]{8,}"
+)
+_TOKEN_CANDIDATE = re.compile(r"[A-Za-z0-9+/=_-]{24,}")
+
+
+def _entropy(text: str) -> float:
+    """Shannon entropy in bits per character."""
+    counts = Counter(text)
+    return -sum(n / len(text) * math.log2(n / len(text)) for n in counts.values())
+
+
+def _random_token(word: str) -> bool:
+    """A long run of mixed-case letters and digits with a random look (an API key or
+    password), not a path, a version pin or a hex commit id."""
+    if word.startswith("/") or re.fullmatch(r"[0-9a-f]+", word):
+        return False
+    mixed = sum(bool(re.search(c, word)) for c in (r"[a-z]", r"[A-Z]", r"[0-9]")) == 3
+    return mixed and _entropy(word) >= 4.0
+
+
+def secret_in(value: str) -> str | None:
+    """What secret a spec value carries, named for a one-line refusal (None: none).
+
+    Never returns the value itself: the refusal must not repeat the secret.
+    """
+    if _PEM.search(value):
+        return "a PEM block (a key or certificate)"
+    if _URL_CREDENTIALS.search(value):
+        return "credentials in a URL"
+    option = _OPTION.search(value)
+    if option:
+        return f"a {option.group(1).lower()}= option with a value"
+    if _KNOWN_TOKENS.search(value):
+        return "an access token"
+    if any(_random_token(w) for w in _TOKEN_CANDIDATE.findall(value)):
+        return "a long random token, like an API key or a password"
+    return None
+
+
+def check_value(value: str) -> None:
+    """Raise ValueError naming the kind of secret in ``value`` and the fix."""
+    kind = secret_in(value)
+    if kind is not None:
+        raise ValueError(f"holds {kind}: {SECRET_FIX}")
+
+
+# --------------------------------------------------------------------------- on a host
 
 MARK = "@@creds:"
 STORES = (

@@ -24,7 +24,7 @@ from pathlib import Path
 from builder import debian_lock, mkosi, uki
 from builder.errors import BuildError
 from builder.gpt import partition, partition_digest
-from builder.inputs import REPO, Inputs, collect
+from builder.inputs import APP_IGNORE, REPO, Inputs, app_file, collect
 from builder.lock import check_lock
 from builder.render import File, Tree, render
 from builder.spec import HostSpec, app_source_dir, load_spec
@@ -113,7 +113,7 @@ def _stage_app(spec: HostSpec, spec_path: Path, stage: Path, lock: Path) -> None
                 f"{spec_path}: dashboard.app.path: {local} is not a directory; "
                 "point it at the app checkout"
             )
-        shutil.copytree(local, stage / "app", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(local, stage / "app", ignore=shutil.ignore_patterns(*APP_IGNORE))
     else:
         _checkout_git(
             spec.dashboard.app.git or "", spec.dashboard.app.ref or "", stage / "app", spec_path
@@ -146,7 +146,10 @@ def _checkout_git(url: str, ref: str, dest: Path, spec_path: Path) -> None:
         git("fetch", "--quiet", "--prune", "origin", cwd=mirror)
     git("clone", "--quiet", "--no-checkout", str(mirror), str(dest))
     git("checkout", "--quiet", ref, cwd=dest)
-    shutil.rmtree(dest / ".git")
+    # .git and every dotfile (a committed .env, say) stay out of the image.
+    for path in sorted(dest.rglob("*"), reverse=True):
+        if not app_file(path.relative_to(dest)):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -339,4 +342,3 @@ def newest_image() -> Path:
     if not candidates:
         raise BuildError(f"no image in {images_dir()}; run `make image` first")
     return max(candidates, key=lambda p: p.stat().st_mtime).parent
-

@@ -48,6 +48,16 @@ BUILDER_INPUTS = (
 )
 
 
+# Never part of the app in the image: VCS metadata and dotfiles (.git, .env, editor
+# state) may hold credentials, and caches are not source.
+APP_IGNORE = ("__pycache__", ".*")
+
+
+def app_file(relative: Path) -> bool:
+    """Whether a file of the app tree goes into the image (see APP_IGNORE)."""
+    return not any(part == "__pycache__" or part.startswith(".") for part in relative.parts)
+
+
 def _files(root: Path) -> list[Path]:
     if root.is_file():
         return [root]
@@ -63,6 +73,8 @@ def digest_paths(paths: list[tuple[str, Path]]) -> dict[str, str]:
     digests: dict[str, str] = {}
     for name, root in paths:
         for path in _files(root):
+            if name == "app" and not app_file(path.relative_to(root)):
+                continue
             key = name if path == root else f"{name}/{path.relative_to(root).as_posix()}"
             data = f"symlink:{path.readlink()}".encode() if path.is_symlink() else path.read_bytes()
             mode = "x" if path.is_file() and path.stat().st_mode & 0o111 else "-"

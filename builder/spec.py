@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from builder import credcheck
 from builder.errors import SpecError
 from builder.spec_errors import spec_error
 from builder.systemd_values import parse_timespan, validate_calendar
@@ -85,6 +86,7 @@ def _charset(kind: str) -> Callable[[str], str]:
 
     def check(value: str) -> str:
         if not compiled.fullmatch(value):
+            credcheck.check_value(value)  # a secret is named, never repeated
             raise ValueError(f"{value!r} must be {what}")
         return value
 
@@ -100,21 +102,33 @@ def _text_of(kind: str) -> Any:
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
-def _no_control(value: Any) -> None:
+def _strings(value: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    """Every string in a field's value (itself, list items, mapping keys and values),
+    with where it sits in the field (`[0]`, `.KEY`) for the refusal."""
     if isinstance(value, str):
-        bad = next((c for c in value if unicodedata.category(c) in _REFUSED_CATEGORIES), None)
-        if bad is not None:
-            raise ValueError(
-                f"{value!r} contains the control character U+{ord(bad):04X}: "
-                "write it on one line without control characters"
-            )
+        yield where, value
     elif isinstance(value, (list, tuple)):
-        for item in value:
-            _no_control(item)
+        for index, item in enumerate(value):
+            yield from _strings(item, f"{where}[{index}]")
     elif isinstance(value, dict):
         for key, item in value.items():
-            _no_control(key)
-            _no_control(item)
+            yield from _strings(key, where)
+            yield from _strings(item, f"{where}.{key}")
+
+
+def _no_control(value: Any) -> None:
+    for where, text in _strings(value):
+        prefix = f"{where.lstrip('.')}: " if where else ""
+        try:
+            credcheck.check_value(text)  # first: the refusal must not repeat a secret
+        except ValueError as exc:
+            raise ValueError(f"{prefix}{exc}") from None
+        bad = next((c for c in text if unicodedata.category(c) in _REFUSED_CATEGORIES), None)
+        if bad is not None:
+            raise ValueError(
+                f"{prefix}{text!r} contains the control character U+{ord(bad):04X}: "
+                "write it on one line without control characters"
+            )
 
 
 def _absolute(value: str) -> str:
@@ -187,7 +201,8 @@ class Model(BaseModel):
     @field_validator("*", mode="after")
     @classmethod
     def _one_line(cls, value: Any) -> Any:
-        """No string of the spec may carry a control character (a newline adds a line)."""
+        """No string of the spec may carry a secret or a control character (a newline
+        adds a line)."""
         _no_control(value)
         return value
 
@@ -797,7 +812,10 @@ class Deploy(Model):
     """Change categories a production promote needs `--approve CATEGORY` for."""
 
 
-_SECRET_KEY = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|AUTHKEY|PRIVATE", re.IGNORECASE)
+_SECRET_KEY = re.compile(
+    r"PASS(WORD|WD)?($|_)|PWD|SECRET|TOKEN|AUTH_?KEY|API_?KEY|ACCESS_?KEY|PRIVATE|CREDENTIAL",
+    re.IGNORECASE,
+)
 
 
 # Deployment names that hold where a secret is installed, not the secret itself.

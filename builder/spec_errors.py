@@ -17,6 +17,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
+from builder.credcheck import secret_in
 from builder.errors import SpecError, SpecProblem
 from builder.yaml_lines import KeyPath, line_for
 
@@ -95,6 +96,8 @@ def _message(error: Mapping[str, Any], loc: KeyPath, model: type[BaseModel]) -> 
         return f"required key is missing: add it (see {REFERENCE})"
     message = str(error["msg"]).removeprefix("Value error, ")
     value = error.get("input")
+    if isinstance(value, str) and secret_in(value):
+        value = None  # a refusal never repeats a secret
     if isinstance(value, str | int | float) and not isinstance(value, bool):
         shown = repr(value)
         if len(shown) <= _SHOWN_INPUT and shown not in message:

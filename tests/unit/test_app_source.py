@@ -73,3 +73,54 @@ def test_git_app_needs_a_ref(tmp_path: Path) -> None:
     spec_path = _spec_with_app(tmp_path, {"git": "https://example.org/app.git"})
     with pytest.raises(SpecError, match="needs 'ref'"):
         load_spec(spec_path)
+
+
+def _tree_with_dotfiles(root: Path) -> Path:
+    (root / "sub" / ".cache").mkdir(parents=True)
+    (root / "app.py").write_text("VERSION = 1\n")
+    (root / "sub" / "job.py").write_text("print()\n")
+    (root / ".env").write_text("SMTP_PASSWORD=hunter2\n")
+    (root / "sub" / ".netrc").write_text("machine x password y\n")
+    (root / "sub" / ".cache" / "token").write_text("t\n")
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_text("[remote]\n")
+    return root
+
+
+def test_local_app_is_staged_without_git_and_dotfiles(tmp_path: Path) -> None:
+    app = _tree_with_dotfiles(tmp_path / "app")
+    spec_path = _spec_with_app(tmp_path, {"path": str(app)})
+    lock = tmp_path / "requirements.txt"
+    lock.write_text("# lock\n")
+    _stage_app(load_spec(spec_path), spec_path, tmp_path / "stage", lock)
+    staged = sorted(
+        p.relative_to(tmp_path / "stage" / "app").as_posix()
+        for p in (tmp_path / "stage" / "app").rglob("*")
+    )
+    assert staged == ["app.py", "sub", "sub/job.py"]
+
+
+def test_git_app_drops_committed_dotfiles(tmp_path: Path, monkeypatch) -> None:
+    origin = _origin(tmp_path, monkeypatch)
+    (origin / ".env").write_text("TOKEN=x\n")
+    _git("add", ".env", cwd=origin)
+    _git("commit", "-qm", "env", cwd=origin)
+    spec_path = _spec_with_app(
+        tmp_path, {"git": f"file://{origin}", "ref": _git("rev-parse", "HEAD", cwd=origin)}
+    )
+    lock = tmp_path / "requirements.txt"
+    lock.write_text("# lock\n")
+    _stage_app(load_spec(spec_path), spec_path, tmp_path / "stage", lock)
+    assert sorted(p.name for p in (tmp_path / "stage" / "app").iterdir()) == ["app.py"]
+
+
+def test_dotfiles_are_not_build_inputs(tmp_path: Path) -> None:
+    """A changed .env or .git does not change the tag: it is not in the image."""
+    from builder.inputs import digest_paths
+
+    app = _tree_with_dotfiles(tmp_path / "app")
+    before = digest_paths([("app", app)])
+    (app / ".env").write_text("SMTP_PASSWORD=changed\n")
+    (app / ".git" / "HEAD").write_text("ref: x\n")
+    assert digest_paths([("app", app)]) == before
+    assert sorted(before) == ["app/app.py", "app/sub/job.py"]
