@@ -78,6 +78,9 @@ def test_without_debug_an_error_is_one_line() -> None:
         ["releases", "--cloud", "jasmin"],
         ["--cloud", "jasmin", "promote", "2026.11-aaaaaaaaaaaa"],
         ["promote", "2026.11-aaaaaaaaaaaa", "--os-cloud=jasmin"],
+        ["--os-cloud", "jasmin", "audit", "root@host", "--image", "live"],
+        ["audit", "root@host", "--os-cloud", "jasmin"],
+        ["--os-cloud", "jasmin", "status"],
     ],
 )
 def test_os_cloud_as_in_the_openstack_cli(argv: list[str]) -> None:
