@@ -166,6 +166,7 @@ def _where(state: VmState) -> str:
         f"{state.ssh_ready_after or 0:.0f} s\n"
         f"serial log: {state.serial_log}\n"
         f"ssh: aurora-image ssh {state.tag}  (port {ports['ssh']}, key {state.key})\n"
+        f"console: aurora-image vm --console {state.tag}\n"
         f"http: http://127.0.0.1:{ports.get('http')}/"
     )
 
