@@ -202,7 +202,11 @@ def rollback(args: argparse.Namespace, target: Target) -> Outcome:
 
 
 def register(add: Callable[..., argparse.ArgumentParser]) -> None:
-    """`sign`: an operator signs an attested image (the suite signs when a key is set)."""
+    """`sign`: an operator signs an attested image (the suite signs when a key is set);
+    `debstore` (builder.cli_debstore)."""
+    from builder import cli_debstore
+
+    cli_debstore.register(add)
     p = add("sign", cmd_sign, "sign an attested image's release statement (ssh-keygen -Y sign)")
     p.add_argument("tag", metavar="TAG", help="image tag in the store (must be attested)")
     p.add_argument(

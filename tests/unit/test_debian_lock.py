@@ -21,7 +21,7 @@ def test_round_trip_and_no_drift(tmp_path: Path) -> None:
     write_debian_lock(_image(tmp_path, {"nginx": "1.26.3-3", "rsync": "3.4.1-0"}), lock)
     assert read_debian_lock(lock) == {"nginx": "1.26.3-3", "rsync": "3.4.1-0"}
     result = compare({"nginx": "1.26.3-3", "rsync": "3.4.1-0"}, lock)
-    assert result == {"locked": True, "matches": True, "changed": []}
+    assert result == {"locked": True, "matches": True, "changed": [], "pinned": False}
     assert warning(result) is None
 
 
