@@ -226,6 +226,8 @@ def cmd_releases(args: argparse.Namespace) -> int:
 def format_releases(result: Releases) -> str:
     s = result.server
     lines = [f"server {s.name} ({s.id}) is {s.status} on {result.server_image}"]
+    if result.lease:
+        lines.append(f"leased by {result.lease}")
     rows = [r.to_json() for r in result.releases]
     width = max((len(r["tag"]) for r in rows), default=3)
     lines.append(f"{'TAG':<{width}}  {'LIVE':<9}  {'GLANCE':<11}  {'PROMOTED':<36}  LAST  ATTESTED")

@@ -51,6 +51,7 @@ from builder.cloud import Cloud, CloudError, GlanceImage, ImageNotFound, Server
 from builder.errors import AuroraError
 from builder.gpt import partitions
 from builder.image import file_digest, sha256_file
+from builder.lease import from_metadata as lease_from_metadata
 from builder.plan import Plan, Step
 from builder.probe import (
     Endpoint,
@@ -1072,6 +1073,15 @@ class Release:
             },
             "live_at": p.get("aurora_live_at"),
             "glance_attestation": p.get("aurora_attestation"),
+            # The release gates' records (builder.gates, builder.soak, builder.evidence).
+            "signed_by": p.get("aurora_signed_by"),
+            "soak": p.get("aurora_soak_verdict"),
+            "soak_detail": p.get("aurora_soak_detail"),
+            "forced": {k: p.get(f"aurora_forced_{k}") for k in ("by", "at", "reason")}
+            if p.get("aurora_forced_by")
+            else None,
+            "approved": p.get("aurora_approved"),
+            "evidence_image": p.get("aurora_evidence_image"),
             "history": history,
         }
 
@@ -1081,6 +1091,7 @@ class Releases:
     server: Server
     releases: list[Release]
     server_image: str
+    lease: str | None = None  # who holds the server's release lease (builder.lease)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -1090,6 +1101,7 @@ class Releases:
                 "status": self.server.status,
                 "image_id": self.server.image_id,
                 "image": self.server_image,
+                "lease": self.lease,
             },
             "releases": [r.to_json() for r in self.releases],
         }
@@ -1130,7 +1142,8 @@ def releases(cloud: Cloud, server_name: str, *, store: Path | None = None) -> Re
     rows = sorted(by_tag.values(), key=lambda r: (r.created, r.tag), reverse=True)
     names = {i.id: i.name for i in images}
     running = names.get(server.image_id or "", f"image {server.image_id} (not an aurora image)")
-    return Releases(server, rows, running)
+    held = lease_from_metadata(cloud.server_metadata(server.id))
+    return Releases(server, rows, running, held.describe() if held else None)
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,8 @@ def test_a_second_operator_is_refused_with_holder_and_expiry(
                     ttl=600) as mine:  # fmt: skip
         meta = production.server.metadata
         assert meta["aurora_lease_holder"] == "alice@ops"
+        shown = release.releases(cloud, server.name).to_json()["server"]["lease"]
+        assert shown.startswith("alice@ops for promote x since")
         assert meta["aurora_lease_action"] == "promote x"
         monkeypatch.setenv("AURORA_OPERATOR", "bob@ops")
         with pytest.raises(lease.LeaseHeld) as caught:
@@ -531,6 +533,9 @@ def test_a_soak_that_passes_records_its_verdict(
     props = cloud.image(production.server.image_id).properties
     assert props["aurora_soak_verdict"] == "passed"
     assert props["aurora_soak_detail"].startswith("soak passed:")
+    rows = {r["tag"]: r for r in release.releases(cloud, production.server.name).to_json()[
+        "releases"]}  # fmt: skip
+    assert rows["2026.11-nnnn"]["soak"] == "passed" and rows["2026.11-nnnn"]["live"]
 
 
 # -- through the CLI: a spec with two targets, two clouds ---------------------------------
