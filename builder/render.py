@@ -230,31 +230,43 @@ def mirror_verify_config(spec: HostSpec) -> dict[str, object]:
 
 
 def storage_entries(spec: HostSpec, mount: Mount) -> list[dict[str, str]]:
-    """tmpfiles entries for the storage layout that lives on one volume."""
+    """tmpfiles entries for the storage layout that lives on one volume.
+
+    Ownership that cannot be climbed: the service user owns only the directories
+    it writes (the roots and directories of the raw mirror and the products, the
+    sync state, the manifests and push logs); every directory above them is
+    root's, so the user cannot rename or replace what root reads at boot or
+    renewal (the credential store, Let's Encrypt's state, Tailscale's key).
+    tmpfiles also corrects the owner and mode of a volume laid out before.
+    """
     s, user = spec.storage, spec.user.name
-    paths = [s.raw_root, *(f"{s.raw_root}/{d}" for d in s.raw_dirs)]
-    paths += [s.product_root, *(f"{s.product_root}/{d}" for d in s.product_dirs)]
-    below = [p for p in paths if p == mount.where or p.startswith(mount.where.rstrip("/") + "/")]
-    parents: list[str] = []
-    for path in below:
-        parent = path.rsplit("/", 1)[0]
-        while parent.startswith(mount.where + "/") and parent not in parents + below:
-            parents.append(parent)
-            parent = parent.rsplit("/", 1)[0]
-    ordered = sorted(set(parents) | set(below), key=lambda p: (p.count("/"), p))
-    entries = [{"path": p, "mode": s.mode, "user": user, "group": user} for p in ordered]
-    state = spec.storage.state_on_volume
-    if state is not None and state.startswith(mount.where.rstrip("/") + "/"):
-        entries.append({"path": state, "mode": "0755", "user": user, "group": user})
+    on_volume = mount.where.rstrip("/") + "/"
+    writes = [s.raw_root, *(f"{s.raw_root}/{d}" for d in s.raw_dirs)]
+    writes += [s.product_root, *(f"{s.product_root}/{d}" for d in s.product_dirs)]
+    writes += [spec.mirror_verify.manifest_root, spec.gws.log_dir]
+    owned = {p: {"mode": s.mode, "user": user, "group": user} for p in writes}
+    if s.state_on_volume is not None:
+        owned[s.state_on_volume] = {"mode": "0755", "user": user, "group": user}
+    root_only = {"mode": "0700", "user": "root", "group": "root"}
     tailscale = _tailscale_state(spec)
-    if tailscale is not None and tailscale.startswith(mount.where.rstrip("/") + "/"):
+    if tailscale is not None:
         # tailscaled's node key: the host's tailnet identity, root-only like /var/lib/tailscale.
-        entries.append({"path": tailscale, "mode": "0700", "user": "root", "group": "root"})
-    if spec.credential_store.startswith(mount.where.rstrip("/") + "/"):
-        # Made root-only before anyone puts a secret in it.
-        store = spec.credential_store
-        entries.append({"path": store, "mode": "0700", "user": "root", "group": "root"})
-    return entries
+        owned[tailscale] = root_only
+    # Made root-only before anyone puts a secret in it.
+    owned[spec.credential_store] = root_only
+    owned = {p: e for p, e in owned.items() if p.startswith(on_volume)}
+    parents: dict[str, dict[str, str]] = {}
+    for path in owned:
+        parent = path.rsplit("/", 1)[0]
+        while parent.startswith(on_volume) and parent not in owned:
+            # Inside a write area (products/quicklooks) the user's; above one, root's.
+            area = [a for a in owned if parent.startswith(a + "/") and owned[a]["user"] == user]
+            parents[parent] = (
+                owned[area[0]] if area else {"mode": "0755", "user": "root", "group": "root"}
+            )
+            parent = parent.rsplit("/", 1)[0]
+    layout = {**parents, **owned}
+    return [{"path": p, **layout[p]} for p in sorted(layout, key=lambda p: (p.count("/"), p))]
 
 
 def _var_entries(spec: HostSpec) -> list[dict[str, str]]:
@@ -305,6 +317,20 @@ def _state_entry(spec: HostSpec) -> dict[str, str]:
     if storage.state_on_volume is not None:
         return {"path": storage.state_dir, "link": storage.state_on_volume}
     return {"path": storage.state_dir, "mode": "0755", "user": user, "group": user}
+
+
+def sandbox_writes(spec: HostSpec, *paths: str | None) -> list[str]:
+    """ReadWritePaths= of a sandboxed unit: the given paths, the state directory (and
+    where it really lives) and the log directory; every other path is read-only."""
+    s = spec.storage
+    listed = [*paths, s.state_dir, s.state_on_volume, s.log_dir]
+    return list(dict.fromkeys(p for p in listed if p))
+
+
+def sandbox_hidden(spec: HostSpec) -> list[str]:
+    """Paths no Aurora service may even read: root's trust anchors (the credential
+    store, Let's Encrypt's keys)."""
+    return [spec.credential_store, "/etc/credstore", spec.nginx.certificate_dir]
 
 
 def enabled_units(spec: HostSpec) -> list[str]:
@@ -369,7 +395,12 @@ def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
         # Mount points must exist in the read-only root before the volumes arrive.
         tree[mount.where] = File(mode=0o755, directory=True)
     put("/etc/fstab", "fstab.j2", mounts=[_fstab_entry(m) for m in spec.mounts])
-    put("/usr/lib/sysusers.d/aurora.conf", "sysusers.conf.j2", user=spec.user)
+    put(
+        "/usr/lib/sysusers.d/aurora.conf",
+        "sysusers.conf.j2",
+        user=spec.user,
+        panel=spec.dashboard.user,
+    )
     put("/usr/lib/tmpfiles.d/aurora.conf", "tmpfiles.conf.j2", entries=_var_entries(spec))
     for mount in spec.mounts:
         put(
@@ -384,6 +415,7 @@ def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
         d=spec.dashboard,
         user=user,
         env_file=ENV_FILE,
+        hidden=sandbox_hidden(spec),
     )
     put(
         "/etc/nginx/sites-available/aurora.conf",
@@ -420,6 +452,8 @@ def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
             user=user,
             program=sync_program_link(stream),
             timeout=stream.timeout or defaults.timeout,
+            writes=sandbox_writes(spec, f"{spec.storage.raw_root}/{stream.dest}"),
+            hidden=sandbox_hidden(spec),
         )
         put(
             f"{SYSTEM_UNITS}/{unit}.timer",
@@ -440,6 +474,8 @@ def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
             user=user,
             checkout=spec.dashboard.checkout,
             env_file=ENV_FILE,
+            writes=sandbox_writes(spec, spec.storage.raw_root, spec.storage.product_root),
+            hidden=sandbox_hidden(spec),
         )
         put(
             f"{SYSTEM_UNITS}/aurora-{job.name}.timer",
@@ -461,6 +497,8 @@ def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
             user=user,
             program=f"/usr/local/bin/{unit}",
             timeout=push.timeout or gws.timeout,
+            writes=sandbox_writes(spec, gws.log_dir),
+            hidden=sandbox_hidden(spec),
         )
         put(
             f"{SYSTEM_UNITS}/{unit}.timer",
@@ -488,6 +526,8 @@ def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
         user=user,
         program=f"/usr/local/bin/{MIRROR_VERIFY}",
         timeout=spec.mirror_verify.timeout,
+        writes=sandbox_writes(spec, spec.mirror_verify.manifest_root),
+        hidden=sandbox_hidden(spec),
     )
     put(
         f"{SYSTEM_UNITS}/{MIRROR_VERIFY}.timer",

@@ -280,6 +280,9 @@ class Dashboard(Model):
     """Where the Panel app comes from: a local `path`, or `git` with a pinned `ref`."""
     checkout: AbsPath
     """Where the app is installed in the image; its venv is `<checkout>/venv`."""
+    user: Name = "aurora-panel"
+    """The user Panel runs as: its own, holding no key (not the service user, which owns
+    the SSH keys and `.msmtprc`); it reads the products and writes only its cache."""
     entry: RelPath = "app.py"
     """The app file `panel serve` runs, relative to `checkout`."""
     address: Host = "127.0.0.1"

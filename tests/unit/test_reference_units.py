@@ -64,6 +64,51 @@ ALLOWED: dict[tuple[tuple[str, ...], str], str] = {
     ),
 }
 
+# Least privilege (issue 13): every Aurora service runs sandboxed; the Ansible units
+# ran them with the full rights of their user.
+_SANDBOX = (
+    "ProtectSystem ProtectHome InaccessiblePaths PrivateTmp PrivateDevices NoNewPrivileges "
+    "CapabilityBoundingSet AmbientCapabilities RestrictSUIDSGID ProtectKernelTunables "
+    "ProtectKernelModules ProtectKernelLogs ProtectControlGroups ProtectClock ProtectHostname "
+    "ProtectProc ProcSubset RestrictAddressFamilies RestrictNamespaces RestrictRealtime "
+    "LockPersonality RemoveIPC SystemCallArchitectures SystemCallFilter SystemCallErrorNumber"
+)
+for _key in _SANDBOX.split():
+    ALLOWED[(("aurora-*.service",), f"Service.{_key}")] = (
+        "sandboxed: a read-only system, no capabilities or new privileges, no access to "
+        "the credential store or the TLS keys, the system-service syscalls only"
+    )
+ALLOWED[
+    (
+        (
+            "aurora-*-source-sync.service",
+            "aurora-gws-rsync-*.service",
+            "aurora-mirror-verify.service",
+            "aurora-*-append.service",
+            "aurora-*-quicklooks.service",
+            "aurora-ceilometer-last24h.service",
+            "aurora-ops-monitor-*.service",
+            "aurora-wxcam-catalog.service",
+            "aurora-wxcam-daily-videos.service",
+        ),
+        "Service.ReadWritePaths",
+    )
+] = "each unit writes only where it must (its destination, state and logs)"
+for _key in [
+    "User",
+    "Group",
+    "CacheDirectory",
+    "Environment",
+    "UMask",
+    "IPAddressAllow",
+    "IPAddressDeny",
+    "PrivateUsers",
+]:
+    ALLOWED[(("aurora-dashboard.service",), f"Service.{_key}")] = (
+        "Panel faces the internet: it runs as its own user holding no key, reachable "
+        "over loopback only, writing nothing but its cache"
+    )
+
 
 def _allowed(name: str, key: str) -> bool:
     return any(key == k and any(fnmatch(name, g) for g in globs) for globs, k in ALLOWED)

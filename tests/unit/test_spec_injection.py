@@ -135,7 +135,7 @@ def _json_shape(value: Any) -> Any:
         return {k: _json_shape(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_json_shape(v) for v in value]
-    return type(value).__name__
+    return "value"  # a value may change kind (a path or null), not the structure
 
 
 def _file_shape(path: str, content: bytes) -> tuple[str, Counter[tuple[str, ...]]]:
