@@ -71,7 +71,11 @@ def _put(source: Path, digest: str, root: Path) -> None:
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_suffix(".partial")
-    shutil.copyfile(source, partial)
+    partial.unlink(missing_ok=True)
+    try:  # apt never rewrites a downloaded file, so a hard link is as safe as a copy
+        os.link(source, partial)
+    except OSError:
+        shutil.copyfile(source, partial)
     os.replace(partial, dest)
 
 
@@ -121,6 +125,8 @@ def seed(
     archives.mkdir(parents=True, exist_ok=True)
     absent = []
     for package, (version, digest) in sorted(locked.items()):
+        if any((archives / deb_name(package, version, a)).exists() for a in ARCHES):
+            continue  # already in apt's cache; apt checks it against the index's hash
         source = blob(digest, root)
         if not source.is_file():
             absent.append(package)

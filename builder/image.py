@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
-from builder import debian_lock, mkosi, uki
+from builder import debian_lock, debstore, mkosi, uki
 from builder.errors import BuildError
 from builder.gpt import partition, partition_digest
 from builder.inputs import APP_IGNORE, REPO, Inputs, app_file, collect
@@ -274,6 +274,8 @@ def _build(
         source_date_epoch=inputs.source_date_epoch,
         sandbox_trees=(sandbox,),
     )
+    # The lock's exact .debs, from the content-addressed store: apt installs those files.
+    debstore.seed(debian_lock.read_debian_digests())
     seconds = mkosi.run(job, partial / "build.log", progress=progress)
     for name in ARTIFACTS:
         if not (output / name).exists():
@@ -282,14 +284,36 @@ def _build(
     atomic_write(partial / "cmdline", (uki.cmdline(output / UKI) + "\n").encode())
     atomic_write(partial / RENDERED_TAR, rendered_tar(tree))
     manifest = _manifest(spec, spec_path, inputs, tree, output, partial)
-    manifest["debian_lock"] = debian_lock.compare(manifest["debian_packages"])  # type: ignore[arg-type]
-    note = debian_lock.warning(manifest["debian_lock"])  # type: ignore[arg-type]
+    debs = _keep_debs(manifest["debian_packages"])  # type: ignore[arg-type]
+    if debs is not None:
+        manifest["debian_debs"] = debs
+    locked = debian_lock.compare(manifest["debian_packages"], debs=debs)  # type: ignore[arg-type]
+    manifest["debian_lock"] = locked
+    if locked["pinned"] and not locked["matches"]:
+        # One tag, one image: the lock is an input of the tag and names exact files.
+        changed = list(locked["changed"])  # type: ignore[call-overload]
+        raise BuildError(
+            f"Debian packages differ from locks/debian-packages.txt, which is part of tag "
+            f"{inputs.tag} ({'; '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}); "
+            "pin `debian.snapshot` in the spec, import the store (`aurora-image debstore "
+            "import`), or accept the new set with `aurora-image lock --debian` (a new tag)"
+        )
+    note = debian_lock.warning(locked)
     if note:
         print(f"aurora-image: warning: {note}", file=sys.stderr)
     atomic_write(partial / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
     return BuiltImage(inputs.tag, final, reused=False, seconds=seconds)
+
+
+def _keep_debs(packages: dict[str, str]) -> dict[str, str] | None:
+    """The installed .debs into the content-addressed store; {package: sha256}."""
+    try:
+        return debstore.keep(packages).digests
+    except debstore.DebStoreError as exc:
+        print(f"aurora-image: warning: .debs not kept: {exc}", file=sys.stderr)
+        return None
 
 
 def root_digest(disk: Path) -> str:
