@@ -9,8 +9,12 @@ nginx, sshd, credentials, storage) must be healthy; a *pipeline* unit (syncs,
 jobs, pushes, mirror verification) that fails counts against a new image only
 if it did not fail the same way before the rebuild. Before rebuilding, the
 release records which units were failing and how (systemd's Result and exit
-status); the probe compares. A unit the image does not classify counts like a
-service: unknown failures are never excused.
+status), and which pipeline units had not run yet; the probe compares. Only
+evidence counts against an image: a pipeline unit that ran fine before, or failed
+another way. Where there is none (no record: the old server did not answer; or
+the unit had not run before the rebuild) the failure is reported, not counted.
+A unit the image does not classify counts like a service: unknown failures are
+never excused.
 """
 
 from __future__ import annotations
@@ -43,6 +47,18 @@ class Runner(Protocol):
     def name(self) -> str: ...
 
     def run(self, command: str, *, timeout: float = 60, check: bool = True) -> str: ...
+
+
+@dataclass(frozen=True)
+class Before:
+    """What the server showed before the rebuild: failing units and how, and the
+    pipeline units that had not run yet (no evidence either way)."""
+
+    failing: Mapping[str, str] = field(default_factory=dict)
+    not_run: frozenset[str] = frozenset()
+
+    def to_json(self) -> dict[str, object]:
+        return {"failing": dict(sorted(self.failing.items())), "not_run": sorted(self.not_run)}
 
 
 @dataclass(frozen=True)
@@ -88,29 +104,29 @@ def parse_classes(text: str) -> dict[str, str]:
     }
 
 
-def judge(
-    failing: Mapping[str, str],
-    classes: Mapping[str, str],
-    before: Mapping[str, str] | None,
-) -> Verdict:
-    """Which failures are the image's: services and unknown units always; pipeline
-    units unless `before` (the failing set recorded before the rebuild) has them
-    failing the same way. `before` None means nothing was recorded."""
+def judge(failing: Mapping[str, str], classes: Mapping[str, str], before: Before | None) -> Verdict:
+    """Which failures are the image's: services and unknown units always; a pipeline
+    unit when it ran fine before the rebuild or failed another way (`before`, None
+    when nothing was recorded)."""
     against, tolerated, excused = [], [], set()
     for unit, how in sorted(failing.items()):
         cls = classes.get(unit)
+        why = None
         if cls != PIPELINE:
-            kind = "a service" if cls == SERVICE else "not a pipeline unit"
-            against.append(f"{unit} {how} ({kind})")
+            against.append(f"{unit} {how} ({'a service' if cls == SERVICE else 'not classified'})")
         elif before is None:
-            against.append(f"{unit} {how} (nothing recorded before the rebuild to compare)")
-        elif before.get(unit) == how:
-            tolerated.append(f"{unit} {how} (failed the same way before the rebuild)")
-            excused.add(unit)
-        elif unit in before:
-            against.append(f"{unit} {how} (before the rebuild: {before[unit]})")
+            why = "nothing recorded before the rebuild"
+        elif before.failing.get(unit) == how:
+            why = "failed the same way before the rebuild"
+        elif unit in before.not_run:
+            why = "had not run before the rebuild"
+        elif unit in before.failing:
+            against.append(f"{unit} {how} (before the rebuild: {before.failing[unit]})")
         else:
-            against.append(f"{unit} {how} (not failing before the rebuild)")
+            against.append(f"{unit} {how} (ran without failing before the rebuild)")
+        if why:
+            tolerated.append(f"{unit} {how} ({why})")
+            excused.add(unit)
     return Verdict(tuple(against), tuple(tolerated), frozenset(excused))
 
 
@@ -127,32 +143,57 @@ def record_path(state: Path, cloud: str, server_id: str) -> Path:
     return state / "failing-before-rebuild" / f"{safe}.json"
 
 
-def save_record(path: Path, failing: Mapping[str, str]) -> None:
-    atomic_write(path, (json.dumps(dict(sorted(failing.items())), indent=2) + "\n").encode())
+def save_record(path: Path, before: Before) -> None:
+    atomic_write(path, (json.dumps(before.to_json(), indent=2) + "\n").encode())
 
 
-def load_record(path: Path) -> dict[str, str] | None:
-    """The recorded failing set, or None when none was recorded (or it is unreadable)."""
+def load_record(path: Path) -> Before | None:
+    """The recorded state, or None when none was recorded (or it is unreadable)."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        failing, not_run = data["failing"], data["not_run"]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not isinstance(data, dict):
+    if not isinstance(failing, dict) or not isinstance(not_run, list):
         return None
-    return {str(k): str(v) for k, v in data.items()}
+    return Before({str(k): str(v) for k, v in failing.items()}, frozenset(map(str, not_run)))
+
+
+def observe_before(remote: Runner, *, timeout: float = 60) -> Before:
+    """The host's failing units and the pipeline units that have not run yet."""
+    classes, failing = observe(remote, timeout=timeout)
+    pipeline = sorted(u for u, c in classes.items() if c == PIPELINE)
+    if not pipeline:
+        return Before(failing)
+    shown = remote.run(
+        "systemctl show -p Id -p ExecMainStartTimestampMonotonic -- " + " ".join(pipeline),
+        timeout=timeout,
+    )
+    return Before(failing, parse_not_run(shown))
+
+
+def parse_not_run(output: str) -> frozenset[str]:
+    """Units whose main process never started since boot (not run, or skipped by a
+    condition), from `systemctl show -p Id -p ExecMainStartTimestampMonotonic`."""
+    found = set()
+    for block in output.split("\n\n"):
+        props = dict(line.partition("=")[::2] for line in block.splitlines() if "=" in line)
+        if props.get("Id") and props.get("ExecMainStartTimestampMonotonic", "0") == "0":
+            found.add(props["Id"])
+    return frozenset(found)
 
 
 def record_before(remote: Runner, path: Path) -> str:
     """Record what fails on the host now, before a rebuild; a line for the operator.
 
-    An unreachable host records nothing (and drops an older record), so every
-    pipeline failure after the rebuild counts.
+    An unreachable host records nothing (and drops an older record): pipeline
+    failures after the rebuild are then reported, not counted.
     """
     try:
-        _, failing = observe(remote, timeout=60)
+        before = observe_before(remote, timeout=60)
     except AuroraError as exc:
         path.unlink(missing_ok=True)
-        return f"not recorded ({exc}); every pipeline failure after the rebuild counts"
-    save_record(path, failing)
-    listed = ", ".join(f"{unit} {how}" for unit, how in sorted(failing.items()))
-    return f"failing before the rebuild: {listed or 'none'}"
+        return f"not recorded ({exc}); pipeline failures after the rebuild are only reported"
+    save_record(path, before)
+    listed = ", ".join(f"{unit} {how}" for unit, how in sorted(before.failing.items()))
+    return f"failing before the rebuild: {listed or 'none'} ({len(before.not_run)} not run yet)"

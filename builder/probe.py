@@ -5,8 +5,8 @@ Checks, in order, all from the operator's side:
 2. boot has finished (`systemctl is-system-running --wait`);
 3. the image's services are active, and no failed unit counts against the
    image (builder.health: a service or unclassified unit failing always
-   counts; a pipeline unit only if it did not fail the same way before the
-   rebuild, `before`); excused failures are reported, not hidden;
+   counts; a pipeline unit only if it ran without failing, or failed another
+   way, before the rebuild, `before`); excused failures are reported;
 4. the dashboard answers through nginx: `GET /` on the HTTP port (Host: the
    spec's hostname), following redirects on that host (Panel's / -> /app,
    nginx's http -> https with a certificate valid for that hostname), ends in
@@ -142,12 +142,12 @@ def probe(
     timeout: float,
     dashboard_grace: float = DASHBOARD_GRACE,
     audit: Callable[..., Any] | None = None,
-    before: Mapping[str, str] | None = None,
+    before: health.Before | None = None,
 ) -> ProbeReport:
     """Run the checks against a freshly rebuilt host; never raises for an unhealthy host.
 
     `before` is what was failing, and how, before the rebuild (builder.health);
-    None when nothing was recorded, so every failure counts.
+    None when nothing was recorded: pipeline failures are then reported only.
     """
     start = time.monotonic()
     run = _Run(remote, start + timeout)
@@ -195,7 +195,7 @@ def _booted(run: _Run) -> bool:
     return run.add("boot", False, f"boot did not finish within the probe timeout ({found})")
 
 
-def _failed_units(run: _Run, before: Mapping[str, str] | None) -> bool:
+def _failed_units(run: _Run, before: health.Before | None) -> bool:
     try:
         classes, failing = health.observe(run.remote, timeout=60)
         services = sorted(u for u, c in classes.items() if c == health.SERVICE)

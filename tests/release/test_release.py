@@ -153,7 +153,8 @@ def test_promote_fail_rollback_releases_prune(
     assert "soak passed" in out["message"]
     assert out["attempts"][0]["outcome"] == "live", out
     checks = {c["name"]: c["ok"] for c in out["attempts"][0]["probe"]["checks"]}
-    assert checks == dict.fromkeys(("ssh", "boot", "failed-units", "dashboard", "audit"), True)
+    names = ("ssh", "boot", "services", "failed-units", "dashboard", "audit")
+    assert checks == dict.fromkeys(names, True)
     conn = _glance()
     a_image = conn.image.find_image(f"aurora-{a}", ignore_missing=False)
     assert nova.server.image_id == a_image.id and nova.rebuilds[before:] == [a_image.id]

@@ -234,7 +234,9 @@ CLASSES = {
     "service": ["aurora-dashboard.service", "nginx.service", "ssh.service"],
     "pipeline": ["aurora-hatpro-append.service", "aurora-cl61-source-sync.service"],
 }
-HATPRO_FAILED = "Id=aurora-hatpro-append.service\nResult=exit-code\nExecMainStatus=1\n"
+HATPRO, SYNC = "aurora-hatpro-append.service", "aurora-cl61-source-sync.service"
+HATPRO_FAILED = f"Id={HATPRO}\nResult=exit-code\nExecMainStatus=1\n"
+WAY = "exit-code (status 1)"
 
 
 class RecordedHost:
@@ -257,6 +259,11 @@ class RecordedHost:
             return (3 if self.inactive else 0), "\n".join(states) + "\n"
         if health.CLASSES_FILE in command:
             return 0, f"{json.dumps(CLASSES)}\n{health.MARK}\n{self.failing}"
+        if command.startswith("systemctl show -p Id -p ExecMainStartTimestampMonotonic -- "):
+            return 0, (
+                f"Id={HATPRO}\nExecMainStartTimestampMonotonic=91000000\n\n"
+                f"ExecMainStartTimestampMonotonic=0\nId={SYNC}\n"
+            )
         raise AssertionError(f"unexpected command {command!r}")
 
     def run(self, command: str, *, timeout: float = 60, check: bool = True) -> str:
@@ -265,55 +272,54 @@ class RecordedHost:
 
 def test_failure_ways_are_read_from_systemctl_show() -> None:
     output = (
-        HATPRO_FAILED
-        + "\nId=nginx.service\nResult=signal\nExecMainStatus=9\n\nId=x.mount\nResult=exit-code\n"
+        HATPRO_FAILED + "\nId=nginx.service\nResult=signal\nExecMainStatus=9\n\n"
+        "Id=x.mount\nResult=exit-code\n"
     )
     assert health.parse_failing(output) == {
-        "aurora-hatpro-append.service": "exit-code (status 1)",
+        HATPRO: WAY,
         "nginx.service": "signal (status 9)",
         "x.mount": "exit-code",
     }
     assert health.parse_failing("") == {}
 
 
-def test_only_a_pipeline_unit_failing_as_before_the_rebuild_is_excused() -> None:
+def test_only_evidence_counts_a_pipeline_failure_against_the_image() -> None:
     classes = health.parse_classes(json.dumps(CLASSES))
-    way = "exit-code (status 1)"
-    hatpro, sync = "aurora-hatpro-append.service", "aurora-cl61-source-sync.service"
-    assert health.judge({hatpro: way}, classes, {hatpro: way}).ok
-    assert health.judge({hatpro: way}, classes, {hatpro: way}).tolerated_units == {hatpro}
-    other = health.judge({hatpro: way}, classes, {hatpro: "timeout"})
+    same = health.judge({HATPRO: WAY}, classes, health.Before({HATPRO: WAY}))
+    assert same.ok and same.tolerated_units == {HATPRO}
+    assert "failed the same way before the rebuild" in same.tolerated[0]
+    other = health.judge({HATPRO: WAY}, classes, health.Before({HATPRO: "timeout"}))
     assert not other.ok and "before the rebuild: timeout" in other.against[0]
-    new = health.judge({sync: way}, classes, {hatpro: way})
-    assert not new.ok and "not failing before the rebuild" in new.against[0]
-    assert not health.judge({hatpro: way}, classes, None).ok
-    service = health.judge({"nginx.service": way}, classes, {"nginx.service": way})
+    worked = health.judge({SYNC: WAY}, classes, health.Before({HATPRO: WAY}))
+    assert not worked.ok and "ran without failing before the rebuild" in worked.against[0]
+    unrun = health.judge({SYNC: WAY}, classes, health.Before({}, frozenset({SYNC})))
+    assert unrun.ok and "had not run before the rebuild" in unrun.tolerated[0]
+    unknown_before = health.judge({HATPRO: WAY}, classes, None)
+    assert unknown_before.ok and "nothing recorded" in unknown_before.tolerated[0]
+    service = health.judge({"nginx.service": WAY}, classes, health.Before({"nginx.service": WAY}))
     assert not service.ok and "a service" in service.against[0]
-    unknown = health.judge({"odd.service": way}, classes, {"odd.service": way})
-    assert not unknown.ok and "not a pipeline unit" in unknown.against[0]
+    odd = health.judge({"odd.service": WAY}, classes, None)
+    assert not odd.ok and "not classified" in odd.against[0]
     assert health.parse_classes("not json") == {}
 
 
 def test_probe_passes_with_the_old_pipeline_failure_reported(nginx: dict[str, int]) -> None:
     endpoint = Endpoint("127.0.0.1", HOSTNAME, nginx["good"])
-    before = {"aurora-hatpro-append.service": "exit-code (status 1)"}
+    before = health.Before({HATPRO: WAY})
     report = probe(RecordedHost(HATPRO_FAILED), endpoint, None, timeout=20, before=before)  # type: ignore[arg-type]
     assert report.ok, report.summary()
     failed = next(c for c in report.checks if c.name == "failed-units")
-    assert "excused: aurora-hatpro-append.service exit-code (status 1)" in failed.detail
-    assert "failed the same way before the rebuild" in failed.detail
+    assert f"excused: {HATPRO} {WAY} (failed the same way before the rebuild)" in failed.detail
 
-    fresh = probe(RecordedHost(HATPRO_FAILED), endpoint, None, timeout=20, before={})  # type: ignore[arg-type]
+    fresh = probe(RecordedHost(HATPRO_FAILED), endpoint, None, timeout=20, before=health.Before())  # type: ignore[arg-type]
     assert not fresh.ok and fresh.failure is not None and fresh.failure.name == "failed-units"
-    assert (
-        "aurora-hatpro-append.service exit-code (status 1) (not failing before" in fresh.summary()
-    )
+    assert f"{HATPRO} {WAY} (ran without failing before the rebuild)" in fresh.summary()
 
 
 def test_probe_fails_when_a_service_is_not_active(nginx: dict[str, int]) -> None:
     endpoint = Endpoint("127.0.0.1", HOSTNAME, nginx["good"])
     host = RecordedHost("", inactive=("nginx.service",))
-    report = probe(host, endpoint, None, timeout=20, before={})  # type: ignore[arg-type]
+    report = probe(host, endpoint, None, timeout=20, before=health.Before())  # type: ignore[arg-type]
     assert not report.ok
     assert (
         report.summary()
@@ -321,21 +327,15 @@ def test_probe_fails_when_a_service_is_not_active(nginx: dict[str, int]) -> None
     )
 
 
-def test_the_failing_set_before_a_rebuild_is_kept_per_server(tmp_path: Path) -> None:
+def test_the_release_records_what_fails_before_it_rebuilds(tmp_path: Path) -> None:
     path = health.record_path(tmp_path, "jasmin", "a/b")
     assert path.parent == tmp_path / "failing-before-rebuild" and "/" not in path.name
     assert health.load_record(path) is None
-    health.save_record(path, {"aurora-hatpro-append.service": "exit-code (status 1)"})
-    assert health.load_record(path) == {"aurora-hatpro-append.service": "exit-code (status 1)"}
-
-
-def test_the_release_records_what_fails_before_it_rebuilds(tmp_path: Path) -> None:
-    path = health.record_path(tmp_path, "jasmin", "server-1")
     line = health.record_before(RecordedHost(HATPRO_FAILED), path)  # type: ignore[arg-type]
-    assert line == "failing before the rebuild: aurora-hatpro-append.service exit-code (status 1)"
-    assert health.load_record(path) == {"aurora-hatpro-append.service": "exit-code (status 1)"}
+    assert line == f"failing before the rebuild: {HATPRO} {WAY} (1 not run yet)"
+    assert health.load_record(path) == health.Before({HATPRO: WAY}, frozenset({SYNC}))
     gone = Remote(host="127.0.0.1", port=free_port(), known_hosts=tmp_path / "kh",
                   host_key_checking="accept-new", connect_timeout=2)  # fmt: skip
     line = health.record_before(gone, path)
-    assert line.startswith("not recorded (") and "every pipeline failure" in line
+    assert line.startswith("not recorded (") and "only reported" in line
     assert health.load_record(path) is None

@@ -310,13 +310,14 @@ def test_probe_passes_on_an_empty_host_with_the_failing_job_reported(
         "127.0.0.1", spec.hostname, booted.forwarded_port("http"), booted.forwarded_port("https")
     )
     manifest = json.loads((image_dir / "manifest.json").read_text())
-    before = dict(failing)  # what release.py records before it rebuilds
+    before = health.observe_before(remote)  # what release.py records before it rebuilds
+    assert before.failing[job] == "exit-code (status 1)"
     report = probe(remote, endpoint, manifest, timeout=300, before=before)
     assert report.ok, report.summary()
     checks = {c.name: c.detail for c in report.checks}
     assert f"excused: {job} exit-code (status 1) (failed the same way" in checks["failed-units"]
-    fresh = probe(remote, endpoint, manifest, timeout=300, before={})
-    assert not fresh.ok and f"{job} exit-code (status 1) (not failing before" in fresh.summary()
+    fresh = probe(remote, endpoint, manifest, timeout=300, before=health.Before())
+    assert not fresh.ok and f"{job} exit-code (status 1) (ran without failing" in fresh.summary()
 
 
 # -- source syncs -------------------------------------------------------------------
