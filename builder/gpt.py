@@ -1,9 +1,11 @@
 """Read a disk image's GPT partition table, so tests and `verify` can look
-inside a partition (e.g. with debugfs) without loop devices or root mounts."""
+inside a partition (debugfs for ext4, erofs-utils for the EROFS root) without
+loop devices or root mounts."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 import uuid
 from dataclasses import dataclass
@@ -19,6 +21,10 @@ class Partition:
     part_uuid: str
     offset: int
     size: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
 
 
 def partitions(image: Path) -> list[Partition]:
@@ -67,3 +73,27 @@ def partition_digest(image: Path, part: Partition) -> str:
             h.update(chunk)
             left -= len(chunk)
     return h.hexdigest()
+
+
+def filesystem(image: Path, part: Partition) -> str | None:
+    """ "ext4" or "erofs" from the partition's superblock magic (None for anything else)."""
+    with image.open("rb") as disk:
+        disk.seek(part.offset + 1024)
+        block = disk.read(64)
+    if len(block) == 64 and struct.unpack_from("<I", block, 0)[0] == 0xE0F5E1E2:
+        return "erofs"
+    if len(block) == 64 and struct.unpack_from("<H", block, 56)[0] == 0xEF53:
+        return "ext4"
+    return None
+
+
+def copy_partition(image: Path, part: Partition, dest: Path) -> Path:
+    """One partition's bytes as a file of its own (for tools without an offset option)."""
+    with image.open("rb") as src, dest.open("wb") as out:
+        left, offset = part.size, part.offset
+        while left:
+            copied = os.copy_file_range(src.fileno(), out.fileno(), min(left, 1 << 30), offset)
+            if copied == 0:
+                break
+            left, offset = left - copied, offset + copied
+    return dest

@@ -3,8 +3,9 @@
 Rebuilds the stored image from the checkout (whose inputs must digest to the
 same tag) with an empty mkosi cache and workspace, then compares the two
 disks. Where they differ, it says which partitions and which files, by
-extracting both ext4 trees with debugfs (no loop devices or root mounts), so
-each cause of non-determinism can be found and fixed.
+extracting both trees (debugfs for ext4, fsck.erofs for the EROFS root; no
+loop devices or root mounts), so each cause of non-determinism can be found
+and fixed.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import AuroraError
-from builder.gpt import partition_digest, partitions
+from builder.gpt import Partition, copy_partition, filesystem, partition_digest, partitions
 from builder.image import build, sha256_file
 from builder.inputs import REPO, collect
 from builder.spec import app_source_dir, load_spec
 from builder.store import resolve_image
 
-EXT4_LABELS = ("root-x86-64", "aurora-var")
+TREE_LABELS = ("root-x86-64", "aurora-var")
 
 
 @dataclass
@@ -75,6 +76,36 @@ def extract_ext4(disk: Path, offset: int, dest: Path) -> Path:
         capture_output=True,
     )
     return dest
+
+
+def extract_tree(disk: Path, part: Partition, dest: Path) -> Path:
+    """Copy a partition's tree out of a disk image (ext4 or EROFS)."""
+    if filesystem(disk, part) != "erofs":
+        return extract_ext4(disk, part.offset, dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    raw = copy_partition(disk, part, dest.parent / f"{dest.name}.img")
+    try:
+        subprocess.run(
+            ["fsck.erofs", f"--extract={dest}", "--overwrite", str(raw)],
+            check=True,
+            capture_output=True,
+        )
+    finally:
+        raw.unlink()
+    return dest
+
+
+def list_directory(disk: Path, part: Partition, directory: str, scratch: Path) -> str:
+    """A directory's listing inside a partition of a disk image (ext4 or EROFS)."""
+    if filesystem(disk, part) != "erofs":
+        argv = ["debugfs", "-R", f"ls -p {directory}", f"{disk}?offset={part.offset}"]
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    raw = copy_partition(disk, part, scratch / f"{part.label}.img")
+    try:
+        argv = ["dump.erofs", "--ls", f"--path={directory}", str(raw)]
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    finally:
+        raw.unlink()
 
 
 def superblock(disk: Path, offset: int) -> dict[str, str]:
@@ -131,7 +162,7 @@ def differing_files(a: Path, b: Path, limit: int = 200) -> list[str]:
 
 
 def compare_disks(stored: Path, rebuilt: Path, scratch: Path, result: VerifyResult) -> None:
-    """Per-partition equality; for differing ext4 partitions, the files and superblock fields."""
+    """Per-partition equality; for differing file systems the files (ext4: superblock fields)."""
     same, files, fields = result.partitions, result.files, result.superblock
     theirs = {p.label: p for p in partitions(rebuilt)}
     for part in partitions(stored):
@@ -140,13 +171,14 @@ def compare_disks(stored: Path, rebuilt: Path, scratch: Path, result: VerifyResu
             rebuilt, other
         )
         same[part.label] = equal
-        if not equal and other is not None and part.label in EXT4_LABELS:
-            left = extract_ext4(stored, part.offset, scratch / "stored" / part.label)
-            right = extract_ext4(rebuilt, other.offset, scratch / "rebuilt" / part.label)
+        if not equal and other is not None and part.label in TREE_LABELS:
+            left = extract_tree(stored, part, scratch / "stored" / part.label)
+            right = extract_tree(rebuilt, other, scratch / "rebuilt" / part.label)
             files[part.label] = differing_files(left, right)
-            fields[part.label] = superblock_diff(
-                superblock(stored, part.offset), superblock(rebuilt, other.offset)
-            )
+            if filesystem(stored, part) == "ext4" and filesystem(rebuilt, other) == "ext4":
+                fields[part.label] = superblock_diff(
+                    superblock(stored, part.offset), superblock(rebuilt, other.offset)
+                )
 
 
 def verify(ref: str, *, progress: bool = False) -> VerifyResult:

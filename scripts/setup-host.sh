@@ -33,6 +33,9 @@ mkfs.ext4                            e2fsprogs               builder/vm.py (scra
 debugfs                              e2fsprogs               builder/verify.py, tests
 dumpe2fs                             e2fsprogs               builder/verify.py
 e2label                              e2fsprogs               tests/unit/test_vm_harness.py
+fsck.erofs                           erofs-utils             builder/verify.py (the EROFS root)
+dump.erofs                           erofs-utils             builder/verify.py, tests/vm/test_smoke.py
+mkfs.erofs                           erofs-utils             tests/unit/test_verify.py
 ssh                                  openssh-client          builder/vm.py, on-host programs, tests
 ssh-keygen                           openssh-client          builder/vm.py, builder/signing.py, tests
 sshd                                 openssh-server          tests/sshd.py, tests/peers.py (real sshd)

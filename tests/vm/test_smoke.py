@@ -6,7 +6,6 @@ import base64
 import os
 import re
 import socket
-import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from builder import health
 from builder.gpt import partition
 from builder.render import sync_unit
 from builder.spec import HostSpec
+from builder.verify import list_directory
 from builder.vm import Machine
 
 
@@ -135,16 +135,11 @@ def test_root_file_system_is_read_only(booted: Machine) -> None:
     booted.succeed("touch /var/tmp/aurora-write-test")
 
 
-def test_ssh_host_keys_made_at_first_boot(booted: Machine, image_dir: Path) -> None:
+def test_ssh_host_keys_made_at_first_boot(booted: Machine, image_dir: Path, tmp_path: Path) -> None:
     booted.succeed("test -s /var/lib/aurora/ssh/etc/ssh/ssh_host_ed25519_key")
     assert booted.succeed("ls /etc/ssh/ | grep -c ssh_host_ || true").strip() == "0"
     disk = image_dir / "aurora.raw"
     for label, directory in (("root-x86-64", "/etc/ssh"), ("aurora-var", "/lib/aurora/ssh")):
-        part = partition(disk, label)
-        listing = subprocess.run(
-            ["debugfs", "-R", f"ls -p {directory}", f"{disk}?offset={part.offset}"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        listing = list_directory(disk, partition(disk, label), directory, tmp_path)
+        assert "ssh_config" in listing or label != "root-x86-64", listing
         assert "ssh_host_" not in listing, f"host key baked into {label}:{directory}"
