@@ -308,12 +308,18 @@ def _soak(
     target: Target, tag: str, outcome: Outcome, fallback: GlanceImage | None, gates: Gates
 ) -> None:
     """Keep probing; on a failure keep the evidence and go back to `fallback` by itself."""
-    from builder.soak import soak
+    from builder.soak import hand_over_before, soak
 
     cloud = target.cloud
     image = _image_for(cloud, tag)
     if image is None or outcome.final_image != image.name:
         return
+    if target.prober is None:
+        with progress.step("hand the host's health timer the failing set before the rebuild"):
+            try:
+                hand_over_before(target, cloud.server(target.server))
+            except AuroraError as exc:
+                _say(f"aurora-image: warning: host health timer not given the set: {exc}")
     with progress.step(f"soak {image.name} for {gates.soak_window:.0f} s"):
         result = soak(target, image, window=gates.soak_window, interval=gates.soak_interval)
     try:

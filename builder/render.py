@@ -341,6 +341,7 @@ def enabled_units(spec: HostSpec) -> list[str]:
         "ssh.service",
         "nginx.service",
         "aurora-nginx-tls.service",
+        "aurora-health.timer",
         "certbot.timer",
         "ufw.service",
         "fail2ban.service",
@@ -370,6 +371,7 @@ def unit_classes(spec: HostSpec) -> dict[str, list[str]]:
         "nginx.service",
         "ssh.service",
         "aurora-credentials.service",
+        "aurora-health.service",
         *(f"aurora-storage@{m.unit_part}.service" for m in spec.mounts),
     ]
     pipeline = [f"{sync_unit(s)}.service" for s in spec.source_sync.streams]

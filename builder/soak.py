@@ -6,7 +6,9 @@ a leak, a restart loop that needs a few rounds to show). For
 same probe runs every `interval`: ssh, boot, failed units judged by class
 against the set that failed before the rebuild (builder.health: a pipeline
 unit failing as before is the instruments', not the image's), the dashboard
-through nginx, the audit. Nova must still say the server runs the image.
+through nginx, the audit; and the host's own verdict (aurora-health.timer,
+/run/aurora/health.json), which is handed the same before-rebuild set
+(`hand_over_before`). Nova must still say the server runs the image.
 
 The first failure ends the soak: the failing server's journal and console
 are kept (builder.evidence), the server is rebuilt from the image it ran
@@ -18,11 +20,12 @@ production policy read it.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from builder.cloud import CloudError, GlanceImage
+from builder.cloud import CloudError, GlanceImage, Server
 from builder.probe import Check, ProbeReport
 from builder.release import Target, now_iso, run_probe
 
@@ -79,6 +82,69 @@ def soak(
             report = ProbeReport(server.name, (Check("nova", False, now),))
             return SoakResult(False, checks, clock() - start, report)
         report = run_probe(target, server, image)
+        if report.ok and target.prober is None:
+            report = _with_host_verdict(target, server, report)
         if not report.ok:
             return SoakResult(False, checks, clock() - start, report)
     return SoakResult(True, checks, clock() - start)
+
+
+def _with_host_verdict(target: Target, server: Server, report: ProbeReport) -> ProbeReport:
+    """Add the host timer's own verdict as a check: unhealthy there fails the soak too."""
+    from builder.errors import AuroraError
+
+    try:
+        found = host_verdict(target, server)
+    except AuroraError:
+        found = None
+    if found is None:
+        check = Check("host-health", True, "no verdict from aurora-health.timer yet")
+    elif found.get("healthy") is True:
+        check = Check("host-health", True, f"healthy at {found.get('at')}")
+    else:
+        against = found.get("against")
+        listed = [str(x) for x in against[:3]] if isinstance(against, list) else []
+        # The dashboard's line when no unit counts against the host.
+        why = "; ".join(listed) or str(found.get("dashboard"))
+        check = Check("host-health", False, f"aurora-health at {found.get('at')}: {why}")
+    return ProbeReport(report.host, (*report.checks, check), report.seconds)
+
+
+HOST_VERDICT = "/run/aurora/health.json"  # written by aurora-health.timer on the host
+HOST_BEFORE = "/var/lib/aurora-health/before.json"
+
+
+def hand_over_before(target: Target, server: Server) -> str:
+    """Give the host's health timer the failing set recorded before this rebuild, so it
+    judges pipeline units as the probe does (builder.health); a line for the operator."""
+    import base64
+
+    from builder.health import load_record
+    from builder.probe import known_hosts_for
+    from builder.release import _failing_record, _remote
+
+    before = load_record(_failing_record(target, server))
+    if before is None:
+        return "no failing set recorded before the rebuild; the host counts every failure"
+    data = base64.b64encode(json.dumps(before.to_json(), sort_keys=True).encode()).decode()
+    remote, _ = _remote(target, server, known_hosts_for(target.cloud.name, server.id))
+    remote.run(
+        f"mkdir -p {HOST_BEFORE.rsplit('/', 1)[0]} && printf %s {data} | base64 -d > "
+        f"{HOST_BEFORE}.new && mv {HOST_BEFORE}.new {HOST_BEFORE}",
+        timeout=60,
+    )
+    return f"host health timer given {len(before.failing)} unit(s) failing before the rebuild"
+
+
+def host_verdict(target: Target, server: Server) -> dict[str, object] | None:
+    """The host's own latest verdict (aurora-health.timer), None when it has none yet."""
+    from builder.probe import known_hosts_for
+    from builder.release import _remote
+
+    remote, _ = _remote(target, server, known_hosts_for(target.cloud.name, server.id))
+    text = remote.run(f"cat {HOST_VERDICT} 2>/dev/null || true", timeout=60, check=False)
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
