@@ -48,6 +48,10 @@ _KNOWN_TOKENS = re.compile(
     r"[A-Za-z0-9_-]{8,}"
 )
 _TOKEN_CANDIDATE = re.compile(r"[A-Za-z0-9+/=_-]{24,}")
+# A public key is random-looking too, and no secret (operator_keys).
+_PUBLIC_KEY = re.compile(
+    r"\b(ssh-[a-z0-9]+|ecdsa-sha2-[a-z0-9]+|sk-[a-z0-9.@-]+) [A-Za-z0-9+/]+={0,3}"
+)
 
 
 def _entropy(text: str) -> float:
@@ -79,7 +83,7 @@ def secret_in(value: str) -> str | None:
         return f"a {option.group(1).lower()}= option with a value"
     if _KNOWN_TOKENS.search(value):
         return "an access token"
-    if any(_random_token(w) for w in _TOKEN_CANDIDATE.findall(value)):
+    if any(_random_token(w) for w in _TOKEN_CANDIDATE.findall(_PUBLIC_KEY.sub("", value))):
         return "a long random token, like an API key or a password"
     return None
 

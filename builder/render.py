@@ -20,6 +20,7 @@ from builder.systemd_values import escape_exec, escape_specifiers, parse_timespa
 UNITS_DIR = Path(__file__).resolve().parent.parent / "units"
 SYSTEM_UNITS = "/etc/systemd/system"
 ENV_FILE = "/etc/aurora-dashboard.env"
+OPERATOR_KEYS = "/etc/ssh/authorized_keys.d/root"
 SYNC_PROGRAM = "/usr/lib/aurora/aurora-source-sync"
 SYNC_CONFIG_DIR = "/etc/aurora/source-sync"
 STORAGE_DIR = "/usr/lib/aurora/storage"
@@ -159,12 +160,23 @@ def volume_marker(spec: HostSpec, path: str) -> str | None:
     return f"{where.rstrip('/')}/{VOLUME_MARKER}"
 
 
+KNOWN_HOSTS_CREDENTIAL = "ssh.known_hosts"
+
+
+def known_hosts(spec: HostSpec) -> str:
+    """The instruments' and GWS hosts' keys: installed from the `ssh.known_hosts`
+    credential where the spec declares one, else the user's own file."""
+    declared = [s.path for s in spec.secrets if s.name == KNOWN_HOSTS_CREDENTIAL and s.path]
+    return declared[0] if declared else f"{spec.user.home}/.ssh/known_hosts"
+
+
 def _ssh(identity: str | None, spec: HostSpec) -> dict[str, object]:
+    # Known hosts, not first use: an unknown or changed host key fails the run.
     return {
         "identity": identity,
         "port": 22,
-        "options": ["StrictHostKeyChecking=accept-new"],
-        "known_hosts": f"{spec.user.home}/.ssh/known_hosts",
+        "options": ["StrictHostKeyChecking=yes"],
+        "known_hosts": known_hosts(spec),
     }
 
 
@@ -393,6 +405,9 @@ def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
         tree[path] = File(env.get_template(template).render(**context).encode(), mode)
 
     put("/etc/hostname", "hostname.j2", hostname=spec.hostname)
+    # Operators' public keys in the read-only image: root stays reachable without /data.
+    keys = "".join(f"{key}\n" for key in spec.operator_keys)
+    tree[OPERATOR_KEYS] = File(("# Operators' keys, from the host spec.\n" + keys).encode())
     for mount in spec.mounts:
         # Mount points must exist in the read-only root before the volumes arrive.
         tree[mount.where] = File(mode=0o755, directory=True)
@@ -441,6 +456,8 @@ def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
         f"AURORA_HOSTNAME={spec.hostname}\nAURORA_CERT_DIR={spec.nginx.certificate_dir}\n".encode()
     )
     tree["/etc/nginx/sites-enabled/aurora.conf"] = File(link="../sites-available/aurora.conf")
+    # No version in the Server header or on error pages (http context: every server).
+    tree["/etc/nginx/conf.d/aurora-hardening.conf"] = File(b"server_tokens off;\n")
 
     defaults = spec.source_sync.defaults
     for stream in spec.source_sync.streams:

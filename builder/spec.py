@@ -73,9 +73,14 @@ _CHARSETS: dict[str, tuple[str, str]] = {
     "mount_options": (r"[A-Za-z0-9._,=/:@+-]+", "comma-separated options without spaces"),
     "mount_option": (r"[A-Za-z0-9._=/:@+-]+", "one option without commas or spaces"),
     "location": (r"/([A-Za-z0-9._~-]+/)*", "a URL prefix like /wxcam-media/"),
+    "public_key": (
+        r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com"
+        r"|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( [A-Za-z0-9@._+-]+)?",
+        "an OpenSSH public key line: TYPE BASE64 [COMMENT], without options",
+    ),
     "header": (
-        r"[A-Za-z0-9-]+ \"[^\"\\$;{}#]*\"",
-        'Name "value" (the value without quotes, backslashes, $ ; { } #)',
+        r"[A-Za-z0-9-]+ \"[^\"\\$]*\"",
+        'Name "value" (the value without double quotes, backslashes or $)',
     ),
 }
 
@@ -331,6 +336,12 @@ class Nginx(Model):
         'X-Content-Type-Options "nosniff"',
         'X-Frame-Options "SAMEORIGIN"',
         'Referrer-Policy "strict-origin-when-cross-origin"',
+        # Panel's page: its own scripts (Bokeh evaluates some, and inlines its
+        # document), its websocket, images as data: and blob: URLs; nothing else.
+        "Content-Security-Policy \"default-src 'self'; script-src 'self' 'unsafe-inline' "
+        "'unsafe-eval'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+        "font-src 'self' data:; connect-src 'self' ws: wss:; object-src 'none'; "
+        "base-uri 'self'; frame-ancestors 'self'\"",
     ]
     """`add_header` values sent with every response."""
 
@@ -893,6 +904,10 @@ class HostSpec(Model):
     """Manifests of the source, local and GWS copies, so pruning upstream is decided on evidence."""
     secrets: Annotated[list[Secret], AfterValidator(_unique_by("name", "secret"))] = []
     """The credentials the host is given at boot, by name; never their values."""
+    operator_keys: list[_text_of("public_key")] = []
+    """Operators' SSH public keys (not secrets) baked into the image for root
+    (`/etc/ssh/authorized_keys.d/root`), so a failed volume or credential store never
+    locks everyone out; the `ssh.authorized_keys.root` credential adds to them."""
     credential_store: AbsPath = "/data/aurora/credstore"
     """Where the host finds credentials not given at boot (JASMIN): `/etc/credstore` links here, on
     the persistent volume, root-only."""
