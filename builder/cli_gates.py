@@ -87,6 +87,15 @@ def apply_target(args: argparse.Namespace, spec: HostSpec) -> DeployTarget | Non
     return chosen
 
 
+def other_servers(spec: HostSpec, cloud: str, server: str) -> list[str]:
+    """The other deploy targets' servers in this cloud: their live and rollback
+    images are as protected from glance-prune as this server's."""
+    return sorted(
+        {t.server for t in spec.deploy.targets.values()
+         if t.cloud in (None, cloud) and t.server != server}
+    )  # fmt: skip
+
+
 def gates_for(
     args: argparse.Namespace, spec: HostSpec, chosen: DeployTarget | None, cloud: Cloud
 ) -> Gates:

@@ -54,6 +54,7 @@ def register(add: Add) -> None:
     p = add("glance-prune", cmd_glance_prune, "delete old images from Glance (never live/previous)")
     p.add_argument("--keep", type=int, metavar="N", help="newest ready images to keep")
     _server_options(p, probe=False)
+    cli_gates.target_option(p)
     _dry_run_option(p)
 
     p = add("secrets", cmd_secrets, "which of the spec's credentials a host has (never values)")
@@ -251,10 +252,14 @@ def cmd_glance_prune(args: argparse.Namespace) -> int:
     from builder.release import glance_prune
 
     spec = _spec(args)
+    cli_gates.apply_target(args, spec)
     keep = spec.deploy.keep_images if args.keep is None else args.keep
+    cloud = _cloud(args, spec)
+    server = args.server or spec.deploy.server
     result = glance_prune(
-        _cloud(args, spec), args.server or spec.deploy.server, keep, dry_run=args.dry_run
-    )
+        cloud, server, keep, dry_run=args.dry_run,
+        others=[cloud.server(name) for name in cli_gates.other_servers(spec, cloud.name, server)],
+    )  # fmt: skip
     if args.json:
         print(json.dumps(result.to_json()))
         return 0

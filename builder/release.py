@@ -39,7 +39,8 @@ import os
 import socket
 import subprocess
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
@@ -54,10 +55,13 @@ from builder.image import file_digest, sha256_file
 from builder.lease import from_metadata as lease_from_metadata
 from builder.plan import Plan, Step
 from builder.probe import (
+    Check,
     Endpoint,
+    HostKeyError,
     ProbeReport,
     forget_host_keys,
     known_hosts_for,
+    pin_host_keys,
     probe,
     state_dir,
 )
@@ -565,7 +569,9 @@ def probe_address(target: Target, server: Server) -> str:
     return address
 
 
-def _remote(target: Target, server: Server, known_hosts: Path) -> tuple[Remote, Endpoint]:
+def _remote(
+    target: Target, server: Server, known_hosts: Path, checking: str = "accept-new"
+) -> tuple[Remote, Endpoint]:
     address = probe_address(target, server)
     remote = Remote(
         host=address,
@@ -574,7 +580,7 @@ def _remote(target: Target, server: Server, known_hosts: Path) -> tuple[Remote, 
         identity=target.identity,
         ssh_config=target.ssh_config,
         known_hosts=known_hosts,
-        host_key_checking="accept-new",
+        host_key_checking=checking,
     )
     endpoint = Endpoint(address, target.hostname, target.http_port, target.https_port)
     return remote, endpoint
@@ -584,7 +590,11 @@ def run_probe(target: Target, server: Server, image: GlanceImage) -> ProbeReport
     if target.prober is not None:
         return target.prober(target, server, image)
     known_hosts = known_hosts_for(target.cloud.name, server.id)
-    remote, endpoint = _remote(target, server, known_hosts)
+    remote, endpoint = _remote(target, server, known_hosts, checking="yes")
+    try:
+        _pin_from_console(target, server, remote, known_hosts)
+    except HostKeyError as exc:
+        return ProbeReport(remote.name, (Check("host key", False, str(exc)),))
     manifest = release_manifest(target.cloud, image)
     with progress.step(f"probe {server.name} on {image.name}") as step:
         step.note(f"ssh {remote.name}, http {endpoint.address}:{endpoint.http_port}")
@@ -596,6 +606,25 @@ def run_probe(target: Target, server: Server, image: GlanceImage) -> ProbeReport
             dashboard_grace=target.dashboard_grace,
             before=health.load_record(_failing_record(target, server)),
         )
+
+
+def _pin_from_console(target: Target, server: Server, remote: Remote, known_hosts: Path) -> None:
+    """Known hosts, not first use: wait until sshd answers with a key whose fingerprint
+    the server printed on its console (read through Nova), and trust only that."""
+    deadline = time.monotonic() + target.probe_timeout
+    with progress.step(f"host keys of {server.name} from its console") as step:
+        while True:
+            console = target.cloud.console_output(server.id)
+            pinned = pin_host_keys(known_hosts, remote.host, remote.port or 22, console)
+            if pinned:
+                step.note(f"{pinned} key(s) vouched for by the console")
+                return
+            if time.monotonic() > deadline:
+                raise HostKeyError(
+                    f"no host key of {remote.host}:{remote.port} matched a fingerprint on "
+                    "its console within the probe timeout: check the server before trusting it"
+                )
+            time.sleep(5)
 
 
 def _failing_record(target: Target, server: Server) -> Path:
@@ -1159,20 +1188,22 @@ class PruneResult:
 
 
 def select_prune(
-    images: list[GlanceImage], server: Server, keep: int
+    images: list[GlanceImage], server: Server, keep: int, others: Sequence[Server] = ()
 ) -> tuple[list[GlanceImage], dict[str, str]]:
     """Which images go: ready ones beyond the `keep` newest, and stale unfinished uploads.
 
-    Never the live image, nor the one live before it (rollback's target).
+    Never the live image, nor the one live before it (rollback's target), on this
+    server or on any of `others` (the other deploy targets sharing this Glance).
     """
     mine = ours(images)
     protected: dict[str, str] = {}
-    for image in mine:
-        if image.id == server.image_id:
-            protected[image.id] = f"live on {server.name}"
-    previous = previous_live(mine, server)
-    if previous is not None:
-        protected[previous.id] = f"live before the current image on {server.name}"
+    for each in (server, *others):
+        for image in mine:
+            if image.id == each.image_id:
+                protected.setdefault(image.id, f"live on {each.name}")
+        previous = previous_live(mine, each)
+        if previous is not None:
+            protected.setdefault(previous.id, f"live before the current image on {each.name}")
     ready = [i for i in mine if is_ready(i)]
     newest = {i.id for i in ready[:keep]}
     doomed = []
@@ -1207,15 +1238,21 @@ def stale_companions(
 
 
 def glance_prune(
-    cloud: Cloud, server_name: str, keep: int, *, dry_run: bool = False
+    cloud: Cloud,
+    server_name: str,
+    keep: int,
+    *,
+    dry_run: bool = False,
+    others: Sequence[Server] = (),
 ) -> PruneResult:
     """Delete what `select_prune` picks, with their metadata images (or, with
-    `dry_run`, only say so: the result then carries the plan)."""
+    `dry_run`, only say so: the result then carries the plan). `others`: the other
+    deploy targets' servers using this Glance, whose images are protected alike."""
     if keep < 0:
         raise ReleaseError(f"--keep {keep}: keep must be 0 or more")
     server = cloud.server(server_name)
     images = ours(glance_images(cloud))
-    doomed, protected = select_prune(images, server, keep)
+    doomed, protected = select_prune(images, server, keep, others)
     metas = stale_companions(release_meta.companions(cloud), images, doomed)
     gone = {i.id for i in doomed}
     names = {i.id: i.name for i in images}

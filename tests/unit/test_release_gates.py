@@ -619,3 +619,25 @@ def test_cli_lease_conflict_names_the_holder_and_exits_5(
     assert "--break-lease" in line
     assert untouched(production)
     assert production.server.metadata["aurora_lease_holder"] == "carol@ops"
+
+
+def test_glance_prune_protects_every_targets_live_and_rollback_images(
+    store: Path, clouds: dict[str, Cloud], staging: NovaDouble, production: NovaDouble
+) -> None:
+    """Staging and production share one Glance: pruning for production must not take
+    staging's live image or its rollback target."""
+    cloud = clouds["production"]
+    ids = {}
+    for n, tag in enumerate(("2026.11-s001", "2026.11-s002", "2026.11-p001", "2026.11-xxxx")):
+        ids[tag] = ensure_upload(cloud, attested(store, tag, disk=bytes([70 + n]) * 4)).image.id
+    live_on(clouds["staging"], staging, ids["2026.11-s001"], hours_ago=5)
+    live_on(clouds["staging"], staging, ids["2026.11-s002"], hours_ago=1)
+    live_on(cloud, production, ids["2026.11-p001"], hours_ago=2)
+    others = [clouds["staging"].server(staging.server.name)]
+    result = release.glance_prune(cloud, production.server.name, 0, others=others)
+    assert result.removed == ["aurora-2026.11-xxxx"]
+    assert result.protected == {
+        "aurora-2026.11-p001": f"live on {production.server.name}",
+        "aurora-2026.11-s002": f"live on {staging.server.name}",
+        "aurora-2026.11-s001": f"live before the current image on {staging.server.name}",
+    }
