@@ -38,6 +38,7 @@ dump.erofs                           erofs-utils             builder/verify.py, 
 mkfs.erofs                           erofs-utils             tests/unit/test_verify.py
 ssh                                  openssh-client          builder/vm.py, on-host programs, tests
 ssh-keygen                           openssh-client          builder/vm.py, builder/signing.py, tests
+ssh-keyscan                          openssh-client          builder/probe.py (host keys on the console)
 sshd                                 openssh-server          tests/sshd.py, tests/peers.py (real sshd)
 rsync                                rsync                   on-host programs and their tests
 nginx                                nginx                   tests/unit/test_release_probe.py
