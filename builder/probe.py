@@ -23,17 +23,21 @@ out the whole timeout.
 Host keys change on every rebuild (they are made at first boot, in /var).
 The probe therefore uses a known_hosts file per server that this tool owns
 (see `known_hosts_for`): release.py empties it right before its own rebuild,
-the probe's first connection records the new key (accept-new), and from then
-on a different key is refused until the tool rebuilds the server again.
+then `pin_host_keys` trusts only the keys whose fingerprints the server printed
+on its console (Nova's console log, which only the cloud account can read), and
+the probe connects with StrictHostKeyChecking=yes: a different key is refused.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.client
 import os
 import re
 import socket
 import ssl
+import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -125,6 +129,53 @@ def known_hosts_for(cloud: str, server_id: str) -> Path:
     """The tool's known_hosts for one server (by Nova id: it survives rebuilds)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{cloud}-{server_id}")
     return state_dir() / "known_hosts" / safe
+
+
+_FINGERPRINT = re.compile(r"\b\d+ (SHA256:[A-Za-z0-9+/]{43})\b")
+
+
+class HostKeyError(AuroraError):
+    """The rebuilt server's host key is not one its console printed: not trusted."""
+
+
+def console_fingerprints(console: str) -> set[str]:
+    """The host key fingerprints the server printed on its console at first boot
+    (aurora-ssh-hostkeys.service: `ssh-keygen -lf` lines, `256 SHA256:... (ED25519)`)."""
+    return set(_FINGERPRINT.findall(console))
+
+
+def key_fingerprint(known_hosts_line: str) -> str:
+    """OpenSSH's SHA256 fingerprint of a `host type base64` line (as `ssh-keygen -l`)."""
+    blob = base64.b64decode(known_hosts_line.split()[2])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def pin_host_keys(
+    known_hosts: Path, host: str, port: int, console: str, *, timeout: float = 20.0
+) -> int:
+    """Trust the server's host keys only if its console vouches for them: scan the
+    keys sshd offers (`ssh-keyscan`), keep those whose fingerprint the console
+    printed, write them as the tool's known_hosts; the probe then connects with
+    StrictHostKeyChecking=yes. Returns how many keys were pinned; raises
+    HostKeyError when the console names keys and none offered matches."""
+    printed = console_fingerprints(console)
+    scan = subprocess.run(
+        ["ssh-keyscan", "-T", str(int(timeout)), "-p", str(port), host],
+        capture_output=True, text=True, timeout=timeout + 10, check=False,
+    )  # fmt: skip
+    offered = [line for line in scan.stdout.splitlines() if line and not line.startswith("#")]
+    vouched = [line for line in offered if key_fingerprint(line) in printed]
+    if offered and printed and not vouched:
+        raise HostKeyError(
+            f"{host}:{port} offers host keys {sorted(key_fingerprint(k) for k in offered)} "
+            f"but its console printed {sorted(printed)}: not trusting it; check the server "
+            "(`openstack console log show`) before anything logs in"
+        )
+    if vouched:
+        known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        known_hosts.write_text("".join(f"{line}\n" for line in vouched))
+        known_hosts.chmod(0o600)
+    return len(vouched)
 
 
 def forget_host_keys(path: Path) -> None:
