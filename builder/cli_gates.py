@@ -88,8 +88,11 @@ def apply_target(args: argparse.Namespace, spec: HostSpec) -> DeployTarget | Non
 
 
 def other_servers(spec: HostSpec, cloud: str, server: str) -> list[str]:
-    """The other deploy targets' servers in this cloud: their live and rollback
-    images are as protected from glance-prune as this server's."""
+    """The other deploy targets' servers in this cloud, when `server` is one of the
+    targets: their live and rollback images are as protected from glance-prune as
+    this server's. (A server outside deploy.targets is pruned for on its own.)"""
+    if server not in {t.server for t in spec.deploy.targets.values()}:
+        return []
     return sorted(
         {t.server for t in spec.deploy.targets.values()
          if t.cloud in (None, cloud) and t.server != server}
