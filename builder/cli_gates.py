@@ -120,8 +120,9 @@ def gates_for(
     role = chosen.role if chosen else None
     stagings: list[StagingServer] = []
     others: list[StagingServer] = []
-    for name, t in deploy.targets.items():
-        if chosen is not None and t == chosen:
+    # The other targets matter only to a release that goes to one of them.
+    for name, t in deploy.targets.items() if chosen is not None else ():
+        if t == chosen:
             continue
         same = t.cloud in (None, cloud.name)
         where = cloud if same else Cloud.connect(t.cloud) if t.role == "staging" else None

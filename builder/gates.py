@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder import categories, lease, progress, signing
-from builder.cloud import Cloud, CloudError, GlanceImage, ImageNotFound, Server
+from builder.cloud import Cloud, CloudError, GlanceImage, ImageNotFound, Server, ServerNotFound
 from builder.errors import AuroraError
 from builder.policy import BASE_TAG, PolicyRefused, StagingServer, base_tag, check_production
 from builder.release import (
@@ -257,7 +257,10 @@ def hide_superseded(cloud: Cloud, servers: list[str]) -> list[str]:
     images = ours(cloud.images(MARK) + cloud.images(MARK, hidden=True))
     keep: set[str] = set()
     for name in servers:
-        server = cloud.server(name)
+        try:
+            server = cloud.server(name)
+        except ServerNotFound:  # hiding is reversible: a target Nova lacks protects nothing
+            continue
         keep.add(server.image_id or "")
         before = previous_live(images, server)
         if before is not None:

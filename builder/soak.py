@@ -67,6 +67,7 @@ def soak(
 ) -> SoakResult:
     """Probe every `interval` until `window` has passed or a probe fails."""
     start = clock()
+    since = now_iso()  # host verdicts older than this describe the boot, not the soak
     deadline = start + window
     checks = 0
     while clock() < deadline:
@@ -83,14 +84,17 @@ def soak(
             return SoakResult(False, checks, clock() - start, report)
         report = run_probe(target, server, image)
         if report.ok and target.prober is None:
-            report = _with_host_verdict(target, server, report)
+            report = _with_host_verdict(target, server, report, since)
         if not report.ok:
             return SoakResult(False, checks, clock() - start, report)
     return SoakResult(True, checks, clock() - start)
 
 
-def _with_host_verdict(target: Target, server: Server, report: ProbeReport) -> ProbeReport:
-    """Add the host timer's own verdict as a check: unhealthy there fails the soak too."""
+def _with_host_verdict(
+    target: Target, server: Server, report: ProbeReport, since: str
+) -> ProbeReport:
+    """Add the host timer's own verdict as a check: unhealthy there, in a verdict
+    written since the soak began (ISO stamps compare as text), fails the soak too."""
     from builder.errors import AuroraError
 
     try:
@@ -99,6 +103,10 @@ def _with_host_verdict(target: Target, server: Server, report: ProbeReport) -> P
         found = None
     if found is None:
         check = Check("host-health", True, "no verdict from aurora-health.timer yet")
+    elif str(found.get("at", "")) < since:
+        check = Check(
+            "host-health", True, f"last verdict {found.get('at')} is from before the soak"
+        )
     elif found.get("healthy") is True:
         check = Check("host-health", True, f"healthy at {found.get('at')}")
     else:

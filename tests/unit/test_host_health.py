@@ -46,7 +46,11 @@ def nginx() -> Iterator[tuple[int, list[int]]]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self.send_response(status[0])
+            if self.path == "/":  # Panel's / -> /app, absolute, as nginx passes it on
+                self.send_response(302)
+                self.send_header("Location", f"http://{self.headers['Host']}/app")
+            else:
+                self.send_response(status[0])
             self.send_header("Server", "nginx/1.26.3")
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -99,7 +103,7 @@ def test_healthy_host_with_a_pipeline_failing_as_before(
     assert verdict["healthy"] and verdict["against"] == []
     assert verdict["tolerated"] == [f"{SYNC} exit-code (status 255) (failed the same way "
                                     "before the rebuild)"]  # fmt: skip
-    assert verdict["dashboard"] == {"ok": True, "detail": "/: HTTP 200 from nginx"}
+    assert verdict["dashboard"] == {"ok": True, "detail": "/app: HTTP 200 from nginx"}
 
 
 def test_a_failed_service_or_a_502_is_not_healthy(
@@ -112,7 +116,7 @@ def test_a_failed_service_or_a_502_is_not_healthy(
     assert verdict["against"] == ["aurora-dashboard.service exit-code (status 1) (a service)"]
     status[0] = 502
     verdict = run(tmp_path, port, {}, before=None)
-    assert not verdict["healthy"] and verdict["dashboard"]["detail"] == "/: HTTP 502 from nginx"
+    assert not verdict["healthy"] and verdict["dashboard"]["detail"] == "/app: HTTP 502 from nginx"
 
 
 def test_the_host_judges_as_the_probe_does() -> None:
@@ -147,13 +151,20 @@ def test_the_soak_counts_the_hosts_own_verdict(monkeypatch: pytest.MonkeyPatch) 
     passed = ProbeReport("h", (Check("dashboard", True, "ok"),))
     verdicts = iter([
         None,
-        {"healthy": True, "at": "T1"},
-        {"healthy": False, "at": "T2", "against": ["aurora-dashboard.service signal (a service)"]},
+        {"healthy": False, "at": "2026-11-29T10:00:00Z", "against": ["boot-time 502"]},
+        {"healthy": True, "at": "2026-11-29T12:01:00Z"},
+        {"healthy": False, "at": "2026-11-29T12:02:00Z",
+         "against": ["aurora-dashboard.service signal (a service)"]},
     ])  # fmt: skip
+    since = "2026-11-29T12:00:00Z"
     monkeypatch.setattr(soak, "host_verdict", lambda target, server: next(verdicts))
-    first = soak._with_host_verdict(None, None, passed)  # type: ignore[arg-type]
+    first = soak._with_host_verdict(None, None, passed, since)  # type: ignore[arg-type]
     assert first.ok and first.checks[-1].detail == "no verdict from aurora-health.timer yet"
-    assert soak._with_host_verdict(None, None, passed).ok  # type: ignore[arg-type]
-    last = soak._with_host_verdict(None, None, passed)  # type: ignore[arg-type]
+    stale = soak._with_host_verdict(None, None, passed, since)  # type: ignore[arg-type]
+    assert stale.ok and "is from before the soak" in stale.checks[-1].detail
+    assert soak._with_host_verdict(None, None, passed, since).ok  # type: ignore[arg-type]
+    last = soak._with_host_verdict(None, None, passed, since)  # type: ignore[arg-type]
     assert not last.ok and last.failure is not None
-    assert last.failure.detail == "aurora-health at T2: aurora-dashboard.service signal (a service)"
+    assert last.failure.detail == (
+        "aurora-health at 2026-11-29T12:02:00Z: aurora-dashboard.service signal (a service)"
+    )
