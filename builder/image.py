@@ -23,7 +23,7 @@ from pathlib import Path
 
 from builder import debian_lock, debstore, mkosi, uki
 from builder.errors import BuildError
-from builder.gpt import partition, partition_digest
+from builder.gpt import partition, partition_digest, partitions
 from builder.inputs import APP_IGNORE, REPO, Inputs, app_file, collect
 from builder.lock import check_lock
 from builder.render import File, Tree, render
@@ -302,6 +302,7 @@ def _build(
     if note:
         print(f"aurora-image: warning: {note}", file=sys.stderr)
     atomic_write(partial / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+    print(f"aurora-image: {format_sizes(manifest['sizes'])}", file=sys.stderr)  # type: ignore[arg-type]
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
     return BuiltImage(inputs.tag, final, reused=False, seconds=seconds)
@@ -314,6 +315,59 @@ def _keep_debs(packages: dict[str, str]) -> dict[str, str] | None:
     except debstore.DebStoreError as exc:
         print(f"aurora-image: warning: .debs not kept: {exc}", file=sys.stderr)
         return None
+
+
+def allocated(path: Path, start: int = 0, end: int | None = None) -> int:
+    """Bytes of a sparse file (or a range of it) that hold data, as SEEK_DATA sees them."""
+    end = path.stat().st_size if end is None else end
+    total, pos = 0, start
+    with path.open("rb") as handle:
+        fd = handle.fileno()
+        while pos < end:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after pos
+                break
+            if data >= end:
+                break
+            pos = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+            total += pos - data
+    return total
+
+
+def image_sizes(output: Path, image_dir: Path) -> dict[str, dict[str, int]]:
+    """What the image is made of: the root's parts (from the postinst's count),
+    each partition and artifact, and the disk's apparent and allocated size."""
+    disk = image_dir / "aurora.raw"
+    parts = _read_json(output / "aurora-sizes.json")
+    return {
+        "root_files": parts if isinstance(parts, dict) else {},
+        "partitions": {
+            part.label: {"size": part.size, "allocated": allocated(disk, part.offset, part.end)}
+            for part in partitions(disk)
+        },
+        "artifacts": {name: {"size": (image_dir / name).stat().st_size} for name in ARTIFACTS},
+        "disk": {"size": disk.stat().st_size, "allocated": allocated(disk)},
+    }
+
+
+def format_sizes(sizes: dict[str, dict[str, object]]) -> str:
+    """One line for the build log: the root's parts, then the disk."""
+
+    def mb(value: object) -> str:
+        return f"{int(value) / 1e6:.0f} MB"  # type: ignore[call-overload]
+
+    files = sizes.get("root_files", {})
+    shown = [
+        f"{name} {mb(files[name])}"
+        for name in ("packages", "kernel", "venv", "app")
+        if name in files
+    ]
+    disk = sizes["disk"]
+    return (
+        f"root files: {', '.join(shown) or 'not counted'}; disk {mb(disk['size'])} "
+        f"apparent, {mb(disk['allocated'])} allocated"
+    )
 
 
 def root_digest(disk: Path) -> str:
@@ -355,6 +409,8 @@ def _manifest(
         "rendered": rendered_manifest(tree),
         "debian_packages": debian_packages(output / "aurora.manifest"),
         "python_packages": python_packages(output / "python-packages.json"),
+        # Bytes per part (kernel, Debian packages, venv, app) and per partition.
+        "sizes": image_sizes(output, image_dir),
         # Where those Python packages live on the host (what `audit` lists there).
         "python_venv": spec.dashboard.venv,
     }
