@@ -34,6 +34,8 @@ class MkosiJob:
             self.stage: "stage",
             uv_binary().parent: "uvbin",
             cache / "uv": "uvcache",
+            # Venvs by lock: in the build cache, so `verify` (empty cache) reinstalls.
+            build_cache_dir() / "venvs": "venvcache",
         }
         argv = [
             "--directory", str(self.repo),
@@ -66,9 +68,19 @@ def run(job: MkosiJob, log_path: Path, *, progress: bool = True) -> float:
     show live; ``progress`` prints each step as a line where there is no live
     display (a pipe, CI).
     """
-    command, env_extra = mkosi_command()
-    for path in (cache_dir() / "uv", build_cache_dir() / "workspace", job.output_dir):
+    for path in (
+        cache_dir() / "uv",
+        build_cache_dir() / "venvs",
+        build_cache_dir() / "workspace",
+        job.output_dir,
+    ):
         path.mkdir(parents=True, exist_ok=True)
+    return run_argv(job.argv(), log_path, progress=progress)
+
+
+def run_argv(argv: list[str], log_path: Path, *, progress: bool = True) -> float:
+    """Run mkosi with these arguments (as `run` does for an image job; bench's floor too)."""
+    command, env_extra = mkosi_command()
     env = {**os.environ, **env_extra}
     # mkosi must run with Debian's python; pyenv shims and venvs must not leak in.
     env.pop("VIRTUAL_ENV", None)
@@ -77,7 +89,7 @@ def run(job: MkosiJob, log_path: Path, *, progress: bool = True) -> float:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as log, live.step("mkosi build") as shown:
         proc = subprocess.Popen(
-            [*command, *job.argv()],
+            [*command, *argv],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
