@@ -733,8 +733,9 @@ class Tailscale(Model):
     """Join the tailnet at boot (the client must come from `apt_repositories`)."""
     auth_credential: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")] = "tailscale.authkey"
     """Name of the credential holding the auth key."""
-    ssh: bool = True
-    """Enable Tailscale SSH on this node (`tailscale up --ssh`)."""
+    ssh: bool = False
+    """Enable Tailscale SSH on this node (`tailscale up --ssh`): it hands root logins to
+    the tailnet's ACLs, past sshd and its keys; off unless an operator opts in."""
     state_on_volume: AbsPath | None = None
     """Where tailscaled's state (the node key: the host's tailnet identity) really lives, on a
     persistent volume: `/var/lib/tailscale` becomes a link to it, so a rebuild (which replaces

@@ -58,3 +58,12 @@ def test_host_keys_are_checked_strictly_against_the_credential() -> None:
         ssh = json.loads(text).get("ssh") or json.loads(text)["gws"]["ssh"]
         assert ssh["options"] == ["StrictHostKeyChecking=yes"], path
         assert ssh["known_hosts"] == declared, path
+
+
+def test_the_tailnet_gets_no_way_around_the_firewall() -> None:
+    """tailscaled adds no rules ahead of ufw, and no Tailscale SSH by default."""
+    spec = load_spec(REPO / "hosts" / "aurora-jasmin.yml")
+    unit = render(spec)["/etc/systemd/system/aurora-tailscale-up.service"].content.decode()
+    start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    assert "--netfilter-mode=off" in start and "--ssh" not in start
+    assert load_spec(REPO / "hosts" / "aurora.yml").tailscale.ssh is False
