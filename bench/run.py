@@ -1,52 +1,68 @@
-"""Print the figures that matter to an operator: render, build, rebuild, boot,
-smoke suite. A benchmark, not a test: it asserts nothing and prints numbers.
+"""Print the figures of issue 14 for the Aurora image and for a floor image
+(bench/floor: kernel, systemd, sshd, same boot chain), each Aurora figure also
+as a ratio to the floor's, and write them all to bench/results.json. A
+benchmark, not a test: it asserts nothing and prints numbers.
 
-    python bench/run.py [--spec hosts/aurora.yml] [--cold] [--skip-boot] [--verify]
+    python bench/run.py [--spec hosts/aurora.yml] [--cold] [--skip-boot] [--skip-floor]
+                        [--smoke] [--verify] [--out bench/results.json]
 
---cold first empties the mkosi caches (the package cache stays), so the build
-figure includes the tools tree and the package install.
+--cold first empties the build cache's mkosi state (the package cache stays),
+so the build figure includes the tools tree and the package install.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from builder.image import build  # noqa: E402
+from builder import mkosi, uki  # noqa: E402
+from builder.image import allocated, apt_sandbox, build  # noqa: E402
 from builder.render import render  # noqa: E402
 from builder.spec import load_spec  # noqa: E402
-from builder.tools import cache_dir  # noqa: E402
+from builder.tools import build_cache_dir  # noqa: E402
 from builder.vm import BootImage, Machine, scratch_volumes, volume_labels  # noqa: E402
 
+FLOOR = REPO / "bench" / "floor"
+# Goals of issue 14 (seconds, bytes): printed beside each figure.
+GOALS = {
+    "cold_build_s": 240,
+    "config_change_build_s": 20,
+    "app_change_build_s": 60,
+    "boot_to_ssh_s": 30,
+    "boot_settled_s": 45,
+    "disk_allocated_bytes": 1.5 * 2**30,
+    "qcow2_compressed_bytes": 500e6,
+}
 
-def timed(fn, *args, **kwargs) -> tuple[float, object]:
+
+def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[float, Any]:
     start = time.perf_counter()
     result = fn(*args, **kwargs)
     return time.perf_counter() - start, result
 
 
-def bench_render(spec_path: Path, rounds: int = 20) -> None:
-    times = []
-    for _ in range(rounds):
-        took, _ = timed(lambda: render(load_spec(spec_path)))
-        times.append(took)
-    print(
-        f"render (load + validate + render), median of {rounds}: "
-        f"{statistics.median(times) * 1000:.1f} ms"
-    )
+def bench_render(spec_path: Path, rounds: int = 20) -> float:
+    times = [timed(lambda: render(load_spec(spec_path)))[0] for _ in range(rounds)]
+    return statistics.median(times)
 
 
-def one_line_change(spec_path: Path, workdir: Path) -> Path:
-    """A copy of the spec with one description changed (app path kept valid)."""
+def changed_spec(spec_path: Path, workdir: Path) -> Path:
+    """A copy of the spec with one description changed (a config-only change)."""
     (workdir / "hosts").mkdir()
     (workdir / "app").symlink_to(REPO / "app")
     text = spec_path.read_text()
@@ -60,39 +76,88 @@ def one_line_change(spec_path: Path, workdir: Path) -> Path:
     return out
 
 
-def bench_boot(image_dir: Path, spec_path: Path) -> None:
-    labels = volume_labels(load_spec(spec_path))
-    with tempfile.TemporaryDirectory() as tmp:
-        drives = scratch_volumes(labels, Path(tmp))
-        vm = Machine(
-            BootImage.from_dir(image_dir),
-            Path(tmp),
-            host_forwards={"http": 80},
-            extra_drives=drives,
+def changed_app(spec_path: Path, workdir: Path) -> Path:
+    """A copy of the spec whose app has one changed line (an app-only change)."""
+    (workdir / "hosts").mkdir()
+    shutil.copytree(REPO / "app", workdir / "app", ignore=shutil.ignore_patterns("__pycache__"))
+    entry = workdir / "app" / load_spec(spec_path).dashboard.entry
+    entry.write_text(entry.read_text() + f"\n# bench {time.time():.0f}\n")
+    out = workdir / "hosts" / spec_path.name
+    shutil.copy2(spec_path, out)
+    return out
+
+
+def qcow2_size(disk: Path) -> int:
+    """Bytes of the disk as a compressed qcow2 (what an upload to Glance would carry)."""
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
+        out = Path(tmp) / "disk.qcow2"
+        subprocess.run(
+            ["qemu-img", "convert", "-c", "-O", "qcow2", str(disk), str(out)], check=True
         )
+        return out.stat().st_size
+
+
+def boot(image: BootImage, drives_for: list[str], dashboard_port: int | None) -> dict[str, Any]:
+    """Seconds from QEMU start to ssh, to every unit settled, to the dashboard listening."""
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        drives = scratch_volumes(drives_for, Path(tmp)) if drives_for else []
+        vm = Machine(image, Path(tmp), extra_drives=drives)
         start = time.perf_counter()
-        with vm:  # starts QEMU
+        with vm:
             vm.wait_for_ssh(timeout=900)
-            ssh = time.perf_counter() - start
-            vm.wait_for_unit("aurora-dashboard.service", timeout=900)
-            vm.wait_for_open_port(5006, timeout=900)
-            ready = time.perf_counter() - start
-            print(f"boot to ssh: {ssh:.0f} s; boot to dashboard listening: {ready:.0f} s")
-            took, _ = timed(vm.shutdown)
-            print(f"QMP powerdown to exit: {took:.1f} s")
+            figures["boot_to_ssh_s"] = time.perf_counter() - start
+            state = vm.execute("systemctl is-system-running --wait", timeout=900)[1].strip()
+            figures["boot_settled_s"] = time.perf_counter() - start
+            figures["settled_state"] = state
+            if dashboard_port is not None:
+                vm.wait_for_open_port(dashboard_port, timeout=900)
+                figures["boot_to_dashboard_s"] = time.perf_counter() - start
+            figures["systemd_analyze"] = vm.execute("systemd-analyze", timeout=120)[1].strip()
+            figures["powerdown_s"] = timed(vm.shutdown)[0]
+    return figures
 
 
-def bench_smoke(image_dir: Path) -> None:
-    took, proc = timed(
-        subprocess.run,
-        [sys.executable, "-m", "pytest", "-q", "tests/vm"],
-        cwd=REPO,
-        env={**__import__("os").environ, "AURORA_IMAGE": str(image_dir)},
-        capture_output=True,
-        text=True,
+def build_floor(spec_path: Path, log: Path) -> tuple[float, BootImage, Path]:
+    """Build the floor image with mkosi (Debian sources as the spec's); reuse the
+    Aurora build's tools tree when there is one."""
+    work = build_cache_dir() / "floor"
+    sandbox = apt_sandbox(load_spec(spec_path), spec_path, work / "sandbox")
+    output = work / "out"
+    argv = [
+        "--directory", str(FLOOR),
+        "--sandbox-tree", str(sandbox),
+        "--seed", "f1002000-0000-4000-8000-000000000000",
+        "--source-date-epoch", "1761955200",
+        "--cache-directory", str(work / "cache"),
+        "--workspace-directory", str(build_cache_dir() / "workspace"),
+        "--output-directory", str(output),
+    ]  # fmt: skip
+    tools = build_cache_dir() / "out" / "tools"
+    if tools.is_dir():
+        argv += ["--tools-tree", str(tools)]
+    took = mkosi.run_argv([*argv, "--force", "build"], log, progress=False)
+    image = BootImage(
+        disk=output / "floor.raw",
+        kernel=output / "floor.vmlinuz",
+        initrd=output / "floor.initrd",
+        cmdline=uki.cmdline(output / "floor.efi"),
     )
-    last = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
-    print(f"smoke suite incl. boot: {took:.0f} s ({last})")
+    return took, image, output
+
+
+def report(name: str, value: float, floor: dict[str, Any], unit: str = "s") -> str:
+    shown = f"{value / 1e6:.0f} MB" if unit == "B" else f"{value:.1f} s"
+    goal = GOALS.get(name)
+    if goal is not None:
+        goal_text = f"{goal / 1e6:.0f} MB" if unit == "B" else f"{goal:g} s"
+        shown += f" (goal {goal_text}: {'met' if value <= goal else 'missed'})"
+    if isinstance(floor.get(name), int | float) and floor[name]:
+        shown += (
+            f"; floor {floor[name] / 1e6:.0f} MB" if unit == "B" else f"; floor {floor[name]:.1f} s"
+        )
+        shown += f", ratio {value / floor[name]:.2f}"
+    return f"{name}: {shown}"
 
 
 def main() -> None:
@@ -100,36 +165,95 @@ def main() -> None:
     parser.add_argument("--spec", type=Path, default=REPO / "hosts" / "aurora.yml")
     parser.add_argument("--cold", action="store_true")
     parser.add_argument("--skip-boot", action="store_true")
-    parser.add_argument(
-        "--verify", action="store_true", help="also rebuild in an empty cache and compare"
-    )
+    parser.add_argument("--skip-floor", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="also time the smoke suite")
+    parser.add_argument("--verify", action="store_true", help="also rebuild in an empty cache")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
     args = parser.parse_args()
     spec_path = args.spec.resolve()
+    spec = load_spec(spec_path)
+    aurora: dict[str, Any] = {}
+    floor: dict[str, Any] = {}
 
-    bench_render(spec_path)
+    aurora["render_s"] = bench_render(spec_path)
+    print(f"render (load + validate + render), median of 20: {aurora['render_s'] * 1000:.1f} ms")
     if args.cold:
-        for name in ("mkosi-cache", "out"):
-            shutil.rmtree(cache_dir() / name, ignore_errors=True)
+        for name in ("mkosi-cache", "out", "venvs", "floor"):
+            shutil.rmtree(build_cache_dir() / name, ignore_errors=True)
     took, image = timed(build, spec_path, progress=False)
-    label = "cold build" if args.cold else "build"
-    print(f"{label}: {took:.0f} s ({'reused' if image.reused else 'built'} {image.tag})")
-    took, again = timed(build, spec_path, progress=False)
-    print(f"build with unchanged inputs: {took:.1f} s (reused={again.reused})")
-    with tempfile.TemporaryDirectory() as tmp:
-        took, changed = timed(build, one_line_change(spec_path, Path(tmp)), progress=False)
-        print(f"rebuild after a one-line spec change: {took:.0f} s (new tag {changed.tag})")
-        shutil.rmtree(changed.path, ignore_errors=True)
-    size = sum(p.stat().st_blocks * 512 for p in image.path.iterdir())
-    print(f"image directory on disk: {size / 2**30:.2f} GiB")
+    aurora["cold_build_s" if args.cold else "build_s"] = took
+    print(
+        f"{'cold build' if args.cold else 'build'}: {took:.0f} s "
+        f"({'reused' if image.reused else 'built'} {image.tag})"
+    )
+    aurora["unchanged_build_s"] = timed(build, spec_path, progress=False)[0]
+    for name, make in (
+        ("config_change_build_s", changed_spec),
+        ("app_change_build_s", changed_app),
+    ):
+        with tempfile.TemporaryDirectory() as tmp:
+            took, changed = timed(build, make(spec_path, Path(tmp)), progress=False)
+            aurora[name] = took
+            shutil.rmtree(changed.path, ignore_errors=True)
+    manifest = json.loads((image.path / "manifest.json").read_text())
+    disk = image.path / "aurora.raw"
+    aurora["disk_allocated_bytes"] = allocated(disk)
+    aurora["qcow2_compressed_bytes"] = qcow2_size(disk)
+    aurora["sizes"] = manifest.get("sizes", {})
+
+    if not args.skip_floor:
+        with tempfile.TemporaryDirectory() as tmp:
+            took, floor_image, _ = build_floor(spec_path, Path(tmp) / "floor.log")
+        floor["build_s"] = took
+        floor["disk_allocated_bytes"] = allocated(floor_image.disk)
+        floor["qcow2_compressed_bytes"] = qcow2_size(floor_image.disk)
+        if not args.skip_boot:
+            floor.update(boot(floor_image, [], None))
     if not args.skip_boot:
-        bench_boot(image.path, spec_path)
-        bench_smoke(image.path)
+        aurora_image = BootImage.from_dir(image.path)
+        aurora.update(boot(aurora_image, volume_labels(spec), spec.dashboard.port))
+    if args.smoke:
+        took, proc = timed(
+            subprocess.run,
+            [sys.executable, "-m", "pytest", "-q", "tests/vm"],
+            cwd=REPO,
+            env={**os.environ, "AURORA_IMAGE": str(image.path)},
+            capture_output=True,
+            text=True,
+        )
+        aurora["smoke_suite_s"] = took
+        last = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
+        print(f"smoke suite incl. boot: {took:.0f} s ({last})")
     if args.verify:
         from builder.verify import format_text, verify
 
         took, result = timed(verify, image.tag)
-        print(f"verify (rebuild in an empty build cache): {took:.0f} s")
+        aurora["verify_s"] = took
+        aurora["reproducible"] = result.identical
         print(format_text(result))
+
+    floor_for_ratio = {**floor, "cold_build_s": floor.get("build_s")}
+    if not args.cold:
+        floor_for_ratio["build_s"] = floor.get("build_s")
+    for name, value in aurora.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            unit = "B" if name.endswith("_bytes") else "s"
+            print(report(name, value, floor_for_ratio, unit))
+    for name in ("settled_state", "systemd_analyze"):
+        if name in aurora:
+            print(f"aurora {name}: {aurora[name]}")
+        if name in floor:
+            print(f"floor {name}: {floor[name]}")
+    results = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "kernel": platform.release()},
+        "tag": image.tag,
+        "goals": GOALS,
+        "aurora": aurora,
+        "floor": floor,
+    }
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"figures written to {args.out}")
 
 
 if __name__ == "__main__":
