@@ -183,35 +183,34 @@ def _with_evidence(target: Target) -> Target:
     return replace(target, before_rollback=target.before_rollback or keep_evidence)
 
 
-def promote(args: argparse.Namespace, target: Target) -> Outcome:
-    """`promote` through the gates: signature, policy, approvals, lease; the plan is made
-    under the lease, executed, soaked (builder.gates.guarded_promote)."""
-    from builder.gates import guarded_promote
-    from builder.release import execute, plan_promote
+def _prepared(args: argparse.Namespace, target: Target) -> tuple[Target, Gates]:
     from builder.spec import load_spec
 
     spec = load_spec(args.spec)
     chosen = spec.deploy.targets.get(args.target) if args.target else None
     target = _with_evidence(target)
-    rules = gates_for(args, spec, chosen, target.cloud)
-    return guarded_promote(
-        target, args.tag, rules, lambda: execute(target, plan_promote(target, args.tag))
-    )
+    return target, gates_for(args, spec, chosen, target.cloud)
+
+
+def promote(args: argparse.Namespace, target: Target) -> Outcome:
+    """`promote` through the gates: signature, policy, approvals, lease; the plan is made
+    under the lease, executed, soaked (builder.gates.guarded_promote)."""
+    from builder.gates import guarded_promote
+    from builder.release import execute, plan_promote
+
+    target, rules = _prepared(args, target)
+    run = lambda: execute(target, plan_promote(target, args.tag))  # noqa: E731
+    return guarded_promote(target, args.tag, rules, run)
 
 
 def rollback(args: argparse.Namespace, target: Target) -> Outcome:
     """`rollback` through the gates: the image's signature, evidence, the lease."""
     from builder.gates import guarded_rollback
     from builder.release import execute, plan_rollback
-    from builder.spec import load_spec
 
-    spec = load_spec(args.spec)
-    chosen = spec.deploy.targets.get(args.target) if args.target else None
-    target = _with_evidence(target)
-    rules = gates_for(args, spec, chosen, target.cloud)
-    return guarded_rollback(
-        target, args.tag, rules, lambda: execute(target, plan_rollback(target, args.tag))
-    )
+    target, rules = _prepared(args, target)
+    run = lambda: execute(target, plan_rollback(target, args.tag))  # noqa: E731
+    return guarded_rollback(target, args.tag, rules, run)
 
 
 def register(add: Callable[..., argparse.ArgumentParser]) -> None:

@@ -30,6 +30,7 @@ from builder.release import (
     ReleaseFailed,
     ServerBroken,
     Target,
+    _fallback,
     check_attested,
     glance_name,
     is_ready,
@@ -184,7 +185,7 @@ def guarded_promote(target: Target, ref: str, gates: Gates, run: Callable[[], Ou
             )
     if verified is not None:
         records |= {"aurora_signed_by": verified.signer, **signing.glance_properties(image_dir)}
-    fallback = _current(cloud, server)
+    fallback = _fallback(cloud, server)
     with lease.held(cloud, server.id, server.name, holder=operator(), action=f"promote {tag}",
                     ttl=gates.lease_ttl, break_lease=gates.break_lease, note=_tell):  # fmt: skip
         try:
@@ -277,17 +278,6 @@ def hide_superseded(cloud: Cloud, servers: list[str]) -> list[str]:
         if want:
             hidden.append(image.name)
     return hidden
-
-
-def _current(cloud: Cloud, server: Server) -> GlanceImage | None:
-    """The ready image the server runs now: where a failed soak goes back to."""
-    if server.status != "ACTIVE" or not server.image_id:
-        return None
-    try:
-        image = cloud.image(server.image_id)
-    except ImageNotFound:
-        return None
-    return image if is_ready(image) else None
 
 
 def keep_evidence(target: Target, server: Server, image: GlanceImage, reason: str) -> None:

@@ -1,6 +1,6 @@
-"""Release gates against a real Glance and two Nova doubles (staging, production):
-the lease (one operator at a time), signed releases, the production policy,
-hidden superseded images.
+"""Release gates against a real Glance (tests/unit/conftest.py) and two Nova doubles
+(staging, production): the lease (one operator at a time), signed releases, the
+production policy, hidden superseded images, soak and evidence.
 
 Glance is the real PyPI service on loopback (tests/release/glance.py). Nova
 is the release suite's compute double over a real socket, two of them as two
@@ -34,14 +34,6 @@ from tests.release.glance import GlanceServer
 from tests.release.nova import NovaDouble
 
 NOW = time.time()
-
-
-@pytest.fixture(scope="module")
-def glance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlanceServer]:
-    server = GlanceServer(tmp_path_factory.mktemp("glance"))
-    server.start()
-    yield server
-    server.stop()
 
 
 def _double(glance: GlanceServer, root: Path, name: str) -> NovaDouble:
@@ -91,14 +83,12 @@ def clouds(glance: GlanceServer, staging: NovaDouble, production: NovaDouble) ->
 
 
 @pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "images"
-    root.mkdir()
-    monkeypatch.setenv("AURORA_IMAGES", str(root))
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+def store(store: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The release tests' store (tests/unit/conftest.py), operated by alice@ops, with
+    the lease's settle time short."""
     monkeypatch.setenv("AURORA_OPERATOR", "alice@ops")
     monkeypatch.setattr(lease, "SETTLE_SECONDS", 0.05)
-    return root
+    return store
 
 
 def keypair(where: Path, principal: str) -> tuple[Path, Path]:
