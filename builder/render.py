@@ -456,8 +456,6 @@ def render(spec: HostSpec, units_dir: Path = UNITS_DIR) -> Tree:
         f"AURORA_HOSTNAME={spec.hostname}\nAURORA_CERT_DIR={spec.nginx.certificate_dir}\n".encode()
     )
     tree["/etc/nginx/sites-enabled/aurora.conf"] = File(link="../sites-available/aurora.conf")
-    # No version in the Server header or on error pages (http context: every server).
-    tree["/etc/nginx/conf.d/aurora-hardening.conf"] = File(b"server_tokens off;\n")
 
     defaults = spec.source_sync.defaults
     for stream in spec.source_sync.streams:
