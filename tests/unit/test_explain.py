@@ -67,7 +67,7 @@ def test_values_come_only_from_the_named_item() -> None:
 
 def test_template_prefix_is_not_pinned_on_the_user_name() -> None:
     [source] = sources_of(explained("aurora-dashboard"), "User=")
-    assert source.key_text == "user.name"
+    assert source.key_text == "dashboard.user"  # Panel's own user (issue 13)
     assert sources_of(explained("aurora-dashboard"), "EnvironmentFile=") == []
 
 

@@ -97,9 +97,8 @@ def _unit_shape(text: str) -> Iterator[tuple[str, ...]]:
         if match := _SECTION.match(line):
             section = match.group(1)
             yield ("section", section)
-        elif line.startswith(("#", ";")):
-            yield ("comment",)
-        elif line.strip():
+        elif line.strip() and not line.startswith(("#", ";")):
+            # Comments are the templates' (a value cannot start a line): not counted.
             yield ("directive", section, line.split("=", 1)[0].strip())
 
 
