@@ -45,6 +45,7 @@ nginx                                nginx                   tests/unit/test_rel
 openssl                              openssl                 tests/unit/test_release_probe.py
 systemd-analyze                      systemd                 tests/unit/test_systemd_values.py, test_least_privilege.py
 chromium                             chromium                tests/vm/test_security.py (the Panel page under its CSP)
+chromedriver                         chromium-driver         tests/vm/test_security.py (WebDriver for that browser)
 make                                 make                    the entry points, tests/unit/test_image_choice.py
 '
 host_packages=$(printf '%s\n' "$programs" | sed 's/#.*//' | awk 'NF >= 2 {print $2}' | sort -u)
