@@ -65,8 +65,19 @@ def add_options(p: argparse.ArgumentParser, *, promote: bool) -> None:
     )
 
 
+def _force(args: argparse.Namespace) -> tuple[bool, str | None]:
+    force, reason = getattr(args, "force", False), getattr(args, "reason", None)
+    if force and not (reason or "").strip():
+        raise SpecError('--force needs --reason "why" (the override is recorded)')
+    if reason and not force:
+        raise SpecError("--reason goes with --force")
+    return force, reason
+
+
 def apply_target(args: argparse.Namespace, spec: HostSpec) -> DeployTarget | None:
-    """Fill --server/--cloud/--address from `--target NAME` where not given."""
+    """Fill --server/--cloud/--address from `--target NAME` where not given (and refuse
+    a bad flag combination before anything is contacted)."""
+    _force(args)
     name = getattr(args, "target", None)
     if not name:
         return None
@@ -109,11 +120,7 @@ def gates_for(
 
     deploy = spec.deploy
     spec_dir = Path(args.spec).parent
-    force, reason = getattr(args, "force", False), getattr(args, "reason", None)
-    if force and not (reason or "").strip():
-        raise SpecError('--force needs --reason "why" (the override is recorded)')
-    if reason and not force:
-        raise SpecError("--reason goes with --force")
+    force, reason = _force(args)
     allowed = args.allowed_signers or (
         spec_dir / deploy.allowed_signers if deploy.allowed_signers else None
     )
