@@ -32,6 +32,8 @@ from builder.tree import atomic_write
 
 SERVICE, PIPELINE = "service", "pipeline"
 MARK = "@@aurora-health@@"
+# The service-class units' states, one `systemctl show` block each.
+SERVICES = "systemctl show -p Id -p Type -p ActiveState -p Result -- {units}"
 # Failed units with how they failed, one `systemctl show` block each.
 FAILING = (
     "units=$(systemctl list-units --failed --all --plain --no-legend --no-pager "
@@ -86,6 +88,24 @@ def parse_failing(output: str) -> dict[str, str]:
         status = props.get("ExecMainStatus", "0")
         found[unit] = f"{result} (status {status})" if status not in ("", "0") else result
     return found
+
+
+def unhealthy(services: list[str], shown: str) -> list[str]:
+    """Services not healthy ("unit state"): a service must be active, except a oneshot
+    run by its timer, which is healthy while inactive after a successful run."""
+    states = {}
+    for block in shown.split("\n\n"):
+        props = dict(line.partition("=")[::2] for line in block.splitlines() if "=" in line)
+        if props.get("Id"):
+            states[props["Id"]] = props
+    down = []
+    for unit in services:
+        props = states.get(unit, {})
+        state = props.get("ActiveState", "unknown")
+        oneshot_ok = props.get("Type") == "oneshot" and props.get("Result") == "success"
+        if state != "active" and not (state == "inactive" and oneshot_ok):
+            down.append(f"{unit} {state}")
+    return down
 
 
 def parse_classes(text: str) -> dict[str, str]:

@@ -3,7 +3,8 @@
 Checks, in order, all from the operator's side:
 1. ssh answers (polled until the deadline: a rebuilt server boots from scratch);
 2. boot has finished (`systemctl is-system-running --wait`);
-3. the image's services are active, and no failed unit counts against the
+3. the image's services are healthy (active; a timer's oneshot: its last run
+   succeeded), and no failed unit counts against the
    image (builder.health: a service or unclassified unit failing always
    counts; a pipeline unit only if it ran without failing, or failed another
    way, before the rebuild, `before`); excused failures are reported;
@@ -250,17 +251,14 @@ def _failed_units(run: _Run, before: health.Before | None) -> bool:
     try:
         classes, failing = health.observe(run.remote, timeout=60)
         services = sorted(u for u, c in classes.items() if c == health.SERVICE)
-        active = "systemctl is-active -- " + " ".join(services)
-        states = run.remote.run(active, timeout=60, check=False).split() if services else []
+        shown = run.remote.run(health.SERVICES.format(units=" ".join(services)), timeout=60)
     except RemoteError as exc:
         return run.add("failed-units", False, str(exc))
-    down = [f"{u} {s}" for u, s in zip(services, states, strict=False) if s != "active"]
-    if len(states) != len(services):
-        down.append(f"systemctl is-active answered {len(states)} of {len(services)} services")
+    down = health.unhealthy(services, shown) if services else []
     if not run.add(
         "services",
         not down,
-        f"not active: {', '.join(down)}" if down else f"{len(services)} active",
+        f"not healthy: {', '.join(down)}" if down else f"{len(services)} healthy",
     ):
         return False
     verdict = health.judge(failing, classes, before)

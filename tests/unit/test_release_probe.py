@@ -253,10 +253,13 @@ class RecordedHost:
             return 0, ""
         if "is-system-running" in command:
             return 0, "degraded\n" if self.failing else "running\n"
-        if command.startswith("systemctl is-active -- "):
-            units = command.split()[3:]
-            states = ["failed" if u in self.inactive else "active" for u in units]
-            return (3 if self.inactive else 0), "\n".join(states) + "\n"
+        if command.startswith("systemctl show -p Id -p Type -p ActiveState -p Result -- "):
+            units = command.split()[10:]
+            return 0, "\n\n".join(
+                f"Id={u}\nType={'oneshot' if u == 'ssh.service' else 'notify'}\n"
+                f"ActiveState={'failed' if u in self.inactive else 'active'}\nResult=success"
+                for u in units
+            )
         if health.CLASSES_FILE in command:
             return 0, f"{json.dumps(CLASSES)}\n{health.MARK}\n{self.failing}"
         if command.startswith("systemctl show -p Id -p ExecMainStartTimestampMonotonic -- "):
@@ -323,8 +326,22 @@ def test_probe_fails_when_a_service_is_not_active(nginx: dict[str, int]) -> None
     assert not report.ok
     assert (
         report.summary()
-        == f"probe of {host.name} failed: services: not active: nginx.service failed"
+        == f"probe of {host.name} failed: services: not healthy: nginx.service failed"
     )
+
+
+def test_a_oneshot_service_is_healthy_after_a_successful_run() -> None:
+    shown = (
+        "Id=aurora-health.service\nType=oneshot\nActiveState=inactive\nResult=success\n\n"
+        "Id=aurora-credentials.service\nType=oneshot\nActiveState=inactive\nResult=exit-code\n\n"
+        "Id=nginx.service\nType=forking\nActiveState=inactive\nResult=success\n"
+    )
+    units = ["aurora-credentials.service", "aurora-health.service", "nginx.service", "x.service"]
+    assert health.unhealthy(units, shown) == [
+        "aurora-credentials.service inactive",
+        "nginx.service inactive",
+        "x.service unknown",
+    ]
 
 
 def test_the_release_records_what_fails_before_it_rebuilds(tmp_path: Path) -> None:
