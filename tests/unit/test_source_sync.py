@@ -300,6 +300,22 @@ def test_wxcam_mirror_copies_hdr_only(make_stream, delete_excluded: bool) -> Non
     assert s.state.exists()
 
 
+def test_wxcam_mirror_keeps_the_layout_mode_of_its_destination(make_stream) -> None:
+    """`rsync -a SRC/ DEST/` would hand DEST the camera directory's mode (found in the VM)."""
+    s = make_stream(
+        name="wxcam", mode="mirror", patterns=[], filters=WXCAM_FILTERS, delete_excluded=True
+    )
+    s.put("FISH/2026/05/02/HDR_20260502_1200.jpg")
+    s.remote.chmod(0o755)
+    s.dest.mkdir(parents=True, exist_ok=True)
+    s.dest.chmod(0o2775)
+
+    assert_ok(s.run())
+
+    assert s.pulled() == {"FISH/2026/05/02/HDR_20260502_1200.jpg"}
+    assert oct(s.dest.stat().st_mode & 0o7777) == "0o2775"
+
+
 def test_wxcam_mirror_deletes_files_gone_from_source(make_stream) -> None:
     s = make_stream(
         name="wxcam", mode="mirror", patterns=[], filters=WXCAM_FILTERS, delete_excluded=True
