@@ -27,7 +27,6 @@ from builder.policy import BASE_TAG, PolicyRefused, StagingServer, base_tag, che
 from builder.release import (
     MARK,
     Outcome,
-    ReleaseFailed,
     ServerBroken,
     Target,
     _fallback,
@@ -38,8 +37,8 @@ from builder.release import (
     operator,
     ours,
     previous_live,
-    rebuild_and_probe,
     record,
+    roll_back_after,
 )
 
 
@@ -334,19 +333,4 @@ def _soak(
             "`aurora-image rollback TAG`"
         )
         raise ServerBroken(outcome.message, outcome)
-    record(cloud, fallback.id, server.name, "auto-rollback", "rebuilding")
-    back = rebuild_and_probe(target, server, fallback)
-    outcome.attempts.append(back)
-    record(cloud, fallback.id, server.name, "auto-rollback", back.outcome)
-    if back.ok:
-        outcome.final_status, outcome.final_image = "ACTIVE", fallback.name
-        outcome.message = (
-            f"{failed}; rolled back automatically: {server.name} runs {fallback.name} again "
-            "and its probe passed"
-        )
-        raise ReleaseFailed(outcome.message, outcome)
-    outcome.final_status, outcome.final_image = back.server.status if back.server else None, None
-    outcome.message = (
-        f"{failed}; the automatic rollback to {fallback.name} failed too: {back.reason}"
-    )
-    raise ServerBroken(outcome.message, outcome)
+    roll_back_after(target, server, fallback, outcome, failed)

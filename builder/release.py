@@ -701,6 +701,18 @@ def deploy(
         )  # fmt: skip
     if target.before_rollback is not None:
         target.before_rollback(target, attempt.server or server, image, attempt.reason)
+    return roll_back_after(target, server, fallback, outcome, failed)
+
+
+def roll_back_after(
+    target: Target, server: Server, fallback: GlanceImage, outcome: Outcome, failed: str
+) -> Outcome:
+    """After `failed`, rebuild from `fallback` by itself (a failed probe, a failed soak).
+
+    Raises ReleaseFailed when the fallback is live and healthy again (exit 3),
+    ServerBroken with the server's state when it is not (exit 4).
+    """
+    cloud = target.cloud
     _record_late(cloud, fallback.id, server.name, "auto-rollback", "rebuilding")
     back = rebuild_and_probe(target, server, fallback)
     outcome.attempts.append(back)
