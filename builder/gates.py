@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,9 @@ class Gates:
     fingerprint: Callable[[Path], dict[str, str]] | None = None
     soak_window: float = 0.0  # seconds the probe keeps watching after a promote (0: no soak)
     soak_interval: float = 60.0
+    # The soak's time source, passed in so a test runs the window on a virtual clock.
+    soak_clock: Callable[[], float] = time.monotonic
+    soak_sleep: Callable[[float], None] = time.sleep
 
 
 def _say(text: str) -> None:
@@ -313,7 +317,10 @@ def _soak(
             except AuroraError as exc:
                 _say(f"aurora-image: warning: host health timer not given the set: {exc}")
     with progress.step(f"soak {image.name} for {gates.soak_window:.0f} s"):
-        result = soak(target, image, window=gates.soak_window, interval=gates.soak_interval)
+        result = soak(
+            target, image, window=gates.soak_window, interval=gates.soak_interval,
+            clock=gates.soak_clock, sleep=gates.soak_sleep,
+        )  # fmt: skip
     try:
         cloud.set_properties(image.id, **result.properties())
     except CloudError as exc:

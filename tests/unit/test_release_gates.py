@@ -455,6 +455,26 @@ def stub_prober(fail_image: str, after: int) -> tuple[list[str], object]:
     return seen, prober
 
 
+class VirtualClock:
+    """The soak's clock for tests: time moves only when the soak sleeps, so the
+    number of probes in a window is exact however loaded the machine is."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def virtual_soak(window: float, interval: float) -> gates.Gates:
+    clock = VirtualClock()
+    return gates.Gates(soak_window=window, soak_interval=interval, soak_clock=clock,
+                       soak_sleep=clock.sleep)  # fmt: skip
+
+
 def test_soak_failure_rolls_back_by_itself_and_keeps_evidence(
     store: Path, clouds: dict[str, Cloud], production: NovaDouble,
     capsys: pytest.CaptureFixture[str],
@@ -473,7 +493,7 @@ def test_soak_failure_rolls_back_by_itself_and_keeps_evidence(
         address="127.0.0.1", ssh_port=free_port(), rebuild_timeout=120,
         prober=prober, before_rollback=gates.keep_evidence,  # type: ignore[arg-type]
     )  # fmt: skip
-    rules = gates.Gates(soak_window=3.0, soak_interval=0.5)
+    rules = virtual_soak(3.0, 0.5)
     run = lambda: release.execute(target, release.plan_promote(target, "2026.11-nnnn"))  # noqa: E731
     with pytest.raises(release.ReleaseFailed) as caught:
         gates.guarded_promote(target, "2026.11-nnnn", rules, run)
@@ -517,9 +537,9 @@ def test_a_soak_that_passes_records_its_verdict(
     target = Target(cloud=cloud, server=production.server.name, hostname="h", address="127.0.0.1",
                     ssh_port=free_port(), prober=prober)  # type: ignore[arg-type]  # fmt: skip
     run = lambda: release.execute(target, release.plan_promote(target, "2026.11-nnnn"))  # noqa: E731
-    outcome = gates.guarded_promote(target, "2026.11-nnnn", gates.Gates(soak_window=1.2,
-                                    soak_interval=0.5), run)  # fmt: skip
-    assert outcome.final_image == "aurora-2026.11-nnnn" and len(seen) >= 3
+    outcome = gates.guarded_promote(target, "2026.11-nnnn", virtual_soak(1.2, 0.5), run)
+    # The promote's own probe, then the soak's at 0.5, 1.0 and 1.2 s.
+    assert outcome.final_image == "aurora-2026.11-nnnn" and len(seen) == 4
     props = cloud.image(production.server.image_id).properties
     assert props["aurora_soak_verdict"] == "passed"
     assert props["aurora_soak_detail"].startswith("soak passed:")
