@@ -32,7 +32,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.sshd import SSHD, _keygen, _wait_ready, free_port
+from tests.sshd import SSHD, _keygen, _wait_ready, free_port, stop_process
 
 # Remote accounts live in the peer's own passwd; ids far from any real user's.
 UIDS = {"aurora": 61001, "rrniii": 61002}
@@ -67,13 +67,7 @@ class Peer:
         return (self.workdir / "sshd.log").read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=10)
 
 
 def _passwd_files(workdir: Path) -> dict[str, Path]:

@@ -68,13 +68,18 @@ class SshServer:
         return (self.workdir / "sshd.log").read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=5)
+
+
+def stop_process(process: subprocess.Popen[bytes], *, timeout: float) -> None:
+    """Terminate a test daemon, killing it if it has not left within `timeout`."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _keygen(path: Path, comment: str) -> str:
