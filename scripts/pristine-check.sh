@@ -108,4 +108,11 @@ start=$(date +%s)
 status=0
 unshare --mount --pid --fork --kill-child -- "$0" --inside "$root" || status=$?
 echo "pristine-check: exit $status after $(( $(date +%s) - start )) s"
+if [ "$status" != 0 ] && [ -z "$keep" ]; then
+    # The root goes; the logs of what failed (build, serial, smoke, Glance) stay.
+    logs="$ci/logs/$(date -u +%Y%m%dT%H%M%SZ)"
+    (cd "$root" && find src/images var/cache/aurora-image/release-test tmp -name '*.log' -size -64M \
+        -exec cp --parents -t "$(mkdir -p "$logs" && echo "$logs")" {} + 2>/dev/null) || true
+    echo "pristine-check: logs of this run kept in $logs"
+fi
 exit "$status"
