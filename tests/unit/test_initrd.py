@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import shutil
 import subprocess
+import types
 from pathlib import Path
 
 import pytest
@@ -13,12 +12,12 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "mkosi.postinst.d" / "initrd.chroot"
 
 
-def load():
-    loader = importlib.machinery.SourceFileLoader("aurora_initrd", str(SCRIPT))
-    spec = importlib.util.spec_from_loader("aurora_initrd", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
+def load() -> types.ModuleType:
+    """The script as a module, compiled in memory: an import would leave a
+    __pycache__ in mkosi.postinst.d, which mkosi then runs as a postinst script."""
+    module = types.ModuleType("aurora_initrd")
+    module.__file__ = str(SCRIPT)
+    exec(compile(SCRIPT.read_text(), str(SCRIPT), "exec"), module.__dict__)
     return module
 
 
