@@ -15,8 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from builder.generated import write_or_check
 from builder.inputs import REPO
-from builder.tree import atomic_write
 
 PAGE = REPO / "docs" / "reference" / "cli.md"
 _HIDDEN = {"-h", "--help"}
@@ -91,16 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--out", type=Path, default=PAGE, help="page to write")
     cli.add_argument("--check", action="store_true", help="exit 1 if the page is stale")
     args = cli.parse_args(argv)
-    page = render_page()
-    if args.check:
-        if (args.out.read_text() if args.out.exists() else "") != page:
-            print(f"cli_reference: {args.out} is stale: run `make docs`", file=sys.stderr)
-            return 1
-        print(f"{args.out}: up to date")
-        return 0
-    atomic_write(args.out, page.encode())
-    print(f"wrote {args.out}")
-    return 0
+    return write_or_check(args.out, render_page(), check=args.check, who="cli_reference")
 
 
 if __name__ == "__main__":

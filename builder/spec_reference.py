@@ -30,8 +30,8 @@ from pydantic.fields import FieldInfo
 
 from builder import spec as spec_mod
 from builder.errors import AuroraError
+from builder.generated import write_or_check
 from builder.spec import HostSpec
-from builder.tree import atomic_write
 
 REPO = Path(__file__).resolve().parent.parent
 PAGE = REPO / "docs" / "reference" / "spec.md"
@@ -360,12 +360,6 @@ def render_page() -> str:
     return "".join(out)
 
 
-def write_page(page: Path = PAGE) -> Path:
-    """Write the reference atomically (temp file + rename); return its path."""
-    atomic_write(page, render_page().encode())
-    return page
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m builder.spec_reference", description=__doc__.splitlines()[0]
@@ -374,21 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if the page is stale")
     args = parser.parse_args(argv)
     try:
-        if args.check:
-            current = args.out.read_text() if args.out.exists() else ""
-            if current != render_page():
-                print(
-                    f"spec_reference: {args.out} is stale: run `make docs` and commit it",
-                    file=sys.stderr,
-                )
-                return 1
-            print(f"{args.out}: up to date")
-            return 0
-        print(f"wrote {write_page(args.out)} ({len(entries())} keys)")
+        return write_or_check(args.out, render_page(), check=args.check, who="spec_reference")
     except AuroraError as exc:
         print(f"spec_reference: {exc}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":
