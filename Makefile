@@ -52,9 +52,9 @@ pristine: ## what CI runs: `make image` then `make test` in a fresh Debian 12 ro
 	scripts/pristine-check.sh
 
 docs: setup ## regenerate the spec reference and build the MkDocs site into build/site
-	$(RUN) python -m builder.spec_reference
+	$(RUN) python -m builder.spec.reference
 	$(CLI) schema --out docs/reference/spec.schema.json
-	$(RUN) python -m builder.cli_reference
+	$(RUN) python -m builder.cli.reference
 	$(RUN) mkdocs build --strict --site-dir build/site
 
 promote: setup ## upload image TAG=… to Glance, rebuild the JASMIN server from it, probe it

@@ -30,12 +30,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from builder import mkosi, uki  # noqa: E402
-from builder.image import allocated, apt_sandbox, build  # noqa: E402
-from builder.render import render  # noqa: E402
-from builder.spec import load_spec  # noqa: E402
+from builder.image import mkosi, uki  # noqa: E402
+from builder.image.build import allocated, apt_sandbox, build  # noqa: E402
+from builder.render.engine import render  # noqa: E402
+from builder.spec.model import load_spec  # noqa: E402
 from builder.tools import build_cache_dir  # noqa: E402
-from builder.vm import BootImage, Machine, scratch_volumes, volume_labels  # noqa: E402
+from builder.vm.harness import BootImage, Machine, scratch_volumes, volume_labels  # noqa: E402
 
 FLOOR = REPO / "bench" / "floor"
 # Goals of issue 14 (seconds, bytes): printed beside each figure.
@@ -225,7 +225,7 @@ def main() -> None:
         last = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
         print(f"smoke suite incl. boot: {took:.0f} s ({last})")
     if args.verify:
-        from builder.verify import format_text, verify
+        from builder.image.verify import format_text, verify
 
         took, result = timed(verify, image.tag)
         aurora["verify_s"] = took

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from builder.tree import atomic_write
+from builder.render.tree import atomic_write
 
 
 def write_or_check(out: Path, page: str, *, check: bool, who: str) -> int:

@@ -24,29 +24,29 @@ zstd                                 zstd                    mkosi
 cpio                                 cpio                    mkosi (initrd)
 mkfs.vfat                            dosfstools              mkosi (ESP)
 mcopy                                mtools                  mkosi (ESP)
-git                                  git                     the app source (builder/image.py)
-qemu-system-x86_64                   qemu-system-x86         builder/vm.py, smoke and release suites
-qemu-img                             qemu-utils              builder/vm.py, release (qcow2)
+git                                  git                     the app source (builder/image/build.py)
+qemu-system-x86_64                   qemu-system-x86         builder/vm/harness.py, smoke and release suites
+qemu-img                             qemu-utils              builder/vm/harness.py, release (qcow2)
 qemu-io                              qemu-utils              tests/release
-/usr/share/OVMF/OVMF_CODE_4M.fd      ovmf                    builder/vm.py (UEFI firmware)
-mkfs.ext4                            e2fsprogs               builder/vm.py (scratch volumes), verify
-debugfs                              e2fsprogs               builder/verify.py, tests
-dumpe2fs                             e2fsprogs               builder/verify.py
-e2label                              e2fsprogs               tests/unit/test_vm_harness.py
-fsck.erofs                           erofs-utils             builder/verify.py (the EROFS root)
-dump.erofs                           erofs-utils             builder/verify.py, tests/vm/test_smoke.py
-mkfs.erofs                           erofs-utils             tests/unit/test_verify.py
-ssh                                  openssh-client          builder/vm.py, on-host programs, tests
-ssh-keygen                           openssh-client          builder/vm.py, builder/signing.py, tests
-ssh-keyscan                          openssh-client          builder/probe.py (host keys on the console)
+/usr/share/OVMF/OVMF_CODE_4M.fd      ovmf                    builder/vm/harness.py (UEFI firmware)
+mkfs.ext4                            e2fsprogs               builder/vm/harness.py (scratch volumes), verify
+debugfs                              e2fsprogs               builder/image/verify.py, tests
+dumpe2fs                             e2fsprogs               builder/image/verify.py
+e2label                              e2fsprogs               tests/unit/vm/test_vm_harness.py
+fsck.erofs                           erofs-utils             builder/image/verify.py (the EROFS root)
+dump.erofs                           erofs-utils             builder/image/verify.py, tests/vm/test_smoke.py
+mkfs.erofs                           erofs-utils             tests/unit/image/test_verify.py
+ssh                                  openssh-client          builder/vm/harness.py, on-host programs, tests
+ssh-keygen                           openssh-client          builder/vm/harness.py, builder/release/signing.py, tests
+ssh-keyscan                          openssh-client          builder/host/probe.py (host keys on the console)
 sshd                                 openssh-server          tests/sshd.py, tests/peers.py (real sshd)
 rsync                                rsync                   on-host programs and their tests
-nginx                                nginx                   tests/unit/test_release_probe.py
-openssl                              openssl                 tests/unit/test_release_probe.py
-systemd-analyze                      systemd                 tests/unit/test_systemd_values.py, test_least_privilege.py
+nginx                                nginx                   tests/unit/host/test_release_probe.py
+openssl                              openssl                 tests/unit/host/test_release_probe.py
+systemd-analyze                      systemd                 tests/unit/spec/test_systemd_values.py, test_least_privilege.py
 chromium                             chromium                tests/vm/test_security.py (the Panel page under its CSP)
 chromedriver                         chromium-driver         tests/vm/test_security.py (WebDriver for that browser)
-make                                 make                    the entry points, tests/unit/test_image_choice.py
+make                                 make                    the entry points, tests/unit/image/test_image_choice.py
 '
 host_packages=$(printf '%s\n' "$programs" | sed 's/#.*//' | awk 'NF >= 2 {print $2}' | sort -u)
 missing=""

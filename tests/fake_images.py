@@ -1,6 +1,6 @@
 """Small fake images for the store and diff tests: real layout, tiny disks.
 
-The manifest's rendered digests and rendered.tar come from builder.image's
+The manifest's rendered digests and rendered.tar come from builder.image.build's
 own functions, so the tests read exactly what a build writes.
 """
 
@@ -10,8 +10,8 @@ import json
 import os
 from pathlib import Path
 
-from builder.image import RENDERED_TAR, rendered_manifest, rendered_tar, sha256_file
-from builder.render import File, Tree
+from builder.image.build import RENDERED_TAR, rendered_manifest, rendered_tar, sha256_file
+from builder.render.engine import File, Tree
 
 UNIT = "/etc/systemd/system/aurora-dashboard.service"
 BASE_TREE: Tree = {
@@ -35,7 +35,7 @@ def make_image(
     disk: bytes = b"disk",
     with_tar: bool = True,
 ) -> Path:
-    """An image directory as builder.image.build leaves it, built at `built_at`."""
+    """An image directory as builder.image.build.build leaves it, built at `built_at`."""
     tree = BASE_TREE if tree is None else tree
     path = store / tag
     path.mkdir(parents=True)

@@ -16,8 +16,8 @@ from datetime import datetime
 from pathlib import Path
 
 from builder.errors import UnknownTag
-from builder.inputs import REPO
-from builder.store import is_attested, iso, read_attestation, resolve_image
+from builder.image.inputs import REPO
+from builder.image.store import is_attested, iso, read_attestation, resolve_image
 
 IMAGE_ENV = "AURORA_IMAGE"
 SINCE_ENV = "AURORA_ATTESTED_SINCE"

@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from builder.vm import _die_with_parent, free_port, tail_text
+from builder.vm.harness import _die_with_parent, free_port, tail_text
 
 VENV_BIN = Path(sys.executable).parent
 # The paste pipelines ship with the package, under the venv's etc/.

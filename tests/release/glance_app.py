@@ -9,7 +9,7 @@ lock and the second to write is refused at once with "database is locked":
 SQLite never waits to upgrade a read lock, as waiting could deadlock. Glance
 turns that into HTTP 500. On a loaded machine the overlap is common (seen in
 `make test` with a VM booting alongside; reproduced by
-tests/unit/test_glance_server.py). Production Glance runs on MySQL, where the
+tests/unit/release/test_glance_server.py). Production Glance runs on MySQL, where the
 second writer waits for the row lock; ``BEGIN IMMEDIATE`` gives SQLite the same
 behaviour: a transaction takes the write lock when it starts, so an overlapping
 one waits (up to the connection's busy timeout) rather than failing.

@@ -27,10 +27,10 @@ from typing import Any
 import openstack
 import pytest
 
-from builder.cli import main
-from builder.image import build, images_dir
-from builder.inputs import REPO
-from builder.store import write_attestation
+from builder.cli.main import main
+from builder.image.build import build, images_dir
+from builder.image.inputs import REPO
+from builder.image.store import write_attestation
 from builder.tools import build_cache_dir
 from tests.image_choice import attestation_problem, chosen_image
 from tests.release.conftest import CLOUD, SERVER

@@ -18,7 +18,7 @@ import pytest
 from keystoneauth1 import exceptions as ks_exc
 from openstack import exceptions as os_exc
 
-from builder.image import file_digest
+from builder.image.build import file_digest
 from builder.retry import retry
 from tests.release.conftest import SERVER, boot_image_dir
 from tests.release.glance import GlanceServer
@@ -36,8 +36,6 @@ STFC_PROPERTIES = {
 def _connect() -> openstack.connection.Connection:
     """Through clouds.yaml and OS_CLOUD, as the tool connects."""
     return openstack.connect()
-
-
 
 
 def _upload(conn: openstack.connection.Connection, path: Path, name: str, **props: str) -> str:

@@ -13,8 +13,9 @@ from pathlib import Path
 import openstack
 import pytest
 
-from builder import release, release_meta
-from builder.cloud import Cloud
+from builder.release import core as release
+from builder.release import meta as release_meta
+from builder.release.cloud import Cloud
 from tests.release.glance import GlanceServer
 from tests.release.nova import NovaDouble
 

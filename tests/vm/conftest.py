@@ -10,7 +10,7 @@ the data-flow tests swap in over /data. The data-flow tests (test_flows.py)
 change timers, credentials and the guest's routes, so they run last.
 
 When the session booted an image, its end writes `attestation.json` into the
-image directory (builder.store): the disk digest and every test's outcome, so
+image directory (builder.image.store): the disk digest and every test's outcome, so
 the release tooling can tell a tested image from an untested one.
 """
 
@@ -27,13 +27,13 @@ import testinfra
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope
 
-from builder import accel as accel_mod
-from builder import signing
 from builder.errors import AuroraError
-from builder.logs import write_smoke_log
-from builder.spec import HostSpec, load_spec
-from builder.store import FAILING, write_attestation
-from builder.vm import BootImage, Machine, boot, free_port, scratch_volumes
+from builder.image.logs import write_smoke_log
+from builder.image.store import FAILING, write_attestation
+from builder.release import signing
+from builder.spec.model import HostSpec, load_spec
+from builder.vm import accel as accel_mod
+from builder.vm.harness import BootImage, Machine, boot, free_port, scratch_volumes
 from tests.image_choice import chosen_image
 
 SPEC = Path(__file__).resolve().parents[2] / "hosts" / "aurora.yml"

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.audit import audit, format_table
-from builder.cli import main
-from builder.vm import SSH_HOST, Machine
+from builder.cli.main import main
+from builder.host.audit import audit, format_table
+from builder.vm.harness import SSH_HOST, Machine
 
 TIMER = "aurora-cl61-source-sync.timer"
 DROPIN = "/run/systemd/system/aurora-dashboard.service.d/50-audit-probe.conf"

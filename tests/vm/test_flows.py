@@ -30,11 +30,11 @@ from pathlib import Path
 
 import pytest
 
-from builder import health
-from builder.probe import Endpoint, probe
-from builder.render import GWS_CONFIG_DIR, gws_unit, sync_unit
-from builder.spec import GwsJob, HostSpec, Stream
-from builder.vm import Machine
+from builder.host import health
+from builder.host.probe import Endpoint, probe
+from builder.render.engine import GWS_CONFIG_DIR, gws_unit, sync_unit
+from builder.spec.model import GwsJob, HostSpec, Stream
+from builder.vm.harness import Machine
 from tests.peers import (
     Peer,
     Peers,
@@ -578,7 +578,7 @@ def test_a_legitimate_deletion_propagates_into_the_backup_directory(
 
 def test_push_configs_in_the_image_are_the_rendered_ones(flows: Machine, spec: HostSpec) -> None:
     """The flows above ran on the default spec's configs, not on test-made ones."""
-    from builder.render import render
+    from builder.render.engine import render
 
     rendered = render(spec)
     for job in spec.gws.jobs:

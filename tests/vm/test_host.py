@@ -12,9 +12,9 @@ import urllib.request
 
 import pytest
 
-from builder.render import SYSTEM_UNITS, render
-from builder.spec import HostSpec
-from builder.vm import Machine
+from builder.render.engine import SYSTEM_UNITS, render
+from builder.spec.model import HostSpec
+from builder.vm.harness import Machine
 
 
 def _rendered_units(spec: HostSpec) -> list[str]:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import health
-from builder.vm import BootImage, Machine, boot, make_overlay, scratch_volumes
+from builder.host import health
+from builder.vm.harness import BootImage, Machine, boot, make_overlay, scratch_volumes
 from tests.vm.conftest import BOOT_FINISHED, VOLUMES
 
 TREE_DIGEST = (
@@ -35,7 +35,7 @@ def _snapshot(machine: Machine) -> dict[str, str]:
             "ssh-keygen -lf /var/lib/aurora/ssh/etc/ssh/ssh_host_ed25519_key.pub"
         ).strip(),
         "tree": machine.succeed(TREE_DIGEST).split()[0],
-        # Pipeline units may fail on the empty volumes (builder.health), at their own pace.
+        # Pipeline units may fail on the empty volumes (builder.host.health), at their own pace.
         "failed": " ".join(sorted(u for u, c in _failed_classes(machine) if c != health.PIPELINE)),
     }
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from testinfra.host import Host
 
-from builder import health
-from builder.gpt import partition
-from builder.render import sync_unit
-from builder.spec import HostSpec
-from builder.verify import list_directory
-from builder.vm import Machine
+from builder.host import health
+from builder.image.gpt import partition
+from builder.image.verify import list_directory
+from builder.render.engine import sync_unit
+from builder.spec.model import HostSpec
+from builder.vm.harness import Machine
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def dashboard(booted: Machine, spec: HostSpec) -> Machine:
 
 
 def test_no_failed_units(booted: Machine) -> None:
-    """No service fails. A pipeline unit may (builder.health): on these empty volumes
+    """No service fails. A pipeline unit may (builder.host.health): on these empty volumes
     the sample HATPRO append fails as production's jobs do on empty inputs."""
     state = booted.execute("systemctl is-system-running")[1].strip()
     classes, failing = health.observe(booted.remote())  # after: a failed unit stays failed

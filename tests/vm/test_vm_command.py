@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-CLI = [sys.executable, "-m", "builder.cli"]
+CLI = [sys.executable, "-m", "builder.cli.main"]
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""The `aurora-image` command: parser, completion, command reference."""

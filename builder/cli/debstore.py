@@ -1,0 +1,60 @@
+"""`aurora-image debstore`: the content-addressed store of the .debs images were built from
+(builder.image.debstore): export one image's packages, import them on another machine, verify."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from builder.errors import AuroraError
+
+
+def register(add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add("debstore", cmd_debstore, "the .debs images were built from: export, import, verify")
+    p.add_argument("action", choices=["export", "import", "verify"])
+    p.add_argument("what", metavar="TAG|FILE", help="export/verify: an image tag; import: a tar")
+    p.add_argument("--to", type=Path, metavar="FILE", help="export: the tar to write")
+
+
+def _digests(tag: str) -> tuple[Path, dict[str, str]]:
+    from builder.image.store import MANIFEST, resolve_image
+
+    image_dir = resolve_image(tag)
+    digests = json.loads((image_dir / MANIFEST).read_text()).get("debian_debs")
+    if not digests:
+        raise AuroraError(
+            f"{image_dir.name}: its manifest records no .deb digests (built before the "
+            "package store); rebuild it to record them"
+        )
+    return image_dir, digests
+
+
+def cmd_debstore(args: argparse.Namespace) -> int:
+    from builder.image import debstore
+
+    if args.action == "import":
+        added = debstore.import_(Path(args.what))
+        result = {"imported": added, "store": str(debstore.store_dir())}
+        print(json.dumps(result) if args.json else f"{added} .deb(s) added to {result['store']}")
+        return 0
+    image_dir, digests = _digests(args.what)
+    if args.action == "verify":
+        bad = debstore.verify(digests)
+        if args.json:
+            print(json.dumps({"tag": image_dir.name, "packages": len(digests), "bad": bad}))
+        elif not bad:
+            print(f"{image_dir.name}: all {len(digests)} .debs in {debstore.store_dir()}")
+        if bad:
+            raise AuroraError(
+                f"{image_dir.name}: {len(bad)} .deb(s) missing or damaged in the store "
+                f"({', '.join(bad[:5])}); import them (`aurora-image debstore import FILE`)"
+            )
+        return 0
+    if args.to is None:
+        raise AuroraError("debstore export TAG needs --to FILE (the tar to write)")
+    count = debstore.export(digests, args.to)
+    print(json.dumps({"tag": image_dir.name, "debs": count, "file": str(args.to)}) if args.json
+          else f"{image_dir.name}: {count} .debs written to {args.to}")  # fmt: skip
+    return 0

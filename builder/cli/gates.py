@@ -1,0 +1,249 @@
+"""The release gates' side of the CLI: `--target`, `--break-lease`, `--allowed-signers`,
+`--force --reason`, `--approve`, turned into a builder.release.gates.Gates from the spec.
+
+Kept apart from cli_release so the release commands gain the gates with a
+two-line hook: options at registration, `guarded(...)` around the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, get_args
+
+from builder.errors import SpecError
+
+if TYPE_CHECKING:
+    from builder.release.cloud import Cloud
+    from builder.release.core import Outcome, Target
+    from builder.release.gates import Gates
+    from builder.spec.model import DeployTarget, HostSpec
+
+
+def categories() -> tuple[str, ...]:
+    from builder.spec.model import ChangeCategory
+
+    return get_args(ChangeCategory)
+
+
+def target_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", metavar="NAME", help="deploy target (deploy.targets)")
+
+
+def add_options(p: argparse.ArgumentParser, *, promote: bool) -> None:
+    target_option(p)
+    p.add_argument(
+        "--break-lease",
+        action="store_true",
+        help="take the server's lease even from another operator (their run is dead)",
+    )
+    p.add_argument(
+        "--allowed-signers",
+        type=Path,
+        metavar="FILE",
+        help="OpenSSH allowed_signers for release signatures (default: deploy.allowed_signers)",
+    )
+    if not promote:
+        return
+    p.add_argument(
+        "--soak",
+        metavar="SPAN",
+        help="keep probing this long after the rebuild, roll back on a failure "
+        "(default: deploy.soak_window; 0 skips)",
+    )
+    p.add_argument("--force", action="store_true", help="production: skip the staging soak rule")
+    p.add_argument("--reason", help="why --force (recorded on the Glance image)")
+    p.add_argument(
+        "--approve",
+        action="append",
+        default=[],
+        metavar="CATEGORY",
+        choices=categories(),
+        help="approve a change category production asks approval for (repeatable)",
+    )
+
+
+def _force(args: argparse.Namespace) -> tuple[bool, str | None]:
+    force, reason = getattr(args, "force", False), getattr(args, "reason", None)
+    if force and not (reason or "").strip():
+        raise SpecError('--force needs --reason "why" (the override is recorded)')
+    if reason and not force:
+        raise SpecError("--reason goes with --force")
+    return force, reason
+
+
+def apply_target(args: argparse.Namespace, spec: HostSpec) -> DeployTarget | None:
+    """Fill --server/--cloud/--address from `--target NAME` where not given (and refuse
+    a bad flag combination before anything is contacted)."""
+    _force(args)
+    name = getattr(args, "target", None)
+    if not name:
+        return None
+    targets = spec.deploy.targets
+    if name not in targets:
+        known = ", ".join(sorted(targets)) or "none"
+        raise SpecError(
+            f"{args.spec}: deploy.targets has no {name!r} (targets: {known}); "
+            "add it there or pick one of those"
+        )
+    chosen = targets[name]
+    if not getattr(args, "server", None):
+        args.server = chosen.server
+    if getattr(args, "cloud", None) is None and chosen.cloud:
+        args.cloud = chosen.cloud
+    if hasattr(args, "address") and not args.address and chosen.address:
+        args.address = chosen.address
+    return chosen
+
+
+def other_servers(spec: HostSpec, cloud: str, server: str) -> list[str]:
+    """The other deploy targets' servers in this cloud, when `server` is one of the
+    targets: their live and rollback images are as protected from glance-prune as
+    this server's. (A server outside deploy.targets is pruned for on its own.)"""
+    if server not in {t.server for t in spec.deploy.targets.values()}:
+        return []
+    return sorted(
+        {t.server for t in spec.deploy.targets.values()
+         if t.cloud in (None, cloud) and t.server != server}
+    )  # fmt: skip
+
+
+def gates_for(
+    args: argparse.Namespace, spec: HostSpec, chosen: DeployTarget | None, cloud: Cloud
+) -> Gates:
+    from builder.release.cloud import Cloud
+    from builder.release.gates import Gates
+    from builder.release.policy import StagingServer
+    from builder.spec.systemd_values import parse_timespan
+
+    deploy = spec.deploy
+    spec_dir = Path(args.spec).parent
+    force, reason = _force(args)
+    allowed = args.allowed_signers or (
+        spec_dir / deploy.allowed_signers if deploy.allowed_signers else None
+    )
+    role = chosen.role if chosen else None
+    stagings: list[StagingServer] = []
+    others: list[StagingServer] = []
+    # The other targets matter only to a release that goes to one of them.
+    for name, t in deploy.targets.items() if chosen is not None else ():
+        if t == chosen:
+            continue
+        same = t.cloud in (None, cloud.name)
+        where = cloud if same else Cloud.connect(t.cloud) if t.role == "staging" else None
+        if where is None:
+            continue
+        entry = StagingServer(name, where, t.server)
+        if t.role == "staging" and role == "production":
+            stagings.append(entry)
+        if same:
+            others.append(entry)
+    needs = tuple(deploy.approval_required)
+    span = getattr(args, "soak", None) or deploy.soak_window
+    try:
+        soak = 0.0 if span in ("0", "0s") else parse_timespan(span)
+    except ValueError as exc:
+        raise SpecError(f"--soak {span}: {exc}") from None
+    return Gates(
+        role=role,
+        allowed_signers=allowed,
+        lease_ttl=parse_timespan(deploy.lease_ttl),
+        break_lease=args.break_lease,
+        stagings=stagings,
+        staging_soak=parse_timespan(deploy.staging_soak),
+        force_reason=reason if force else None,
+        approvals=tuple(getattr(args, "approve", ()) or ()),
+        needs_approval=needs,
+        target_spec=(spec_dir / chosen.spec) if chosen and chosen.spec else None,
+        others=others,
+        soak_window=soak,
+        soak_interval=min(60.0, max(soak / 10, 1.0)),
+        fingerprint=fingerprinter(spec_dir / chosen.spec if chosen and chosen.spec else args.spec),
+    )
+
+
+def fingerprinter(spec_path: Path) -> Callable[[Path], dict[str, str]]:
+    """image dir -> its change-category fingerprints, read from the spec that built it
+    (checked: the spec must give the image's tag now; otherwise none are known)."""
+
+    def fingerprint(image_dir: Path) -> dict[str, str]:
+        from builder.image.inputs import collect
+        from builder.image.store import MANIFEST
+        from builder.release.categories import fingerprints
+        from builder.spec.model import app_source_dir, load_spec
+
+        spec = load_spec(spec_path)
+        if collect(spec, spec_path, app_source_dir(spec, spec_path)).tag != image_dir.name:
+            return {}
+        return fingerprints(spec, json.loads((image_dir / MANIFEST).read_text()))
+
+    return fingerprint
+
+
+def _with_evidence(target: Target) -> Target:
+    from dataclasses import replace
+
+    from builder.release.gates import keep_evidence
+
+    return replace(target, before_rollback=target.before_rollback or keep_evidence)
+
+
+def _prepared(args: argparse.Namespace, target: Target) -> tuple[Target, Gates]:
+    from builder.spec.model import load_spec
+
+    spec = load_spec(args.spec)
+    chosen = spec.deploy.targets.get(args.target) if args.target else None
+    target = _with_evidence(target)
+    return target, gates_for(args, spec, chosen, target.cloud)
+
+
+def promote(args: argparse.Namespace, target: Target) -> Outcome:
+    """`promote` through the gates: signature, policy, approvals, lease; the plan is made
+    under the lease, executed, soaked (builder.release.gates.guarded_promote)."""
+    from builder.release.core import execute, plan_promote
+    from builder.release.gates import guarded_promote
+
+    target, rules = _prepared(args, target)
+    run = lambda: execute(target, plan_promote(target, args.tag))  # noqa: E731
+    return guarded_promote(target, args.tag, rules, run)
+
+
+def rollback(args: argparse.Namespace, target: Target) -> Outcome:
+    """`rollback` through the gates: the image's signature, evidence, the lease."""
+    from builder.release.core import execute, plan_rollback
+    from builder.release.gates import guarded_rollback
+
+    target, rules = _prepared(args, target)
+    run = lambda: execute(target, plan_rollback(target, args.tag))  # noqa: E731
+    return guarded_rollback(target, args.tag, rules, run)
+
+
+def register(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """`sign`: an operator signs an attested image (the suite signs when a key is set);
+    `debstore` (builder.cli.debstore)."""
+    from builder.cli import debstore as cli_debstore
+
+    cli_debstore.register(add)
+    p = add("sign", cmd_sign, "sign an attested image's release statement (ssh-keygen -Y sign)")
+    p.add_argument("tag", metavar="TAG", help="image tag in the store (must be attested)")
+    p.add_argument(
+        "--key",
+        type=Path,
+        help="ssh private key to sign with (default: AURORA_SIGNING_KEY); never in the repo",
+    )
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from builder.release import signing
+    from builder.release.core import check_attested
+
+    image_dir = check_attested(args.tag)
+    statement = signing.sign(image_dir, signing.signing_key(args.key))
+    if args.json:
+        print(json.dumps({"tag": image_dir.name, "statement": statement,
+                          "signature": str(image_dir / signing.SIGNATURE)}))  # fmt: skip
+    else:
+        print(f"{image_dir.name}: signed ({image_dir / signing.SIGNATURE})")
+    return 0

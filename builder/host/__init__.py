@@ -1,0 +1,1 @@
+"""A running host: commands over ssh, drift audit, health probe."""

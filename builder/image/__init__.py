@@ -1,0 +1,1 @@
+"""Images: inputs and tag, the mkosi build, the store of built images."""

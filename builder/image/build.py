@@ -1,0 +1,424 @@
+"""Build an image from a host spec: render, stage, mkosi, manifest, store.
+
+The image store is `images/<tag>/` (aurora.raw, kernel, initrd, cmdline,
+manifest.json, build.log, rendered.tar). A tag that is already stored is not
+rebuilt: the tag is a digest of the inputs, so the stored image is that build.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+from builder.errors import BuildError
+from builder.image import debian_lock, debstore, mkosi, uki
+from builder.image.app_lock import check_lock
+from builder.image.gpt import partition, partition_digest, partitions
+from builder.image.inputs import APP_IGNORE, REPO, Inputs, app_file, collect
+from builder.render.engine import File, Tree, render
+from builder.render.tree import atomic_write, write_tree
+from builder.spec.model import HostSpec, app_source_dir, load_spec
+from builder.tools import build_cache_dir, cache_dir
+
+ARTIFACTS = ("aurora.raw", "aurora.vmlinuz", "aurora.initrd")
+# The UKI mkosi writes next to the split kernel and initrd; its .cmdline (with the
+# dm-verity roothash= mkosi adds) is what the image boots with, under UEFI or direct.
+UKI = "aurora.efi"
+RENDERED_TAR = "rendered.tar"
+# The running host names the image it was built as here (read by `aurora-image audit`).
+IDENTITY = "/usr/lib/aurora/image.json"
+
+
+def images_dir() -> Path:
+    return Path(os.environ.get("AURORA_IMAGES", REPO / "images"))
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    tag: str
+    path: Path
+    reused: bool
+    seconds: float
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a (possibly multi-GB) file, read in chunks."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, algorithm).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    return file_digest(path)
+
+
+def rendered_manifest(tree: Tree) -> dict[str, dict[str, str]]:
+    entries: dict[str, dict[str, str]] = {}
+    for path, entry in tree.items():
+        entries[path] = _entry_manifest(entry)
+    return entries
+
+
+def _entry_manifest(entry: File) -> dict[str, str]:
+    if entry.link is not None:
+        return {"link": entry.link}
+    if entry.directory:
+        return {"directory": f"{entry.mode:04o}"}
+    return {"sha256": hashlib.sha256(entry.content).hexdigest(), "mode": f"{entry.mode:04o}"}
+
+
+def rendered_tar(tree: Tree) -> bytes:
+    """The rendered tree as a tar, byte-identical for the same tree.
+
+    The manifest holds only digests; `aurora-image diff` reads the contents
+    from here. Names are sorted and owner and time zeroed so equal trees
+    give equal archives.
+    """
+    buffer = BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(tree):
+            entry = tree[path]
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            info.mode = entry.mode
+            data = None
+            if entry.link is not None:
+                info.type, info.linkname = tarfile.SYMTYPE, entry.link
+            elif entry.directory:
+                info.type = tarfile.DIRTYPE
+            else:
+                info.size, data = len(entry.content), BytesIO(entry.content)
+            tar.addfile(info, data)
+    return buffer.getvalue()
+
+
+def _stage_app(spec: HostSpec, spec_path: Path, stage: Path, lock: Path) -> None:
+    """Put the app tree and its lock where the image's postinst script finds them."""
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    local = app_source_dir(spec, spec_path)
+    if local is not None:
+        if not local.is_dir():
+            raise BuildError(
+                f"{spec_path}: dashboard.app.path: {local} is not a directory; "
+                "point it at the app checkout"
+            )
+        shutil.copytree(local, stage / "app", ignore=shutil.ignore_patterns(*APP_IGNORE))
+    else:
+        _checkout_git(
+            spec.dashboard.app.git or "", spec.dashboard.app.ref or "", stage / "app", spec_path
+        )
+    shutil.copy2(lock, stage / "requirements.txt")
+    # The build host's CA bundle, so the install inside the image trusts the
+    # same TLS path to PyPI as the host (proxies with their own CA included).
+    # It is used during the build only and never lands in the image.
+    bundle = Path(os.environ.get("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt"))
+    if bundle.exists():
+        shutil.copy2(bundle, stage / "ca-certificates.crt")
+
+
+def _checkout_git(url: str, ref: str, dest: Path, spec_path: Path) -> None:
+    mirror = cache_dir() / "git" / hashlib.sha256(url.encode()).hexdigest()[:16]
+
+    def git(*args: str, cwd: Path | None = None) -> None:
+        result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+        if result.returncode != 0:
+            msg = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise BuildError(
+                f"{spec_path}: dashboard.app: git {args[0]} of {url} failed ({msg}); "
+                "check the URL and that 'ref' is a commit in it"
+            )
+
+    if not mirror.exists():
+        mirror.parent.mkdir(parents=True, exist_ok=True)
+        git("clone", "--mirror", "--quiet", url, str(mirror))
+    else:
+        git("fetch", "--quiet", "--prune", "origin", cwd=mirror)
+    git("clone", "--quiet", "--no-checkout", str(mirror), str(dest))
+    git("checkout", "--quiet", ref, cwd=dest)
+    # .git and every dotfile (a committed .env, say) stay out of the image.
+    for path in sorted(dest.rglob("*"), reverse=True):
+        if not app_file(path.relative_to(dest)):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+def apt_sandbox(spec: HostSpec, spec_path: Path, dest: Path) -> Path:
+    """The package manager's view for the image: Debian (mirror or snapshot) and
+    the spec's extra repositories. Replaces mkosi's own list (whose debug
+    repository the mirrors here refuse)."""
+    shutil.rmtree(dest, ignore_errors=True)
+    (dest / "etc/apt/sources.list.d").mkdir(parents=True)
+    (dest / "usr/share/keyrings").mkdir(parents=True)
+    main, security = spec.debian.urls()
+    valid = "Check-Valid-Until: no\n" if spec.debian.snapshot else ""
+    (dest / "etc/apt/sources.list.d/mkosi.sources").write_text(
+        f"Types: deb\nURIs: {main}\nSuites: trixie trixie-updates\nComponents: main\n"
+        f"Signed-By: {DEBIAN_KEYRING}\n{valid}\n"
+        f"Types: deb\nURIs: {security}\nSuites: trixie-security\nComponents: main\n"
+        f"Signed-By: {DEBIAN_KEYRING}\n{valid}"
+    )
+    for index, repo in enumerate(spec.apt_repositories):
+        key = (spec_path.parent / repo.key).resolve()
+        if not key.is_file():
+            raise BuildError(
+                f"{spec_path}: apt_repositories[{index}].key: {key} does not exist; "
+                f"put the {repo.name} archive key there"
+            )
+        keyring = f"/usr/share/keyrings/aurora-{repo.name}.gpg"
+        shutil.copy2(key, dest / keyring.lstrip("/"))
+        (dest / f"etc/apt/sources.list.d/{repo.name}.sources").write_text(
+            f"Types: deb\nURIs: {repo.url}\nSuites: {repo.suite}\n"
+            f"Components: {' '.join(repo.components)}\nSigned-By: {keyring}\n"
+        )
+    return dest
+
+
+def _read_json(path: Path) -> object:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def debian_packages(mkosi_manifest: Path) -> dict[str, str]:
+    data = _read_json(mkosi_manifest) or {}
+    packages = data.get("packages", []) if isinstance(data, dict) else []
+    return {p["name"]: p["version"] for p in sorted(packages, key=lambda p: p["name"])}
+
+
+def python_packages(listing: Path) -> dict[str, str]:
+    data = _read_json(listing) or []
+    return {p["name"]: p["version"] for p in sorted(data, key=lambda p: p["name"].lower())}
+
+
+def build(spec_path: Path, *, progress: bool = True) -> BuiltImage:
+    """Build the image the spec describes, or reuse the stored one of the same tag."""
+    spec = load_spec(spec_path)
+    lock = check_lock(spec)
+    tree = render(spec)
+    inputs = collect(spec, spec_path, app_source_dir(spec, spec_path))
+    store = images_dir()
+    final = store / inputs.tag
+    if (final / "manifest.json").exists():
+        return BuiltImage(inputs.tag, final, reused=True, seconds=0.0)
+    with _exclusive(build_cache_dir() / "build.lock"):
+        if (final / "manifest.json").exists():
+            return BuiltImage(inputs.tag, final, reused=True, seconds=0.0)
+        tree = {**tree, **identity(inputs)}
+        return _build(spec, spec_path, lock, tree, inputs, final, progress=progress)
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """One mkosi run at a time per build cache: they share its output directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def identity(inputs: Inputs) -> Tree:
+    """What the running host says about itself: the tag it was built as (for audits)."""
+    data = {"tag": inputs.tag, "release": inputs.release, "inputs_digest": inputs.digest}
+    return {IDENTITY: File((json.dumps(data, indent=2) + "\n").encode())}
+
+
+def _build(
+    spec: HostSpec,
+    spec_path: Path,
+    lock: Path,
+    tree: Tree,
+    inputs: Inputs,
+    final: Path,
+    *,
+    progress: bool,
+) -> BuiltImage:
+    store = final.parent
+    work = build_cache_dir() / "work" / inputs.tag
+    tree_dir = write_tree(tree, work / "tree")
+    _stage_app(spec, spec_path, work / "stage", lock)
+    sandbox = apt_sandbox(spec, spec_path, work / "sandbox")
+    output = build_cache_dir() / "out"
+    partial = store / f".{inputs.tag}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+
+    job = mkosi.MkosiJob(
+        repo=REPO,
+        extra_tree=tree_dir,
+        stage=work / "stage",
+        output_dir=output,
+        packages=tuple(spec.packages),
+        environment={
+            "AURORA_APP_DIR": spec.dashboard.checkout,
+            "AURORA_MOUNT_POINTS": " ".join(m.where for m in spec.mounts),
+            "AURORA_CERT_DIR": spec.nginx.certificate_dir,
+            "AURORA_CREDENTIAL_STORE": spec.credential_store,
+            "AURORA_UFW_DEFAULT": spec.firewall.default_incoming,
+            "AURORA_UFW_RULES": ",".join(r.replace(" ", ":", 1) for r in spec.firewall.rules()),
+        },
+        seed=inputs.seed,
+        source_date_epoch=inputs.source_date_epoch,
+        sandbox_trees=(sandbox,),
+    )
+    # The lock's exact .debs, from the content-addressed store: apt installs those files.
+    debstore.seed(debian_lock.read_debian_digests())
+    seconds = mkosi.run(job, partial / "build.log", progress=progress)
+    for name in ARTIFACTS:
+        if not (output / name).exists():
+            raise BuildError(f"mkosi finished but {output / name} is missing; see build.log")
+        (output / name).replace(partial / name)
+    atomic_write(partial / "cmdline", (uki.cmdline(output / UKI) + "\n").encode())
+    atomic_write(partial / RENDERED_TAR, rendered_tar(tree))
+    manifest = _manifest(spec, spec_path, inputs, tree, output, partial)
+    debs = _keep_debs(manifest["debian_packages"])  # type: ignore[arg-type]
+    if debs is not None:
+        manifest["debian_debs"] = debs
+    locked = debian_lock.compare(manifest["debian_packages"], debs=debs)  # type: ignore[arg-type]
+    manifest["debian_lock"] = locked
+    if locked["pinned"] and not locked["matches"]:
+        # One tag, one image: the lock is an input of the tag and names exact files.
+        changed = list(locked["changed"])  # type: ignore[call-overload]
+        raise BuildError(
+            f"Debian packages differ from locks/debian-packages.txt, which is part of tag "
+            f"{inputs.tag} ({'; '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}); "
+            "pin `debian.snapshot` in the spec, import the store (`aurora-image debstore "
+            "import`), or accept the new set with `aurora-image lock --debian` (a new tag)"
+        )
+    note = debian_lock.warning(locked)
+    if note:
+        print(f"aurora-image: warning: {note}", file=sys.stderr)
+    atomic_write(partial / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+    print(f"aurora-image: {format_sizes(manifest['sizes'])}", file=sys.stderr)  # type: ignore[arg-type]
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    return BuiltImage(inputs.tag, final, reused=False, seconds=seconds)
+
+
+def _keep_debs(packages: dict[str, str]) -> dict[str, str] | None:
+    """The installed .debs into the content-addressed store; {package: sha256}."""
+    try:
+        return debstore.keep(packages).digests
+    except debstore.DebStoreError as exc:
+        print(f"aurora-image: warning: .debs not kept: {exc}", file=sys.stderr)
+        return None
+
+
+def allocated(path: Path, start: int = 0, end: int | None = None) -> int:
+    """Bytes of a sparse file (or a range of it) that hold data, as SEEK_DATA sees them."""
+    end = path.stat().st_size if end is None else end
+    total, pos = 0, start
+    with path.open("rb") as handle:
+        fd = handle.fileno()
+        while pos < end:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after pos
+                break
+            if data >= end:
+                break
+            pos = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+            total += pos - data
+    return total
+
+
+def image_sizes(output: Path, image_dir: Path) -> dict[str, dict[str, int]]:
+    """What the image is made of: the root's parts (from the postinst's count),
+    each partition and artifact, and the disk's apparent and allocated size."""
+    disk = image_dir / "aurora.raw"
+    parts = _read_json(output / "aurora-sizes.json")
+    return {
+        "root_files": parts if isinstance(parts, dict) else {},
+        "partitions": {
+            part.label: {"size": part.size, "allocated": allocated(disk, part.offset, part.end)}
+            for part in partitions(disk)
+        },
+        "artifacts": {name: {"size": (image_dir / name).stat().st_size} for name in ARTIFACTS},
+        "disk": {"size": disk.stat().st_size, "allocated": allocated(disk)},
+    }
+
+
+def format_sizes(sizes: dict[str, dict[str, object]]) -> str:
+    """One line for the build log: the root's parts, then the disk."""
+
+    def mb(value: object) -> str:
+        return f"{int(value) / 1e6:.0f} MB"  # type: ignore[call-overload]
+
+    files = sizes.get("root_files", {})
+    shown = [
+        f"{name} {mb(files[name])}"
+        for name in ("packages", "kernel", "venv", "app")
+        if name in files
+    ]
+    disk = sizes["disk"]
+    return (
+        f"root files: {', '.join(shown) or 'not counted'}; disk {mb(disk['size'])} "
+        f"apparent, {mb(disk['allocated'])} allocated"
+    )
+
+
+def root_digest(disk: Path) -> str:
+    return partition_digest(disk, partition(disk, "root-x86-64"))
+
+
+def _spec_ref(spec_path: Path) -> str:
+    """The spec as `verify` finds it again: repo-relative when it lives in the repo."""
+    path = spec_path.resolve()
+    return path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else str(path)
+
+
+def _manifest(
+    spec: HostSpec,
+    spec_path: Path,
+    inputs: Inputs,
+    tree: Tree,
+    output: Path,
+    image_dir: Path,
+) -> dict[str, object]:
+    artifacts = {}
+    for name in ARTIFACTS:
+        path = image_dir / name
+        artifacts[name] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    return {
+        "tag": inputs.tag,
+        "release": spec.release,
+        "hostname": spec.hostname,
+        "spec": _spec_ref(spec_path),
+        "inputs": {"digest": inputs.digest, "files": inputs.files, "extra": inputs.extra},
+        "source_date_epoch": inputs.source_date_epoch,
+        "seed": inputs.seed,
+        "cmdline": (command_line := (image_dir / "cmdline").read_text().strip()),
+        # dm-verity's root hash: the kernel refuses any root block that does not match it.
+        "root_hash": uki.root_hash(command_line),
+        "artifacts": artifacts,
+        # The read-only root as shipped: a changed bit anywhere in it changes this.
+        "root_partition_sha256": root_digest(image_dir / "aurora.raw"),
+        "rendered": rendered_manifest(tree),
+        "debian_packages": debian_packages(output / "aurora.manifest"),
+        "python_packages": python_packages(output / "python-packages.json"),
+        # Bytes per part (kernel, Debian packages, venv, app) and per partition.
+        "sizes": image_sizes(output, image_dir),
+        # Where those Python packages live on the host (what `audit` lists there).
+        "python_venv": spec.dashboard.venv,
+    }
+
+
+def newest_image() -> Path:
+    """The most recently stored image directory (what `make smoke` tests)."""
+    candidates = [p for p in images_dir().glob("*/manifest.json")]
+    if not candidates:
+        raise BuildError(f"no image in {images_dir()}; run `make image` first")
+    return max(candidates, key=lambda p: p.stat().st_mtime).parent

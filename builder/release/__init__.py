@@ -1,0 +1,1 @@
+"""Releases on JASMIN Cloud: Glance, Nova, gates, promote, rollback."""

@@ -1,0 +1,1 @@
+"""Render: a spec becomes the file tree the image carries."""

@@ -1,0 +1,1 @@
+"""The host spec: load, validate and explain what an operator declares."""

@@ -1,0 +1,1 @@
+"""VMs: boot a built image under QEMU and drive it (tests, operators)."""

@@ -1,0 +1,290 @@
+"""A VM an operator works in: `aurora-image vm`, `aurora-image ssh`, `vm --stop`.
+
+The VM is owned by a small keeper process (``python -m builder.vm.session``)
+in its own session, so it can outlive the command that started it
+(``--keep``). The keeper boots the image exactly as the smoke suite does
+(builder.vm.harness: per-run SSH key as an SMBIOS credential, scratch volumes with
+the spec's labels for /data and /project, the image attached read-only),
+records where it runs in ``<cache>/vms/<tag>.json`` and powers the guest off
+cleanly on SIGTERM. The serial console of every kept VM is also a socket
+(``console`` in the state) that `aurora-image vm --console` attaches to; a VM
+started for the console is recorded as soon as QEMU runs, without waiting
+for sshd, which may be the very thing that is broken. QEMU dies with the
+keeper (PDEATHSIG), so no VM is ever left without an owner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType
+
+from builder.errors import AuroraError
+from builder.host.remote import Remote
+from builder.render.tree import atomic_write
+from builder.tools import cache_dir
+
+KEEPER = "builder.vm.session"
+# Guest ports forwarded to loopback besides ssh, so the dashboard can be tried.
+FORWARDS = {"http": 80, "https": 443}
+BOOT_TIMEOUT = 900.0
+STOP_TIMEOUT = 120.0
+CONSOLE_FIRST = "--console-first"  # keeper flag: record the VM before sshd answers
+
+
+class VmError(AuroraError):
+    """The VM could not be started, found or stopped."""
+
+
+@dataclass(frozen=True)
+class VmState:
+    """A running kept VM, as its state file records it."""
+
+    tag: str
+    image: str
+    pid: int
+    ports: dict[str, int]
+    key: str
+    serial_log: str
+    workdir: str
+    started: float
+    ssh_ready_after: float | None = None
+    console: str | None = None
+
+    def remote(self) -> Remote:
+        return Remote(
+            host="127.0.0.1",
+            port=self.ports["ssh"],
+            identity=Path(self.key),
+            known_hosts=Path(os.devnull),
+            host_key_checking="no",
+        )
+
+    def to_json(self) -> dict[str, object]:
+        data = asdict(self)
+        data["ssh"] = self.remote().argv()
+        return data
+
+
+def vms_dir() -> Path:
+    return cache_dir() / "vms"
+
+
+def state_path(tag: str) -> Path:
+    return vms_dir() / f"{tag}.json"
+
+
+def _keeper_alive(pid: int) -> bool:
+    """Whether ``pid`` is still one of our keepers (not a reused pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return KEEPER.encode() in cmdline
+
+
+def read_state(tag: str) -> VmState | None:
+    """The kept VM for ``tag`` if its keeper still runs; a stale file is removed."""
+    path = state_path(tag)
+    try:
+        data = json.loads(path.read_text())
+        state = VmState(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+    if not _keeper_alive(state.pid):
+        path.unlink(missing_ok=True)
+        return None
+    return state
+
+
+def running() -> list[VmState]:
+    """Every kept VM whose keeper is alive, oldest first."""
+    states = [read_state(p.stem) for p in sorted(vms_dir().glob("*.json"))]
+    return sorted((s for s in states if s is not None), key=lambda s: s.started)
+
+
+def find(tag: str | None) -> VmState:
+    """The kept VM for ``tag``, or the only one running when no tag is given."""
+    if tag:
+        state = read_state(tag)
+        if state is None:
+            raise VmError(f"no VM of {tag} is running; start one: `aurora-image vm {tag} --keep`")
+        return state
+    states = running()
+    if not states:
+        raise VmError("no VM is running; start one with `aurora-image vm --keep`")
+    if len(states) > 1:
+        tags = ", ".join(s.tag for s in states)
+        raise VmError(f"{len(states)} VMs are running ({tags}); name one by its tag")
+    return states[0]
+
+
+def start(
+    image_dir: Path, labels: list[str], *, note: object = None, wait_ssh: bool = True
+) -> VmState:
+    """Start a keeper for ``image_dir`` and wait until ssh works in the guest
+    (``wait_ssh=False``: only until QEMU runs and its console can be attached).
+
+    ``note`` (a builder.progress Step) gets the console's latest line while waiting.
+    """
+    tag = image_dir.name
+    existing = read_state(tag)
+    if existing is not None:
+        raise VmError(
+            f"a VM of {tag} is already running (pid {existing.pid}); use `aurora-image ssh {tag}` "
+            f"or stop it with `aurora-image vm --stop {tag}`"
+        )
+    workdir = vms_dir() / tag
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    mode = [] if wait_ssh else [CONSOLE_FIRST]
+    argv = [sys.executable, "-m", KEEPER, str(state_path(tag)), str(image_dir), *mode, *labels]
+    with open(workdir / "keeper.log", "wb") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=workdir,
+        )
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    try:
+        while time.monotonic() < deadline:
+            state = _ready_state(tag)
+            if state is not None:
+                return state
+            if proc.poll() is not None:
+                raise VmError(_keeper_failure(workdir, proc.returncode))
+            if note is not None:
+                note.note(_last_line(workdir / "serial.log"))  # type: ignore[attr-defined]
+            time.sleep(0.5)
+    except BaseException:
+        _terminate(proc.pid)
+        raise
+    _terminate(proc.pid)
+    raise VmError(f"{tag}: no ssh after {BOOT_TIMEOUT:.0f} s; serial log: {workdir / 'serial.log'}")
+
+
+def _ready_state(tag: str) -> VmState | None:
+    try:
+        return VmState(**json.loads(state_path(tag).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _keeper_failure(workdir: Path, rc: int | None) -> str:
+    error = workdir / "keeper.error"
+    if error.exists():
+        return error.read_text().strip()
+    return (
+        f"the VM keeper exited with status {rc} before ssh came up; "
+        f"see {workdir / 'keeper.log'} and {workdir / 'serial.log'}"
+    )
+
+
+def _last_line(path: Path) -> str:
+    from builder.vm.harness import tail_text
+
+    if not path.exists():
+        return "starting QEMU"
+    lines = [line for line in tail_text(path, 5).splitlines() if line.strip()]
+    return lines[-1][:70] if lines else ""
+
+
+def _terminate(pid: int, timeout: float = STOP_TIMEOUT) -> bool:
+    """SIGTERM the keeper (it powers the guest off), SIGKILL if it will not go."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _keeper_alive(pid):
+            return True
+        time.sleep(0.3)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return False
+
+
+def stop(state: VmState) -> bool:
+    """Power the VM off; True when the keeper stopped it cleanly."""
+    clean = _terminate(state.pid)
+    state_path(state.tag).unlink(missing_ok=True)
+    return clean
+
+
+# --------------------------------------------------------------------------
+# The keeper process
+# --------------------------------------------------------------------------
+
+
+def _keep(state_file: Path, image_dir: Path, labels: list[str], *, wait_ssh: bool = True) -> int:
+    from builder.vm.harness import BootImage, Machine, MachineError, boot, scratch_volumes
+
+    workdir = state_file.parent / image_dir.name
+    stopping = False
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    try:
+        drives = scratch_volumes(labels, workdir)
+        options = {"host_forwards": FORWARDS, "extra_drives": drives, "console": True}
+        if wait_ssh:
+            machine = boot(
+                BootImage.from_dir(image_dir), workdir, ssh_timeout=BOOT_TIMEOUT, **options
+            )
+        else:
+            machine = Machine(BootImage.from_dir(image_dir), workdir, **options)
+            machine.start()
+    except (MachineError, OSError, subprocess.CalledProcessError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        serial = workdir / "serial.log"
+        (workdir / "keeper.error").write_text(
+            f"{image_dir.name}: the VM did not boot: {first}; serial log: {serial}\n"
+        )
+        return 1
+    try:
+        state = VmState(
+            tag=image_dir.name,
+            image=str(image_dir),
+            pid=os.getpid(),
+            ports={"ssh": machine.forwarded_port("ssh")}
+            | {name: machine.forwarded_port(name) for name in FORWARDS},
+            key=str(machine.ssh_key),
+            serial_log=str(machine.serial_log),
+            workdir=str(workdir),
+            started=time.time(),
+            ssh_ready_after=machine.ssh_ready_after,
+            console=str(machine.console_socket),
+        )
+        atomic_write(state_file, (json.dumps(asdict(state), indent=2) + "\n").encode(), 0o600)
+        while not stopping and machine.running:
+            time.sleep(0.5)
+    finally:
+        machine.shutdown()
+        state_file.unlink(missing_ok=True)
+        # The serial log stays for a look afterwards; the disks and the key go.
+        for path in [*drives, machine.ssh_key, machine.ssh_key.with_suffix(".pub")]:
+            path.unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    rest = sys.argv[3:]
+    first = rest[:1] == [CONSOLE_FIRST]
+    labels = rest[1:] if first else rest
+    sys.exit(_keep(Path(sys.argv[1]), Path(sys.argv[2]), labels, wait_ssh=not first))

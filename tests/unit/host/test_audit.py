@@ -1,0 +1,252 @@
+"""The drift audit's rules, on output recorded from a real VM.
+
+`data/audit/clean.txt` and `drift.txt` are what `builder.host.audit.script` printed
+on image 2026.11-c735078397ed booted under QEMU (`manifest.json` is that
+image's manifest, cut to the keys the audit reads): once untouched, once
+after `systemctl stop` of a timer, a runtime drop-in, `mask --runtime` of
+certbot.timer, a failed transient unit and a bind mount over /etc/hostname.
+Package and file drift that a read-only root makes hard to stage is made by
+editing the clean recording, the same text the host would print.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from builder.host import audit
+from tests.paths import REPO_ROOT
+
+DATA = REPO_ROOT / "tests" / "data" / "audit"
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict:
+    return json.loads((DATA / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def clean() -> str:
+    return (DATA / "clean.txt").read_text()
+
+
+def report(manifest: dict, output: str) -> audit.AuditReport:
+    seen = audit.parse(output)
+    return audit.AuditReport("vm", manifest["tag"], None, tuple(audit.compare(manifest, seen)))
+
+
+def drifted(rep: audit.AuditReport) -> dict[str, audit.Row]:
+    return {row.what: row for row in rep.drifted}
+
+
+def edit_section(output: str, section: str, old: str, new: str) -> str:
+    """Replace text inside one section only, failing loudly if it is not there."""
+    head, marker, rest = output.partition(f"{audit.MARK}{section}\n")
+    body, nxt, tail = rest.partition(audit.MARK)
+    assert old in body, f"{old!r} not in section {section}"
+    return head + marker + body.replace(old, new, 1) + nxt + tail
+
+
+def test_clean_host_matches(manifest: dict, clean: str) -> None:
+    rep = report(manifest, clean)
+    assert rep.ok, audit.format_table(rep)
+    kinds = {row.kind for row in rep.rows}
+    assert kinds == {"image", "file", "unit", "debian", "python"}
+    assert len([r for r in rep.rows if r.kind == "file"]) == len(manifest["rendered"])
+    assert len([r for r in rep.rows if r.kind == "debian"]) == len(manifest["debian_packages"])
+    assert "no drift" in rep.summary()
+
+
+def test_recorded_drift_is_reported(manifest: dict) -> None:
+    rep = report(manifest, (DATA / "drift.txt").read_text())
+    rows = drifted(rep)
+    assert set(rows) == {
+        "/etc/hostname",
+        "aurora-cl61-source-sync.timer",
+        "aurora-dashboard.service",
+        "certbot.timer",
+        "aurora-audit-probe.service",
+    }
+    assert rows["/etc/hostname"].verdict == "changed"
+    assert "not active" in rows["aurora-cl61-source-sync.timer"].found
+    assert (
+        "/run/systemd/system/aurora-dashboard.service.d" in rows["aurora-dashboard.service"].found
+    )
+    assert "masked-runtime" in rows["certbot.timer"].found
+    assert rows["aurora-audit-probe.service"].verdict == "failed"
+    assert not rep.ok
+    assert rep.summary().endswith("(1 file, 4 unit)")
+    data = rep.to_json()
+    assert data["ok"] is False and data["drift"] == 5
+    assert json.loads(json.dumps(data)) == data
+
+
+def test_package_drift(manifest: dict, clean: str) -> None:
+    out = edit_section(clean, "dpkg", "\tnginx\t", "\tnginx-XX\t")
+    out = edit_section(out, "dpkg", "\trsync\t3.5.0+ds1-0+deb13u2", "\trsync\t3.5.0+ds1-1")
+    out = edit_section(out, "python", "panel\t1.8.2", "panel\t1.8.3\ntyping_extensions2\t0.1")
+    rows = drifted(report(manifest, out))
+    assert rows["nginx"].verdict == "missing" and rows["nginx-XX"].verdict == "extra"
+    assert (rows["rsync"].expected, rows["rsync"].found) == ("3.5.0+ds1-0+deb13u2", "3.5.0+ds1-1")
+    assert rows["panel"].verdict == "changed"
+    assert rows["typing-extensions2"].verdict == "extra"
+
+
+def test_python_names_are_normalised(manifest: dict, clean: str) -> None:
+    """uv lists `pyyaml`, the venv's metadata says `PyYAML`: the same package."""
+    assert "PyYAML\t6.0.3" in clean
+    assert "pyyaml" in manifest["python_packages"]
+    assert "pyyaml" not in drifted(report(manifest, clean))
+
+
+def test_missing_venv_is_drift(manifest: dict, clean: str) -> None:
+    head, _, _ = clean.partition(f"{audit.MARK}python\n")
+    out = head + f"{audit.MARK}python\nerror: no Python venv at /opt/x\n{audit.MARK}end\n"
+    rows = drifted(report(manifest, out))
+    assert rows["dashboard venv"].found == "no Python venv at /opt/x"
+
+
+def test_file_drift_kinds(manifest: dict, clean: str) -> None:
+    out = edit_section(clean, "files", "f\t/etc/fstab\t644", "f\t/etc/fstab\t664")
+    out = edit_section(out, "files", "../sites-available/aurora.conf", "/tmp/evil.conf")
+    out = edit_section(out, "files", "d\t/project\t755\t\n", "")
+    rows = drifted(report(manifest, out))
+    assert rows["/etc/fstab"].found.startswith("0664 ")
+    assert rows["/etc/nginx/sites-enabled/aurora.conf"].found == "link -> /tmp/evil.conf"
+    assert rows["/project"].verdict == "missing"
+
+
+def test_truncated_output_is_an_error_not_drift(clean: str) -> None:
+    cut = clean.partition(f"{audit.MARK}dpkg")[0]
+    with pytest.raises(ValueError, match="stopped early"):
+        audit.parse(cut)
+
+
+def test_units_to_check(manifest: dict, clean: str) -> None:
+    units = audit.rendered_units(manifest)
+    assert "aurora-dashboard.service" in units
+    assert not [u for u in units if "@." in u]
+    presets = audit.parse(clean).presets
+    enabled = audit.preset_enabled(presets)
+    assert {"aurora-storage@data.service", "aurora-storage@project.service"} <= set(enabled)
+    assert "aurora-storage@.service" not in enabled
+
+
+@pytest.mark.parametrize(
+    ("name", "wanted", "show", "verdict", "says"),
+    [
+        ("a.timer", True, {"UnitFileState": "enabled", "ActiveState": "active"}, "ok", ""),
+        ("a.timer", True, {"UnitFileState": "disabled"}, "changed", "not enabled"),
+        ("b.service", False, {"UnitFileState": "enabled"}, "changed", "image leaves it off"),
+        ("c.service", True, {"UnitFileState": "enabled", "Type": "oneshot"}, "ok", ""),
+        (
+            "c.service",
+            True,
+            {"UnitFileState": "enabled", "Type": "notify"},
+            "changed",
+            "not active",
+        ),
+        ("d.service", False, {"ActiveState": "failed"}, "failed", "failed"),
+        ("e.service", False, {"LoadState": "not-found"}, "missing", "not-found"),
+        (
+            "f.service",
+            False,
+            {"FragmentPath": "/run/systemd/system/f.service"},
+            "changed",
+            "replaced by",
+        ),
+        (
+            "g.service",
+            False,
+            {"DropInPaths": "/usr/lib/systemd/system/g.service.d/x.conf"},
+            "ok",
+            "",
+        ),
+        (
+            "g.service",
+            False,
+            {"DropInPaths": "/run/systemd/system.control/g.service.d/50-CPUQuota.conf"},
+            "changed",
+            "drop-in",
+        ),
+    ],
+)
+def test_unit_rules(name: str, wanted: bool, show: dict[str, str], verdict: str, says: str) -> None:
+    state = {
+        "Id": name,
+        "LoadState": "loaded",
+        "ActiveState": "inactive",
+        "SubState": "dead",
+        "UnitFileState": "static",
+        "Type": "simple",
+        **show,
+    }
+    row = audit.compare_unit(name, wanted, state)
+    assert row.verdict == verdict, row
+    assert says in row.found
+
+
+def test_identity_decides_the_claimed_image(manifest: dict, clean: str) -> None:
+    """Images carry /usr/lib/aurora/image.json; one claiming another tag is drift."""
+    head, mark, rest = clean.partition(f"{audit.MARK}os-release\n")
+    with_id = f"{audit.MARK}identity\n" + json.dumps({"tag": "2026.11-other"}) + "\n" + head
+    rep = report(manifest, with_id + mark + rest)
+    row = next(r for r in rep.rows if r.kind == "image")
+    assert (row.found, row.verdict) == ("2026.11-other", "changed")
+    unknown = next(r for r in report(manifest, clean).rows if r.kind == "image")
+    assert unknown.verdict == "unknown" and not unknown.drift
+
+
+def test_script_observes_real_files(tmp_path: Path) -> None:
+    """The files part of the script, run by the local shell on real files."""
+    conf = tmp_path / "etc" / "a.conf"
+    conf.parent.mkdir()
+    conf.write_bytes(b"x = 1\n")
+    conf.chmod(0o640)
+    (tmp_path / "link").symlink_to("etc/a.conf")
+    (tmp_path / "empty").mkdir()
+    rendered = {
+        str(conf): {"sha256": hashlib.sha256(b"x = 1\n").hexdigest(), "mode": "0640"},
+        str(tmp_path / "link"): {"link": "etc/a.conf"},
+        str(tmp_path / "empty"): {"directory": "0755"},
+        str(tmp_path / "gone"): {"sha256": "0" * 64, "mode": "0644"},
+    }
+    (tmp_path / "empty").chmod(0o755)
+    manifest = {"tag": "t", "rendered": rendered}
+    assert subprocess.run(["sh", "-n", "-c", audit.script(manifest)]).returncode == 0
+    run = subprocess.run(["sh", "-c", audit.script(manifest)], capture_output=True, text=True)
+    seen = audit.parse(run.stdout)
+    rows = {r.what: r for r in audit.compare(manifest, seen) if r.kind == "file"}
+    assert [rows[p].verdict for p in rendered] == ["ok", "ok", "ok", "missing"]
+    conf.write_bytes(b"x = 2\n")
+    seen = audit.parse(
+        subprocess.run(["sh", "-c", audit.script(manifest)], capture_output=True, text=True).stdout
+    )
+    assert audit.compare_file(str(conf), rendered[str(conf)], seen.files[str(conf)]).drift
+
+
+def test_table_shows_drift_only_unless_asked(manifest: dict) -> None:
+    rep = report(manifest, (DATA / "drift.txt").read_text())
+    table = audit.format_table(rep)
+    assert len(table.splitlines()) == 1 + 5 + 1
+    assert "sha256:c82836089ab5 " in table + " "
+    assert len(audit.format_table(rep, everything=True).splitlines()) == len(rep.rows) + 2
+
+
+def test_verity_root_hash_is_compared(manifest: dict, clean: str) -> None:
+    """Images with a dm-verity root record its hash; the host's kernel must boot it."""
+    verity = {**manifest, "root_hash": "ab" * 32}
+    head, mark, rest = clean.partition(f"{audit.MARK}files\n")
+    booted = head + f"{audit.MARK}cmdline\nroot=/dev/mapper/root roothash={'ab' * 32} ro\n"
+    assert report(verity, booted + mark + rest).ok
+    other = booted.replace("ab" * 32, "cd" * 32)
+    row = drifted(report(verity, other + mark + rest))[
+        "roothash= the kernel booted with (dm-verity root)"
+    ]
+    assert row.found == "cd" * 32
+    rows = drifted(report(verity, clean))
+    assert "not verity-protected" in rows["roothash= the kernel booted with (dm-verity root)"].found
