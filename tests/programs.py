@@ -22,10 +22,17 @@ def program_path(name: str) -> Path:
 
 
 def load_program(name: str) -> ModuleType:
-    """Import an extension-less program (registered: its dataclasses need the module)."""
+    """Import an extension-less program (registered: its dataclasses need the module).
+
+    Its directory goes first on sys.path, as when the host runs it, so the program
+    imports the shared aurora_common beside it (tests.unit.programs.test_common
+    checks that it is that module).
+    """
     module_name = name.replace("-", "_")
     if module_name in sys.modules:
         return sys.modules[module_name]
+    if str(PROGRAMS) not in sys.path:
+        sys.path.insert(0, str(PROGRAMS))
     loader = importlib.machinery.SourceFileLoader(module_name, str(program_path(name)))
     spec = importlib.util.spec_from_loader(loader.name, loader)
     assert spec is not None
