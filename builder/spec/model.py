@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -18,12 +19,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from builder.errors import SpecError
+from builder.errors import SpecError, SpecProblem
 from builder.spec import credcheck
 from builder.spec.errors import spec_error
 from builder.spec.systemd_values import parse_timespan, validate_calendar
@@ -916,6 +918,61 @@ class HostSpec(Model):
     deploy: Deploy = Deploy()
     """Where releases go on JASMIN Cloud; read by the release commands only."""
 
+    _source: SpecSource | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> SpecSource:
+        """Where the spec was loaded from and the files it names (set by `load_spec`)."""
+        if self._source is None:
+            raise SpecError("this spec was not loaded from a file (use load_spec)")
+        return self._source
+
+
+@dataclass(frozen=True)
+class _NamedFile:
+    """A file the spec names, for the check a build makes before it starts."""
+
+    key: str
+    file: Path
+    line: int
+    path: Path
+    directory: bool
+    fix: str
+
+
+@dataclass(frozen=True)
+class SpecSource:
+    """Where a loaded spec came from, and every file it names resolved against it.
+
+    The loader resolves each relative path once (relative to the spec file), so the
+    build, the release gates and the tag never need the spec's path beside the spec.
+    """
+
+    path: Path
+    """The spec file as the operator gave it (errors name it so)."""
+    bases: tuple[Path, ...] = ()
+    """The specs it builds on (`base:`, then its base, ...), nearest first."""
+    app_dir: Path | None = None
+    """The local app tree (`dashboard.app.path`); None for a git app."""
+    apt_keys: Mapping[str, Path] = field(default_factory=dict)
+    """Repository name -> its signing key (`apt_repositories[].key`)."""
+    allowed_signers: Path | None = None
+    """`deploy.allowed_signers`, if set."""
+    targets: Mapping[str, Path] = field(default_factory=dict)
+    """Deploy target name -> the spec its images are built from (`deploy.targets[].spec`)."""
+    named: tuple[_NamedFile, ...] = field(default=(), repr=False)
+
+    def require_files(self) -> None:
+        """Raise SpecError naming each file a build needs that is not there (app tree,
+        apt keys): file, line, key and fix, as for any other mistake of the spec."""
+        problems = [
+            SpecProblem(str(f.file), f.line, f.key, f"{f.path} {f.fix}")
+            for f in self.named
+            if not (f.path.is_dir() if f.directory else f.path.is_file())
+        ]
+        if problems:
+            raise SpecError("", problems)
+
 
 def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     """Overlay wins; mappings merge key by key, lists and scalars are replaced."""
@@ -928,8 +985,12 @@ def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _read(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[Any, int]]:
-    """Read a spec file, applying it over its `base:` spec if it names one."""
+_Chain = list[tuple[Path, dict[Any, int]]]
+
+
+def _read(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], _Chain]:
+    """Read a spec file, applying it over its `base:` spec if it names one; with each
+    file read and its key lines, nearest first."""
     try:
         data, lines = load_yaml_with_lines(path)
     except FileNotFoundError:
@@ -938,21 +999,58 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict
         raise SpecError(f"{path}:1: a host spec is a YAML mapping of keys")
     base = data.pop("base", None)
     if base is None:
-        return data, lines
+        return data, [(path, lines)]
     base_path = (path.parent / str(base)).resolve()
     if base_path in seen:
         raise SpecError(f"{path}:{lines.get(('base',), 1)}: base: {base} includes itself")
-    base_data, _ = _read(base_path, (*seen, path.resolve()))
-    return _merge(base_data, data), lines
+    base_data, chain = _read(base_path, (*seen, path.resolve()))
+    return _merge(base_data, data), [(path, lines), *chain]
+
+
+def _source(spec: HostSpec, chain: _Chain) -> SpecSource:
+    """Resolve the files the spec names, relative to the spec file (an overlay's too)."""
+    path = chain[0][0]
+    here = path.parent
+
+    def where(*key: str | int) -> tuple[Path, int]:
+        """The file and line that set a key (an overlay's own, else its base's)."""
+        return next(((f, lines[key]) for f, lines in chain if key in lines), (path, 1))
+
+    named: list[_NamedFile] = []
+    app_dir = None
+    if spec.dashboard.app.path is not None:
+        app_dir = (here / spec.dashboard.app.path).resolve()
+        key = ("dashboard", "app", "path")
+        fix = "is not a directory; point it at the app checkout"
+        named.append(_NamedFile(".".join(key), *where(*key), app_dir, True, fix))
+    apt_keys = {}
+    for index, repo in enumerate(spec.apt_repositories):
+        apt_keys[repo.name] = key_file = (here / repo.key).resolve()
+        fix = f"does not exist; put the {repo.name} archive key there"
+        at = where("apt_repositories", index, "key")
+        named.append(_NamedFile(f"apt_repositories[{index}].key", *at, key_file, False, fix))
+    signers = spec.deploy.allowed_signers
+    return SpecSource(
+        path=path,
+        bases=tuple(f for f, _ in chain[1:]),
+        app_dir=app_dir,
+        apt_keys=apt_keys,
+        allowed_signers=here / signers if signers else None,
+        targets={n: here / t.spec for n, t in spec.deploy.targets.items() if t.spec},
+        named=tuple(named),
+    )
 
 
 def load_spec(path: Path) -> HostSpec:
-    """Load and validate a host spec; raise SpecError listing every problem, a line each."""
-    data, lines = _read(path)
+    """Load and validate a host spec; raise SpecError listing every problem, a line each.
+    The spec knows its file and the files it names (`HostSpec.source`)."""
+    data, chain = _read(path)
     try:
-        return HostSpec.model_validate(data)
+        spec = HostSpec.model_validate(data)
     except ValidationError as exc:
-        raise spec_error(path, lines, exc, HostSpec) from None
+        raise spec_error(path, chain[0][1], exc, HostSpec) from None
+    spec._source = _source(spec, chain)
+    return spec
 
 
 def app_source_dir(spec: HostSpec, spec_path: Path) -> Path | None:
