@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from builder.retry import retry
 from tests.peers import Peers, give_to, guest_redirect_script, start_peer
 from tests.sshd import _keygen
 
@@ -59,7 +60,9 @@ def test_a_keyed_host_takes_its_key_only_and_a_refusing_host_none(tmp_path: Path
         assert (gws / "data" / "raw").is_dir()
         refused = _ssh(bad, tmp_path / "key", "true")
         assert refused.returncode == 255 and "Permission denied" in refused.stderr
-        assert "Connection closed by authenticating user rrniii" in bad.log
+        # sshd writes that line after the client has gone: wait for it, bounded.
+        closed = "Connection closed by authenticating user rrniii"
+        retry(lambda: closed in bad.log, timeout=10, interval=0.1, what="sshd's log line")
     finally:
         good.stop()
         bad.stop()
