@@ -16,48 +16,51 @@ LAST_TAG ?= build/last-tag
 .DEFAULT_GOAL := help
 .PHONY: help setup render image smoke test unit lint bench docs promote rollback releases pristine clean
 
-help: ## list the targets
+# The `##` comment on a target's line is its one description: `make help` prints
+# it, and docs/reference/commands.md is generated from it (builder/cli/reference.py).
+help: ## list the targets (docs/reference/commands.md has them as a table)
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  SPEC=… picks another spec (default $(SPEC)); TAG=… an image"
 
-setup: ## install host packages, mkosi, uv and the Python venv (idempotent)
+setup: ## install host packages, mkosi 25.3 (trixie's .deb unpacked into the cache; apt sources untouched), uv and the venv; idempotent
 	@scripts/setup-host.sh
 	@$(UV) sync --frozen --quiet
 
-render: setup ## render units and configs from $(SPEC) into build/render
+render: setup ## render units and configs from SPEC into build/render/, to read before building
 	$(CLI) render --spec $(SPEC)
 
-image: setup ## build the image for $(SPEC) into images/<tag>/ (its tag goes to build/last-tag)
+image: setup ## build the image for SPEC into images/<tag>/ (its tag goes to build/last-tag)
 	$(CLI) build --spec $(SPEC) --progress --tag-file $(LAST_TAG)
 
-unit: setup ## fast tests: spec, render, programs against real sshd/rsync
+unit: setup ## fast tests, no VM: spec, render, CLI, docs, the on-host programs against a real sshd and rsync
 	$(RUN) pytest tests/unit -q
 
 lint: setup ## ruff over the Python code
 	$(RUN) ruff check builder tests bench
 
-smoke: setup ## boot the image `make image` built last (or TAG=…) under QEMU and run the testinfra suite
+smoke: setup ## boot the image `make image` built last (or TAG=…) under QEMU, run the smoke suite; it writes the attestation
 	$(if $(TAG),AURORA_IMAGE=$(TAG)) $(RUN) pytest tests/vm -v
 
 # Both suites test the image this run built (its tag, read once from
 # $(LAST_TAG)), never the newest in the store (tests/image_choice.py). The release
 # suite runs after the smoke suite has attested it (the attestation is written
 # when that pytest session ends) and refuses an attestation older than this run.
-test: image ## everything: lint, unit tests, the QEMU smoke suite, then the release suite
+test: image ## everything, on the image this run built: lint, unit tests, the smoke suite, then the release suite (a real Glance, a Nova double)
 	$(RUN) ruff check builder tests bench
 	@tag=$$(cat $(LAST_TAG)) && since=$$(date +%s) && echo "make test: testing image $$tag" && \
 	AURORA_IMAGE=$$tag $(RUN) pytest tests/unit tests/vm -v && \
 	AURORA_IMAGE=$$tag AURORA_ATTESTED_SINCE=$$since $(RUN) pytest tests/release -v
 
-pristine: ## what CI runs: `make image` then `make test` in a fresh Debian 12 root (mmdebstrap)
+pristine: ## what CI runs: `make image` then `make test` in a fresh Debian 12 root (mmdebstrap; only build caches carried in)
 	scripts/pristine-check.sh
 
-docs: setup ## regenerate the spec reference and build the MkDocs site into build/site
+docs: setup ## regenerate the spec and command references and the spec's JSON Schema, build the MkDocs site into build/site/
 	$(RUN) python -m builder.spec.reference
 	$(CLI) schema --out docs/reference/spec.schema.json
 	$(RUN) python -m builder.cli.reference
 	$(RUN) mkdocs build --strict --site-dir build/site
 
-promote: setup ## upload image TAG=… to Glance, rebuild the JASMIN server from it, probe it
+promote: setup ## upload attested image TAG=… to Glance, rebuild the JASMIN server from it, probe it (rolls back by itself on failure)
 	@test -n "$(TAG)" || { echo "make promote: give the image, e.g. make promote TAG=2026.11-3f9c2a1b7e4d (see make releases)" >&2; exit 2; }
 	$(CLI) promote --spec $(SPEC) $(TAG)
 
@@ -67,8 +70,8 @@ rollback: setup ## rebuild the server from TAG=… (default: the image live befo
 releases: setup ## images in Glance and here, which one is live, who promoted what when
 	$(CLI) releases --spec $(SPEC)
 
-bench: setup ## print render, build, boot and smoke-suite figures
+bench: setup ## print render, build, rebuild, boot and smoke-suite figures
 	$(RUN) python -u bench/run.py --spec $(SPEC)
 
-clean: ## remove build/ and images/ (the caches in $(AURORA_CACHE) stay)
+clean: ## remove build/ and images/ (the caches in AURORA_CACHE stay)
 	rm -rf build images

@@ -13,11 +13,14 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from builder.errors import AuroraError
+
 T = TypeVar("T")
 
 
-class RetryTimeout(TimeoutError):
-    """The deadline passed before ``fn`` returned a truthy value."""
+class RetryTimeout(AuroraError, TimeoutError):
+    """The deadline passed before ``fn`` returned a truthy value (one line at the CLI;
+    still a TimeoutError for callers that catch that)."""
 
     def __init__(
         self,

@@ -5,17 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 from builder.errors import AuroraError
-
-
-def register(add: Callable[..., argparse.ArgumentParser]) -> None:
-    p = add("debstore", cmd_debstore, "the .debs images were built from: export, import, verify")
-    p.add_argument("action", choices=["export", "import", "verify"])
-    p.add_argument("what", metavar="TAG|FILE", help="export/verify: an image tag; import: a tar")
-    p.add_argument("--to", type=Path, metavar="FILE", help="export: the tar to write")
 
 
 def _digests(tag: str) -> tuple[Path, dict[str, str]]:

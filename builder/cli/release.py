@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from builder.cli import gates as cli_gates
-from builder.cli.options import cloud_option
 from builder.errors import AuroraError, SpecError
 
 if TYPE_CHECKING:
@@ -25,76 +24,6 @@ if TYPE_CHECKING:
     from builder.release.core import Outcome, ReleasePlan, Releases, Target
     from builder.release.live import ImageFinder
     from builder.spec.model import HostSpec
-
-Add = Callable[..., argparse.ArgumentParser]
-
-
-def register(add: Add) -> None:
-    """Add this module's subcommands through the CLI's ``add`` helper."""
-    p = add("promote", cmd_promote, "upload a tested image to Glance, rebuild the server, probe")
-    p.add_argument("tag", metavar="TAG", help="image tag in the store (must be attested)")
-    _server_options(p, probe=True)
-    _dry_run_option(p)
-    cli_gates.add_options(p, promote=True)
-
-    p = add("rollback", cmd_rollback, "rebuild the server from an earlier image, probe")
-    p.add_argument(
-        "tag", metavar="TAG", nargs="?", help="tag in Glance (default: the one live before)"
-    )
-    _server_options(p, probe=True)
-    _dry_run_option(p)
-    cli_gates.add_options(p, promote=False)
-
-    cli_gates.register(add)
-
-    p = add("releases", cmd_releases, "tags locally and in Glance, what is live, who promoted")
-    _server_options(p, probe=False)
-    cli_gates.target_option(p)
-
-    p = add("glance-prune", cmd_glance_prune, "delete old images from Glance (never live/previous)")
-    p.add_argument("--keep", type=int, metavar="N", help="newest ready images to keep")
-    _server_options(p, probe=False)
-    cli_gates.target_option(p)
-    _dry_run_option(p)
-
-    p = add("secrets", cmd_secrets, "which of the spec's credentials a host has (never values)")
-    p.add_argument("action", choices=["check"], help="check: list present / missing")
-    p.add_argument("host", metavar="HOST", help="[user@]host, or a Host of --ssh-config")
-    _ssh_options(p)
-
-
-def _dry_run_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print exactly what would be uploaded, rebuilt and deleted; change nothing",
-    )
-
-
-def _ssh_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ssh-port", type=int, help="ssh port (default: deploy.ssh_port)")
-    p.add_argument("--ssh-config", type=Path, help="ssh -F file")
-    p.add_argument("--identity", type=Path, help="ssh private key")
-
-
-def _server_options(p: argparse.ArgumentParser, *, probe: bool) -> None:
-    cloud_option(p)
-    p.add_argument("--server", help="Nova server name or id (default: deploy.server)")
-    if not probe:
-        return
-    p.add_argument("--address", help="address the probe uses (default: deploy.address or Nova's)")
-    _ssh_options(p)
-    p.add_argument("--http-port", type=int, help="dashboard HTTP port (default: deploy.http_port)")
-    p.add_argument("--https-port", type=int, help="HTTPS port (default: deploy.https_port)")
-    p.add_argument(
-        "--probe-timeout", metavar="SPAN", help="e.g. 10min (default: deploy.probe_timeout)"
-    )
-
-
-def live_options(p: argparse.ArgumentParser) -> None:
-    """For commands that can read what is live (`live`, or a tag only Glance holds)."""
-    cloud_option(p)
-    p.add_argument("--server", help="Nova server name or id for `live` (default: deploy.server)")
 
 
 def image_finder(args: argparse.Namespace, scratch: Path) -> ImageFinder:

@@ -12,33 +12,11 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from builder.cli.options import cloud_option
 from builder.errors import AuroraError
 
 if TYPE_CHECKING:
     from builder.release.cloud import Cloud
     from builder.spec.model import HostSpec
-
-Add = Callable[..., argparse.ArgumentParser]
-
-
-def register(add: Add) -> None:
-    """Add this module's subcommands through the CLI's ``add`` helper."""
-    p = add("status", cmd_status, "what is live where: per server the tag, image, Nova state, "
-            "attestation; the newest local image and kept VMs")  # fmt: skip
-    cloud_option(p)
-    p.add_argument(
-        "--server",
-        action="append",
-        metavar="NAME",
-        help="Nova server name or id (repeatable; default: every deploy.targets entry, "
-        "else deploy.server)",
-    )
-    p.add_argument("--local", action="store_true", help="only this machine; do not ask the cloud")
-    p = add("logs", cmd_logs, "an image's build log, last smoke-suite log and serial logs", False)
-    p.add_argument("tag", nargs="?", metavar="TAG", help="image tag or directory (default: newest)")
-    p.add_argument("--only", choices=["build", "smoke", "serial"], help="just this kind of log")
-    p.add_argument("--tail", type=int, metavar="N", help="the last N lines of each log")
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -399,16 +399,57 @@ def test_console_shows_what_the_guest_prints_until_it_goes_away(tmp_path: Path) 
         os.close(fd)
 
 
-def test_committed_cli_reference_is_current() -> None:
-    """docs/reference/cli.md is generated from the parser, like the completion script."""
+def test_committed_command_reference_is_current() -> None:
+    """docs/reference/commands.md is generated from the command table, like the parser
+    and the completion script: every command and option is on it."""
     from builder.cli import reference as cli_reference
 
-    assert cli_reference.PAGE.read_text() == cli_reference.render_page(), (
-        "docs/reference/cli.md is stale: run `make docs` (python -m builder.cli.reference)"
-    )
     page = cli_reference.render_page()
+    assert cli_reference.PAGE.read_text() == page, (
+        "docs/reference/commands.md is stale: run `make docs` (python -m builder.cli.reference)"
+    )
     _, subs = commands(build_parser())
     for command in subs:
-        assert f"\n## aurora-image {command.name}\n" in page
+        assert f"\n### aurora-image {command.name}\n" in page
+        assert f"| `aurora-image {command.name}" in page, f"{command.name} has no usage row"
         for option in command.options:
             assert option in {"-h", "--help"} or f"`{option}`" in page
+
+
+def test_the_command_table_drives_parser_and_page() -> None:
+    """One table: the parser has exactly its commands, in its order, each with a usage row."""
+    from builder.cli.commands import COMMANDS
+
+    _, subs = commands(build_parser())
+    assert [c.name for c in subs] == [c.name for c in COMMANDS]
+    assert all(c.usage for c in COMMANDS), [c.name for c in COMMANDS if not c.usage]
+    for command in COMMANDS:
+        assert all(u.split()[0] == command.name for u in command.usage), command.name
+
+
+def test_make_targets_come_from_the_makefile_comments(tmp_path: Path) -> None:
+    """The page's make table is what `make help` prints: the Makefile's `##` comments."""
+    from builder.cli import reference as cli_reference
+
+    makefile = tmp_path / "Makefile"
+    makefile.write_text("all: x ## build it all\n\t@true\nhidden:\n\t@true\nup: ## go up\n")
+    assert cli_reference.make_targets(makefile) == [("all", "build it all"), ("up", "go up")]
+    page = cli_reference.render_page(makefile)
+    assert "| `make all` | build it all |" in page and "make hidden" not in page
+    help_out = subprocess.run(
+        ["make", "--no-print-directory", "help"], capture_output=True, text=True, cwd=REPO
+    )
+    assert help_out.returncode == 0, help_out.stderr
+    for target, what in cli_reference.make_targets():
+        assert f"make {target:<10} {what}" in help_out.stdout
+
+
+def test_check_mode_reports_a_stale_command_page(tmp_path: Path, capsys) -> None:
+    from builder.cli import reference as cli_reference
+
+    page = tmp_path / "commands.md"
+    page.write_text("# an old page\n")
+    assert cli_reference.main(["--check", "--out", str(page)]) == 1
+    assert "stale" in capsys.readouterr().err
+    assert cli_reference.main(["--out", str(page)]) == 0
+    assert cli_reference.main(["--check", "--out", str(page)]) == 0
