@@ -32,7 +32,7 @@ def _volume_labels(image_dir: Path, fallback: Path) -> list[str]:
     """The labels the image mounts its volumes by, from the spec it was built from."""
     from builder.image.inputs import REPO
     from builder.spec.model import load_spec
-    from builder.vm.harness import volume_labels
+    from builder.vm.disks import volume_labels
 
     try:
         recorded = json.loads((image_dir / "manifest.json").read_text()).get("spec")

@@ -20,7 +20,7 @@ from builder.render.tree import atomic_write
 BUILD_LOG = "build.log"
 SMOKE_LOG = "smoke.log"
 SMOKE_SERIAL = "smoke-serial.log"
-SERIAL = "serial.log"  # builder.vm.harness's name for a VM's console log in its workdir
+SERIAL = "serial.log"  # builder.vm.machine's name for a VM's console log in its workdir
 KINDS = ("build", "smoke", "serial")
 
 
@@ -62,7 +62,7 @@ def image_logs(image_dir: Path, vms_dir: Path) -> list[Log]:
 
 def read_log(path: Path, tail: int | None = None) -> str:
     """The log's text (its last ``tail`` lines), decoded leniently, console escapes dropped."""
-    from builder.vm.harness import tail_text
+    from builder.vm.serial import tail_text
 
     if tail is not None:
         return tail_text(path, tail)

@@ -17,11 +17,11 @@ import tempfile
 from pathlib import Path
 
 from builder.retry import RetryTimeout, retry
+from builder.vm.argv import QEMU
 
 log = logging.getLogger(__name__)
 
 ENV_VAR = "AURORA_ACCEL"
-QEMU = "qemu-system-x86_64"
 
 ACCEL_ARGS: dict[str, tuple[str, ...]] = {
     "kvm": ("-accel", "kvm", "-cpu", "host"),

@@ -3,7 +3,7 @@
 The VM is owned by a small keeper process (``python -m builder.vm.session``)
 in its own session, so it can outlive the command that started it
 (``--keep``). The keeper boots the image exactly as the smoke suite does
-(builder.vm.harness: per-run SSH key as an SMBIOS credential, scratch volumes with
+(builder.vm.machine: per-run SSH key as an SMBIOS credential, scratch volumes with
 the spec's labels for /data and /project, the image attached read-only),
 records where it runs in ``<cache>/vms/<tag>.json`` and powers the guest off
 cleanly on SIGTERM. The serial console of every kept VM is also a socket
@@ -192,7 +192,7 @@ def _keeper_failure(workdir: Path, rc: int | None) -> str:
 
 
 def _last_line(path: Path) -> str:
-    from builder.vm.harness import tail_text
+    from builder.vm.serial import tail_text
 
     if not path.exists():
         return "starting QEMU"
@@ -229,7 +229,10 @@ def stop(state: VmState) -> bool:
 
 
 def _keep(state_file: Path, image_dir: Path, labels: list[str], *, wait_ssh: bool = True) -> int:
-    from builder.vm.harness import BootImage, Machine, MachineError, boot, scratch_volumes
+    from builder.vm.disks import scratch_volumes
+    from builder.vm.errors import MachineError
+    from builder.vm.image import BootImage
+    from builder.vm.machine import Machine, boot
 
     workdir = state_file.parent / image_dir.name
     stopping = False

@@ -23,7 +23,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from builder.vm.harness import _die_with_parent, free_port, tail_text
+from builder.vm.process import die_with_parent, free_port
+from builder.vm.serial import tail_text
 
 VENV_BIN = Path(sys.executable).parent
 # The paste pipelines ship with the package, under the venv's etc/.
@@ -138,7 +139,7 @@ class GlanceServer:
             self._proc = subprocess.Popen(
                 argv, env=self._env(), stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent,  # a killed test run leaves no Glance behind
+                preexec_fn=die_with_parent,  # a killed test run leaves no Glance behind
             )  # fmt: skip
         deadline = time.monotonic() + timeout
         while not self._answers():

@@ -46,16 +46,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
-from builder.vm.harness import (
-    BootImage,
-    GuestPanic,
-    Machine,
-    MachineError,
-    QemuExited,
-    free_ports,
-    scratch_volumes,
-    tail_text,
-)
+from builder.vm.disks import scratch_volumes
+from builder.vm.errors import GuestPanic, MachineError, QemuExited
+from builder.vm.image import BootImage
+from builder.vm.machine import Machine
+from builder.vm.process import free_ports
+from builder.vm.serial import tail_text
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +60,7 @@ VOLUMES = ("aurora-data", "aurora-project")
 GUEST_PORTS = {"http": 80, "https": 443}
 CREDSTORE = Path("aurora") / "credstore"  # on the data volume; /etc/credstore in the image
 # Under TCG a guest occasionally dies before userspace (the kernel panic that
-# builder.vm.harness.boot retries, or a silent reset that ends QEMU under -no-reboot):
+# builder.vm.machine.boot retries, or a silent reset that ends QEMU under -no-reboot):
 # an emulator race, not an image defect. So the domain counts as started once
 # systemd speaks on the console, and one such death earns a second boot. An
 # image that prints nothing on ttyS0 is taken as started after ACTIVE_GRACE s.
@@ -164,7 +160,7 @@ class NovaDouble:
         self._lock = threading.RLock()
         self._fail_next: str | None = None
         # One long-lived "compute host" thread runs every rebuild, so QEMU's parent
-        # thread outlives the VM: builder.vm.harness arms PR_SET_PDEATHSIG, which fires when
+        # thread outlives the VM: builder.vm.process arms PR_SET_PDEATHSIG, which fires when
         # the *thread* that started QEMU exits, not the process.
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nova-compute")
         self._pending: Future[None] | None = None

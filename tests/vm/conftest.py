@@ -33,7 +33,10 @@ from builder.image.store import FAILING, write_attestation
 from builder.release import signing
 from builder.spec.model import HostSpec, load_spec
 from builder.vm import accel as accel_mod
-from builder.vm.harness import BootImage, Machine, boot, free_port, scratch_volumes
+from builder.vm.disks import scratch_volumes
+from builder.vm.image import BootImage
+from builder.vm.machine import Machine, boot
+from builder.vm.process import free_port
 from tests.image_choice import chosen_image
 
 SPEC = Path(__file__).resolve().parents[2] / "hosts" / "aurora.yml"

@@ -15,7 +15,8 @@ import pytest
 
 from builder.cli.main import main
 from builder.host.audit import audit, format_table
-from builder.vm.harness import SSH_HOST, Machine
+from builder.vm.argv import SSH_HOST
+from builder.vm.machine import Machine
 
 TIMER = "aurora-cl61-source-sync.timer"
 DROPIN = "/run/systemd/system/aurora-dashboard.service.d/50-audit-probe.conf"

@@ -34,7 +34,7 @@ from builder.host import health
 from builder.host.probe import Endpoint, probe
 from builder.render.engine import GWS_CONFIG_DIR, gws_unit, sync_unit
 from builder.spec.model import GwsJob, HostSpec, Stream
-from builder.vm.harness import Machine
+from builder.vm.machine import Machine
 from tests.peers import (
     Peer,
     Peers,

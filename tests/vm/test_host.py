@@ -14,7 +14,7 @@ import pytest
 
 from builder.render.engine import SYSTEM_UNITS, render
 from builder.spec.model import HostSpec
-from builder.vm.harness import Machine
+from builder.vm.machine import Machine
 
 
 def _rendered_units(spec: HostSpec) -> list[str]:

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from builder.host import health
-from builder.vm.harness import BootImage, Machine, boot, make_overlay, scratch_volumes
+from builder.vm.disks import make_overlay, scratch_volumes
+from builder.vm.image import BootImage
+from builder.vm.machine import Machine, boot
 from tests.vm.conftest import BOOT_FINISHED, VOLUMES
 
 TREE_DIGEST = (

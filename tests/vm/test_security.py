@@ -18,7 +18,8 @@ from collections.abc import Iterator
 import pytest
 
 from builder.spec.model import HostSpec
-from builder.vm.harness import Machine, free_port
+from builder.vm.machine import Machine
+from builder.vm.process import free_port
 
 # Everything but the kernel's and the per-boot trees; /tmp and /var/tmp are sticky.
 SCAN = (

@@ -17,7 +17,7 @@ from builder.image.gpt import partition
 from builder.image.verify import list_directory
 from builder.render.engine import sync_unit
 from builder.spec.model import HostSpec
-from builder.vm.harness import Machine
+from builder.vm.machine import Machine
 
 
 @pytest.fixture(scope="module")

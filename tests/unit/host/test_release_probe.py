@@ -24,7 +24,7 @@ from builder.host.probe import Endpoint, fetch_dashboard, forget_host_keys, pars
 from builder.host.remote import Remote
 from builder.spec.credcheck import MARK, assess
 from builder.spec.model import Secret
-from builder.vm.harness import free_port
+from builder.vm.process import free_port
 from tests.sshd import running_sshd
 
 HOSTNAME = "data.gamb2le.co.uk"

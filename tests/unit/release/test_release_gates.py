@@ -482,7 +482,7 @@ def test_soak_failure_rolls_back_by_itself_and_keeps_evidence(
 ) -> None:  # fmt: skip
     from builder.release.evidence import MARK as EVIDENCE
     from builder.release.evidence import unpack
-    from builder.vm.harness import free_port
+    from builder.vm.process import free_port
 
     cloud = clouds["production"]
     old = ensure_upload(cloud, attested(store, "2026.11-oooo", disk=b"old!")).image
@@ -533,7 +533,7 @@ def test_a_soak_that_passes_records_its_verdict(
     live_on(cloud, production, old.id, hours_ago=30)
     attested(store, "2026.11-nnnn")
     seen, prober = stub_prober("none", after=1)
-    from builder.vm.harness import free_port
+    from builder.vm.process import free_port
 
     target = Target(cloud=cloud, server=production.server.name, hostname="h", address="127.0.0.1",
                     ssh_port=free_port(), prober=prober)  # type: ignore[arg-type]  # fmt: skip

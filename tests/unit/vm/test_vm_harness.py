@@ -14,20 +14,14 @@ import pytest
 
 from builder.retry import RetryTimeout, retry
 from builder.vm import accel
-from builder.vm import harness as vm
-from builder.vm.harness import (
-    DEFAULT_CMDLINE,
-    QMP,
-    BootImage,
-    BootTimeout,
-    GuestPanic,
-    Machine,
-    MachineError,
-    QemuExited,
-    build_qemu_argv,
-    credential_smbios,
-    render_ssh_config,
-)
+from builder.vm import machine as vm
+from builder.vm.argv import build_qemu_argv, credential_smbios, render_ssh_config
+from builder.vm.disks import scratch_volumes
+from builder.vm.errors import BootTimeout, GuestPanic, MachineError, QemuExited
+from builder.vm.image import DEFAULT_CMDLINE, OVMF_CODE, BootImage
+from builder.vm.machine import Machine
+from builder.vm.process import free_ports
+from builder.vm.qmp import QMP
 
 needs_qemu = pytest.mark.skipif(shutil.which(accel.QEMU) is None, reason="qemu not installed")
 needs_ssh = pytest.mark.skipif(shutil.which("ssh") is None, reason="openssh client missing")
@@ -424,7 +418,7 @@ def test_uefi_argv_boots_firmware_not_a_kernel(tmp_path: Path) -> None:
     assert not {"-kernel", "-initrd", "-append"} & set(argv)
     pflash, root = _values(argv, "-drive")[:2], _values(argv, "-drive")[2]
     code = pflash[0].split(",")
-    assert {"if=pflash", "unit=0", "readonly=on", f"file={vm.OVMF_CODE}"} <= set(code)
+    assert {"if=pflash", "unit=0", "readonly=on", f"file={OVMF_CODE}"} <= set(code)
     vars_ = pflash[1].split(",")
     assert {"if=pflash", "unit=1", f"file={tmp_path / 'vars.fd'}"} <= set(vars_)
     assert "readonly=on" not in vars_  # the firmware writes its boot entries there
@@ -489,9 +483,7 @@ def test_scratch_volume_populated_from_directory(tmp_path: Path) -> None:
     store.chmod(0o700)
     (store / "ssh.authorized_keys.root").write_text("ssh-ed25519 AAAA k\n")
     (store / "ssh.authorized_keys.root").chmod(0o600)
-    (data,) = vm.scratch_volumes(
-        ["aurora-data"], tmp_path, size="16M", contents={"aurora-data": seed}
-    )
+    (data,) = scratch_volumes(["aurora-data"], tmp_path, size="16M", contents={"aurora-data": seed})
     out = subprocess.run(
         ["debugfs", "-R", "stat /aurora/credstore/ssh.authorized_keys.root", str(data)],
         capture_output=True, text=True, check=True,
@@ -508,7 +500,5 @@ def test_scratch_volume_populated_from_directory(tmp_path: Path) -> None:
 
 def test_free_ports_are_distinct() -> None:
     """Two forwards on one host port make QEMU refuse to start."""
-    from builder.vm.harness import free_ports
-
     ports = free_ports(64)
     assert len(set(ports)) == 64

@@ -1,0 +1,61 @@
+"""Reading a VM's serial console log: its tail for error messages, and the two
+things on it that end a wait early (a kernel panic, sshd failing for good)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+_PANIC = re.compile(rb"Kernel panic - not syncing[^\n]*")
+_SSH_FAILED = re.compile(r"Failed to start sshd?\.service")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# Bytes re-read before the last scan's end, so a line split across two scans is seen whole.
+_OVERLAP = 128
+
+
+def tail_text(path: Path, n: int) -> str:
+    """Last ``n`` lines of a console-ish log, decoded leniently, ANSI stripped."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return f"<{path.name} does not exist>"
+    text = _ANSI.sub("", data.decode("utf-8", "replace")).replace("\r", "")
+    return "\n".join(text.splitlines()[-n:])
+
+
+class SerialConsole:
+    """One machine's console log, read incrementally: each scan reads only what was
+    written since the last one, so polling it every second stays cheap."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        #: The panic line once seen; a panicked guest never recovers, so it sticks.
+        self.panic: str | None = None
+
+    def tail(self, n: int = 80) -> str:
+        return tail_text(self.path, n)
+
+    def panicked(self) -> bool:
+        """Whether a kernel panic has appeared on the console.
+
+        With ``-no-reboot`` and the default ``panic=0`` a panicked guest just
+        sits there, so without this every wait would run to its full timeout.
+        """
+        if self.panic is None:
+            try:
+                with open(self.path, "rb") as f:
+                    start = max(0, self._offset - _OVERLAP)
+                    f.seek(start)
+                    chunk = f.read()
+            except FileNotFoundError:
+                return False
+            self._offset = start + len(chunk)
+            found = _PANIC.search(chunk)
+            if found:
+                self.panic = found.group().decode("utf-8", "replace").strip()
+        return self.panic is not None
+
+    def ssh_failed(self) -> bool:
+        """Whether systemd reported that the ssh service failed to start."""
+        return _SSH_FAILED.search(tail_text(self.path, 10**6)) is not None

@@ -1,0 +1,106 @@
+"""The Machine API's commands and waits (builder.vm.guest) over the one runner,
+builder.host.remote.Remote, against a real sshd on loopback instead of a guest.
+
+The machine's own rendered ssh config points at the sshd, so what is tested is
+the harness's real path: ``ssh -F ssh_config aurora-vm`` through its
+ControlMaster, stopped again at shutdown. A ``sleep`` plays the QEMU process.
+"""
+
+from __future__ import annotations
+
+import getpass
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from builder.vm.argv import render_ssh_config
+from builder.vm.errors import CommandFailed, CommandTimeout, MachineError
+from builder.vm.image import BootImage
+from builder.vm.machine import Machine
+from tests.sshd import SshServer, missing_tools, running_sshd
+
+pytestmark = [
+    pytest.mark.skipif(bool(missing_tools()), reason=f"missing {missing_tools()}"),
+    # The harness logs in as root, as in the guest; sshd here admits only the test's user.
+    pytest.mark.skipif(getpass.getuser() != "root", reason="the harness's ssh user is root"),
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    with running_sshd(tmp_path_factory.mktemp("sshd")) as (one,):
+        yield one
+
+
+@pytest.fixture
+def machine(server: SshServer, tmp_path: Path) -> Iterator[Machine]:
+    disk = tmp_path / "disk.qcow2"
+    disk.write_bytes(b"")
+    m = Machine(BootImage.uefi(disk), tmp_path / "w")
+    m.workdir.mkdir()
+    m.ssh_config.write_text(
+        render_ssh_config(
+            port=server.port, identity_file=server.client_key, control_path=m.control_path
+        )
+    )
+    stand_in = subprocess.Popen(["sleep", "120"])  # plays the running QEMU
+    m._proc = stand_in  # type: ignore[assignment]
+    try:
+        yield m
+    finally:
+        m._close_ssh_master()
+        stand_in.kill()
+        stand_in.wait()
+
+
+def test_commands_run_through_the_machines_ssh_config(machine: Machine) -> None:
+    assert machine.succeed("echo hello") == "hello\n"
+    assert machine.control_path.is_socket()  # later commands reuse one connection
+    assert machine.execute("echo out; exit 4") == (4, "out\n")
+    assert machine.fail("echo refused; exit 1") == "refused\n"
+
+
+def test_succeed_and_fail_report_the_opposite_outcome(machine: Machine) -> None:
+    expected = r"exited with 3\n--- stdout ---\nso\n--- stderr ---\nse"
+    with pytest.raises(CommandFailed, match=expected):
+        machine.succeed("echo so; echo se >&2; exit 3")
+    with pytest.raises(CommandFailed) as info:
+        machine.fail("true")
+    assert info.value.rc == 0
+
+
+def test_a_command_past_its_timeout_is_a_command_timeout(machine: Machine) -> None:
+    start = time.monotonic()
+    with pytest.raises(CommandTimeout, match=r"'sleep 30' timed out after 1s"):
+        machine.execute("sleep 30", timeout=1)
+    assert time.monotonic() - start < 10
+
+
+def test_waits_poll_until_the_state_is_reached(machine: Machine, tmp_path: Path) -> None:
+    machine.wait_for_ssh(timeout=30)
+    flag = tmp_path / "flag"
+    writer = subprocess.Popen(["sh", "-c", f"sleep 1.5; echo ready > {flag}"])
+    start = time.monotonic()
+    assert machine.wait_until_succeeds(f"cat {flag}", timeout=30) == "ready\n"
+    assert time.monotonic() - start >= 1.0
+    writer.wait()
+
+
+def test_shutdown_stops_the_control_master(machine: Machine) -> None:
+    machine.succeed("true")
+    assert machine.control_path.is_socket()
+    machine._close_ssh_master()
+    deadline = time.monotonic() + 10
+    while machine.control_path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not machine.control_path.exists()
+
+
+def test_no_command_before_start(tmp_path: Path) -> None:
+    disk = tmp_path / "disk.qcow2"
+    disk.write_bytes(b"")
+    with pytest.raises(MachineError, match="not started"):
+        Machine(BootImage.uefi(disk), tmp_path / "w").succeed("true")
