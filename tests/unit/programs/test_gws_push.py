@@ -490,23 +490,6 @@ def test_rsync_exit_code_decision(code: int, ok: bool) -> None:
     assert _load_program().rsync_succeeded(code) is ok
 
 
-def test_ssh_command_shape() -> None:
-    program = _load_program()
-    ssh = program.SshConfig(
-        identity="/home/aurora/.ssh/id", port=22, options=["A=b"], known_hosts="/k"
-    )
-    timeouts = program.Timeouts(connect=15, alive_interval=15, alive_count=4, io=600)
-    alive = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
-             "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]  # fmt: skip
-    assert program.ssh_command(ssh, timeouts, 2222) == [
-        "ssh", "-p", "2222", *alive,
-        "-i", "/home/aurora/.ssh/id", "-o", "IdentitiesOnly=yes",
-        "-o", "UserKnownHostsFile=/k", "-o", "A=b",
-    ]  # fmt: skip
-    bare = program.SshConfig(identity=None, port=22, options=[], known_hosts=None)
-    assert program.ssh_command(bare, timeouts) == ["ssh", "-p", "22", *alive]
-
-
 # --------------------------------------------------------------------------
 # Locking and naming
 # --------------------------------------------------------------------------
@@ -568,9 +551,9 @@ def test_program_name_without_job_is_a_usage_error(tmp_path: Path) -> None:
         (set_key("dest", "gws/relative"), "'dest'"),
         (set_key("hosts", []), "'hosts'"),
         (set_key("hosts", "xfer-vm-03.jasmin.ac.uk"), "'hosts'"),
-        (set_key("hosts", ["xfer-vm-03.jasmin.ac.uk:0"]), "'hosts'"),
-        (set_key("hosts", ["xfer-vm-03:ssh"]), "'hosts'"),
-        (set_key("hosts", ["-oProxyCommand=touch /tmp/pwned"]), "'hosts'"),
+        (set_key("hosts", ["xfer-vm-03.jasmin.ac.uk:0"]), "'hosts[0]'"),
+        (set_key("hosts", ["xfer-vm-03:ssh"]), "'hosts[0]'"),
+        (set_key("hosts", ["-oProxyCommand=touch /tmp/pwned"]), "'hosts[0]'"),
         (set_key("user", "rrniii@xfer"), "'user'"),
         (set_key("excludes", "wxcam/"), "'excludes'"),
         (set_key("rsync_options", [""]), "'rsync_options'"),

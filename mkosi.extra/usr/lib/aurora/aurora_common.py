@@ -167,18 +167,22 @@ class Checker:
             self.fail(key, "must not be empty")
         return value
 
+    def host(self, key: str) -> Endpoint:
+        """A ``host`` or ``host:port`` entry (see ``Endpoint.parse``)."""
+        return self._endpoint(key, self.text(key))
+
     def hosts(self, key: str) -> list[Endpoint]:
-        """A non-empty list of ``host`` or ``host:port`` entries (see ``Endpoint.parse``)."""
-        endpoints = []
-        for index, entry in enumerate(self.strings(key, non_empty=True)):
-            endpoint = Endpoint.parse(entry)
-            if endpoint is None:
-                self.fail(
-                    f"{key}[{index}]",
-                    f"{entry!r}: expected a host name or address, or host:port with port 1..65535",
-                )
-            endpoints.append(endpoint)
-        return endpoints
+        """A non-empty list of ``host`` or ``host:port`` entries, tried in order."""
+        entries = self.strings(key, non_empty=True)
+        return [self._endpoint(f"{key}[{i}]", entry) for i, entry in enumerate(entries)]
+
+    def _endpoint(self, key: str, entry: str) -> Endpoint:
+        endpoint = Endpoint.parse(entry)
+        if endpoint is None:
+            self.fail(
+                key, f"{entry!r}: expected a host name or address, or host:port with port 1..65535"
+            )
+        return endpoint
 
     def reject_unknown(self, known: set[str] | tuple[str, ...]) -> None:
         """Catch typos in the builder's templates instead of silently ignoring them."""
