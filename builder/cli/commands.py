@@ -260,7 +260,10 @@ GROUPS: tuple[Group, ...] = (
                         "with hashes"
                     ),
                     "lock --debian [TAG]": (
-                        "records a tested image's Debian packages in `locks/debian-packages.txt`"
+                        "records a tested image's Debian packages in `locks/debian-packages.txt`; "
+                        "later builds warn about and record in their manifest any package that "
+                        "moved (`debian.snapshot` in the spec builds from snapshot.debian.org, "
+                        "so nothing can move)"
                     ),
                 },
             ),
@@ -339,7 +342,10 @@ GROUPS: tuple[Group, ...] = (
                 ),
                 usage={
                     "verify TAG": (
-                        "rebuilds TAG in an empty cache and compares bit for bit (slow)"
+                        "rebuilds TAG from this checkout in an empty build cache and compares bit "
+                        "for bit; where the disks differ it names the partitions and files (exit "
+                        "1). Slow (a cold build): `bench/run.py --verify` runs it, `make test` "
+                        "does not"
                     ),
                 },
             ),
@@ -364,7 +370,9 @@ GROUPS: tuple[Group, ...] = (
                 ),
                 usage={
                     "prune --keep N [--live TAG] [--dry-run]": (
-                        "removes older images; never a live image or its rollback target; "
+                        "removes images older than the N newest, and partial builds untouched "
+                        "for an hour; never a live image or its rollback target (the newest "
+                        "attested image before it); "
                         "`--dry-run` lists what would go and why, removes nothing"
                     ),
                 },
