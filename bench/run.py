@@ -33,11 +33,9 @@ sys.path.insert(0, str(REPO))
 from builder.image import mkosi, uki  # noqa: E402
 from builder.image.build import allocated, apt_sandbox, build  # noqa: E402
 from builder.render.engine import render  # noqa: E402
-from builder.spec.model import load_spec  # noqa: E402
+from builder.spec.model import HostSpec, load_spec  # noqa: E402
 from builder.tools import build_cache_dir  # noqa: E402
-from builder.vm.disks import scratch_volumes, volume_labels  # noqa: E402
-from builder.vm.image import BootImage  # noqa: E402
-from builder.vm.machine import Machine  # noqa: E402
+from builder.vm.harness import BootImage, Machine, scratch_volumes, volume_labels  # noqa: E402
 
 FLOOR = REPO / "bench" / "floor"
 # Goals of issue 14 (seconds, bytes): printed beside each figure.
@@ -120,11 +118,11 @@ def boot(image: BootImage, drives_for: list[str], dashboard_port: int | None) ->
     return figures
 
 
-def build_floor(spec_path: Path, log: Path) -> tuple[float, BootImage, Path]:
+def build_floor(spec: HostSpec, log: Path) -> tuple[float, BootImage, Path]:
     """Build the floor image with mkosi (Debian sources as the spec's); reuse the
     Aurora build's tools tree when there is one."""
     work = build_cache_dir() / "floor"
-    sandbox = apt_sandbox(load_spec(spec_path), spec_path, work / "sandbox")
+    sandbox = apt_sandbox(spec, work / "sandbox")
     output = work / "out"
     argv = [
         "--directory", str(FLOOR),
@@ -182,19 +180,19 @@ def main() -> None:
     if args.cold:
         for name in ("mkosi-cache", "out", "venvs", "floor"):
             shutil.rmtree(build_cache_dir() / name, ignore_errors=True)
-    took, image = timed(build, spec_path, progress=False)
+    took, image = timed(build, spec, progress=False)
     aurora["cold_build_s" if args.cold else "build_s"] = took
     print(
         f"{'cold build' if args.cold else 'build'}: {took:.0f} s "
         f"({'reused' if image.reused else 'built'} {image.tag})"
     )
-    aurora["unchanged_build_s"] = timed(build, spec_path, progress=False)[0]
+    aurora["unchanged_build_s"] = timed(build, spec, progress=False)[0]
     for name, make in (
         ("config_change_build_s", changed_spec),
         ("app_change_build_s", changed_app),
     ):
         with tempfile.TemporaryDirectory() as tmp:
-            took, changed = timed(build, make(spec_path, Path(tmp)), progress=False)
+            took, changed = timed(build, load_spec(make(spec_path, Path(tmp))), progress=False)
             aurora[name] = took
             shutil.rmtree(changed.path, ignore_errors=True)
     manifest = json.loads((image.path / "manifest.json").read_text())
@@ -205,7 +203,7 @@ def main() -> None:
 
     if not args.skip_floor:
         with tempfile.TemporaryDirectory() as tmp:
-            took, floor_image, _ = build_floor(spec_path, Path(tmp) / "floor.log")
+            took, floor_image, _ = build_floor(spec, Path(tmp) / "floor.log")
         floor["build_s"] = took
         floor["disk_allocated_bytes"] = allocated(floor_image.disk)
         floor["qcow2_compressed_bytes"] = qcow2_size(floor_image.disk)

@@ -28,7 +28,7 @@ from builder.image.gpt import partition, partition_digest, partitions
 from builder.image.inputs import APP_IGNORE, REPO, Inputs, app_file, collect
 from builder.render.engine import File, Tree, render
 from builder.render.tree import atomic_write, write_tree
-from builder.spec.model import HostSpec, app_source_dir, load_spec
+from builder.spec.model import HostSpec
 from builder.tools import build_cache_dir, cache_dir
 
 ARTIFACTS = ("aurora.raw", "aurora.vmlinuz", "aurora.initrd")
@@ -102,22 +102,16 @@ def rendered_tar(tree: Tree) -> bytes:
     return buffer.getvalue()
 
 
-def _stage_app(spec: HostSpec, spec_path: Path, stage: Path, lock: Path) -> None:
-    """Put the app tree and its lock where the image's postinst script finds them."""
+def _stage_app(spec: HostSpec, stage: Path, lock: Path) -> None:
+    """Put the app tree and its lock where the image's postinst script finds them
+    (the loader has resolved the app tree; `build` has checked it is there)."""
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
-    local = app_source_dir(spec, spec_path)
+    local = spec.source.app_dir
     if local is not None:
-        if not local.is_dir():
-            raise BuildError(
-                f"{spec_path}: dashboard.app.path: {local} is not a directory; "
-                "point it at the app checkout"
-            )
         shutil.copytree(local, stage / "app", ignore=shutil.ignore_patterns(*APP_IGNORE))
     else:
-        _checkout_git(
-            spec.dashboard.app.git or "", spec.dashboard.app.ref or "", stage / "app", spec_path
-        )
+        _checkout_git(spec, stage / "app")
     shutil.copy2(lock, stage / "requirements.txt")
     # The build host's CA bundle, so the install inside the image trusts the
     # same TLS path to PyPI as the host (proxies with their own CA included).
@@ -127,7 +121,8 @@ def _stage_app(spec: HostSpec, spec_path: Path, stage: Path, lock: Path) -> None
         shutil.copy2(bundle, stage / "ca-certificates.crt")
 
 
-def _checkout_git(url: str, ref: str, dest: Path, spec_path: Path) -> None:
+def _checkout_git(spec: HostSpec, dest: Path) -> None:
+    url, ref = spec.dashboard.app.git or "", spec.dashboard.app.ref or ""
     mirror = cache_dir() / "git" / hashlib.sha256(url.encode()).hexdigest()[:16]
 
     def git(*args: str, cwd: Path | None = None) -> None:
@@ -135,7 +130,7 @@ def _checkout_git(url: str, ref: str, dest: Path, spec_path: Path) -> None:
         if result.returncode != 0:
             msg = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
             raise BuildError(
-                f"{spec_path}: dashboard.app: git {args[0]} of {url} failed ({msg}); "
+                f"{spec.source.path}: dashboard.app: git {args[0]} of {url} failed ({msg}); "
                 "check the URL and that 'ref' is a commit in it"
             )
 
@@ -155,7 +150,7 @@ def _checkout_git(url: str, ref: str, dest: Path, spec_path: Path) -> None:
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 
-def apt_sandbox(spec: HostSpec, spec_path: Path, dest: Path) -> Path:
+def apt_sandbox(spec: HostSpec, dest: Path) -> Path:
     """The package manager's view for the image: Debian (mirror or snapshot) and
     the spec's extra repositories. Replaces mkosi's own list (whose debug
     repository the mirrors here refuse)."""
@@ -170,13 +165,8 @@ def apt_sandbox(spec: HostSpec, spec_path: Path, dest: Path) -> Path:
         f"Types: deb\nURIs: {security}\nSuites: trixie-security\nComponents: main\n"
         f"Signed-By: {DEBIAN_KEYRING}\n{valid}"
     )
-    for index, repo in enumerate(spec.apt_repositories):
-        key = (spec_path.parent / repo.key).resolve()
-        if not key.is_file():
-            raise BuildError(
-                f"{spec_path}: apt_repositories[{index}].key: {key} does not exist; "
-                f"put the {repo.name} archive key there"
-            )
+    for repo in spec.apt_repositories:
+        key = spec.source.apt_keys[repo.name]  # checked by SpecSource.require_files
         keyring = f"/usr/share/keyrings/aurora-{repo.name}.gpg"
         shutil.copy2(key, dest / keyring.lstrip("/"))
         (dest / f"etc/apt/sources.list.d/{repo.name}.sources").write_text(
@@ -201,12 +191,12 @@ def python_packages(listing: Path) -> dict[str, str]:
     return {p["name"]: p["version"] for p in sorted(data, key=lambda p: p["name"].lower())}
 
 
-def build(spec_path: Path, *, progress: bool = True) -> BuiltImage:
+def build(spec: HostSpec, *, progress: bool = True) -> BuiltImage:
     """Build the image the spec describes, or reuse the stored one of the same tag."""
-    spec = load_spec(spec_path)
+    spec.source.require_files()
     lock = check_lock(spec)
     tree = render(spec)
-    inputs = collect(spec, spec_path, app_source_dir(spec, spec_path))
+    inputs = collect(spec)
     store = images_dir()
     final = store / inputs.tag
     if (final / "manifest.json").exists():
@@ -215,7 +205,7 @@ def build(spec_path: Path, *, progress: bool = True) -> BuiltImage:
         if (final / "manifest.json").exists():
             return BuiltImage(inputs.tag, final, reused=True, seconds=0.0)
         tree = {**tree, **identity(inputs)}
-        return _build(spec, spec_path, lock, tree, inputs, final, progress=progress)
+        return _build(spec, lock, tree, inputs, final, progress=progress)
 
 
 @contextmanager
@@ -238,7 +228,6 @@ def identity(inputs: Inputs) -> Tree:
 
 def _build(
     spec: HostSpec,
-    spec_path: Path,
     lock: Path,
     tree: Tree,
     inputs: Inputs,
@@ -249,8 +238,8 @@ def _build(
     store = final.parent
     work = build_cache_dir() / "work" / inputs.tag
     tree_dir = write_tree(tree, work / "tree")
-    _stage_app(spec, spec_path, work / "stage", lock)
-    sandbox = apt_sandbox(spec, spec_path, work / "sandbox")
+    _stage_app(spec, work / "stage", lock)
+    sandbox = apt_sandbox(spec, work / "sandbox")
     output = build_cache_dir() / "out"
     partial = store / f".{inputs.tag}.partial"
     shutil.rmtree(partial, ignore_errors=True)
@@ -283,7 +272,7 @@ def _build(
         (output / name).replace(partial / name)
     atomic_write(partial / "cmdline", (uki.cmdline(output / UKI) + "\n").encode())
     atomic_write(partial / RENDERED_TAR, rendered_tar(tree))
-    manifest = _manifest(spec, spec_path, inputs, tree, output, partial)
+    manifest = _manifest(spec, inputs, tree, output, partial)
     debs = _keep_debs(manifest["debian_packages"])  # type: ignore[arg-type]
     if debs is not None:
         manifest["debian_debs"] = debs
@@ -374,15 +363,14 @@ def root_digest(disk: Path) -> str:
     return partition_digest(disk, partition(disk, "root-x86-64"))
 
 
-def _spec_ref(spec_path: Path) -> str:
+def _spec_ref(spec: HostSpec) -> str:
     """The spec as `verify` finds it again: repo-relative when it lives in the repo."""
-    path = spec_path.resolve()
+    path = spec.source.path.resolve()
     return path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else str(path)
 
 
 def _manifest(
     spec: HostSpec,
-    spec_path: Path,
     inputs: Inputs,
     tree: Tree,
     output: Path,
@@ -396,7 +384,7 @@ def _manifest(
         "tag": inputs.tag,
         "release": spec.release,
         "hostname": spec.hostname,
-        "spec": _spec_ref(spec_path),
+        "spec": _spec_ref(spec),
         "inputs": {"digest": inputs.digest, "files": inputs.files, "extra": inputs.extra},
         "source_date_epoch": inputs.source_date_epoch,
         "seed": inputs.seed,

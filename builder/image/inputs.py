@@ -114,34 +114,19 @@ class Inputs:
         return int(datetime(year, month, day, tzinfo=UTC).timestamp())
 
 
-def spec_bases(spec_path: Path) -> list[Path]:
-    """The specs an overlay builds on (`base:`, then its base, ...), nearest first."""
-    from builder.spec.yaml_lines import load_yaml_with_lines
-
-    chain: list[Path] = []
-    path = spec_path
-    while True:
-        data, _ = load_yaml_with_lines(path)
-        base = data.get("base") if isinstance(data, dict) else None
-        if base is None:
-            return chain
-        path = (path.parent / str(base)).resolve()
-        if path in chain:  # load_spec has already refused the loop
-            return chain
-        chain.append(path)
-
-
-def collect(spec: HostSpec, spec_path: Path, app_dir: Path | None) -> Inputs:
-    """Digest the spec, the repo's build inputs and the app source."""
-    paths = [("spec", spec_path)]
+def collect(spec: HostSpec) -> Inputs:
+    """Digest the spec (the files it was loaded from), the repo's build inputs and the
+    app source."""
+    source = spec.source
+    paths = [("spec", source.path)]
     # An overlay's bytes depend on its base too (staging.yml on aurora.yml).
-    paths += [(f"spec-base/{n}", p) for n, p in enumerate(spec_bases(spec_path), 1)]
+    paths += [(f"spec-base/{n}", p) for n, p in enumerate(source.bases, 1)]
     paths += [(name, REPO / name) for name in REPO_INPUTS if (REPO / name).exists()]
     paths += [(f"builder/{name}", REPO / "builder" / name) for name in BUILDER_INPUTS]
-    if app_dir is not None:
-        paths.append(("app", app_dir))
+    if source.app_dir is not None:
+        paths.append(("app", source.app_dir))
     for repo in spec.apt_repositories:
-        key = (spec_path.parent / repo.key).resolve()
+        key = source.apt_keys[repo.name]
         if key.is_file():
             paths.append((f"apt-key/{repo.name}", key))
     extra = {}

@@ -24,7 +24,7 @@ from builder.image.build import build, sha256_file
 from builder.image.gpt import Partition, copy_partition, filesystem, partition_digest, partitions
 from builder.image.inputs import REPO, collect
 from builder.image.store import resolve_image
-from builder.spec.model import app_source_dir, load_spec
+from builder.spec.model import load_spec
 
 TREE_LABELS = ("root-x86-64", "aurora-var")
 
@@ -186,7 +186,7 @@ def verify(ref: str, *, progress: bool = False) -> VerifyResult:
     manifest = json.loads((stored / "manifest.json").read_text())
     spec_path = REPO / manifest.get("spec", "hosts/aurora.yml")
     spec = load_spec(spec_path)
-    inputs = collect(spec, spec_path, app_source_dir(spec, spec_path))
+    inputs = collect(spec)
     if inputs.tag != manifest["tag"]:
         raise AuroraError(
             f"{manifest['tag']}: this checkout's inputs make {inputs.tag}; check out the "
@@ -195,7 +195,7 @@ def verify(ref: str, *, progress: bool = False) -> VerifyResult:
     with tempfile.TemporaryDirectory(prefix="aurora-verify-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         with _env(AURORA_BUILD_CACHE=str(work / "cache"), AURORA_IMAGES=str(work / "images")):
-            rebuilt = build(spec_path, progress=progress).path
+            rebuilt = build(spec, progress=progress).path
         artifacts = {
             name: (info["sha256"], sha256_file(rebuilt / name))
             for name, info in manifest["artifacts"].items()

@@ -115,7 +115,6 @@ def prove_diff(diff: ImageDiff, overlay: Path) -> OverlayProof:
     """`prove`, plus: the two images' inputs differ in nothing but the spec files, and they
     are the images those specs build from this checkout (else a note says so)."""
     from builder.image.inputs import collect
-    from builder.spec.model import app_source_dir
 
     proof = prove(overlay)
     inputs = diff.input_files
@@ -124,8 +123,7 @@ def prove_diff(diff: ImageDiff, overlay: Path) -> OverlayProof:
         if k != "spec" and not k.startswith("spec-base/")
     )  # fmt: skip
     for path, tag in ((proof.base, diff.a_tag), (overlay, diff.b_tag)):
-        spec = load_spec(path)
-        built = collect(spec, path, app_source_dir(spec, path)).tag
+        built = collect(load_spec(path)).tag
         if built != tag:
             proof.notes.append(
                 f"{path.name} builds {built} from this checkout, not {tag}: "

@@ -47,19 +47,12 @@ def base_tag(spec_path: Path) -> tuple[str, str] | None:
     """(this spec's tag, its base spec's tag) from the repository as it is now;
     None when the spec names no `base:` (it is its own base)."""
     from builder.image.inputs import collect
-    from builder.spec.model import app_source_dir, load_spec
-    from builder.spec.yaml_lines import load_yaml_with_lines
+    from builder.spec.model import load_spec
 
-    data, _ = load_yaml_with_lines(spec_path)
-    base = data.get("base") if isinstance(data, dict) else None
-    if base is None:
+    spec = load_spec(spec_path)
+    if not spec.source.bases:
         return None
-    base_path = (spec_path.parent / str(base)).resolve()
-    tags = []
-    for path in (spec_path, base_path):
-        spec = load_spec(path)
-        tags.append(collect(spec, path, app_source_dir(spec, path)).tag)
-    return tags[0], tags[1]
+    return collect(spec).tag, collect(load_spec(spec.source.bases[0])).tag
 
 
 def _age_hours(stamp: str | None, now: datetime) -> float | None:

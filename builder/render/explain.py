@@ -379,10 +379,9 @@ def find_path(tree: Tree, name: str, spec_path: Path) -> str:
     )
 
 
-def explain(
-    spec: HostSpec, spec_path: Path, tree: Tree, name: str, *, root: Path | None = None
-) -> Explanation:
+def explain(spec: HostSpec, tree: Tree, name: str, *, root: Path | None = None) -> Explanation:
     """Annotate the rendered file ``name`` line by line with its spec sources."""
+    spec_path = spec.source.path
     path = find_path(tree, name, spec_path)
     sources = spec_sources(spec, key_origins(spec_path, root))
     context = context_of(path.rsplit("/", 1)[-1], sources)

@@ -1051,10 +1051,3 @@ def load_spec(path: Path) -> HostSpec:
         raise spec_error(path, chain[0][1], exc, HostSpec) from None
     spec._source = _source(spec, chain)
     return spec
-
-
-def app_source_dir(spec: HostSpec, spec_path: Path) -> Path | None:
-    """The local app tree, resolved relative to the spec file (None for git apps)."""
-    if spec.dashboard.app.path is None:
-        return None
-    return (spec_path.parent / spec.dashboard.app.path).resolve()

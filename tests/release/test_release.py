@@ -31,6 +31,7 @@ from builder.cli.main import main
 from builder.image.build import build, images_dir
 from builder.image.inputs import REPO
 from builder.image.store import write_attestation
+from builder.spec.model import load_spec
 from builder.tools import build_cache_dir
 from tests.image_choice import attestation_problem, chosen_image
 from tests.release.conftest import CLOUD, SERVER
@@ -82,7 +83,7 @@ def image_b() -> Path:
     saved = os.environ.get("AURORA_IMAGES")
     os.environ["AURORA_IMAGES"] = str(work / "images")
     try:
-        built = build(overlay, progress=False)
+        built = build(load_spec(overlay), progress=False)
     finally:
         if saved is None:
             os.environ.pop("AURORA_IMAGES")

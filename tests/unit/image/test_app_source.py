@@ -53,7 +53,7 @@ def test_git_app_is_checked_out_at_the_pinned_commit(tmp_path: Path, monkeypatch
     lock = tmp_path / "requirements.txt"
     lock.write_text("# lock\n")
     stage = tmp_path / "stage"
-    _stage_app(load_spec(spec_path), spec_path, stage, lock)
+    _stage_app(load_spec(spec_path), stage, lock)
     assert (stage / "app" / "app.py").read_text() == "VERSION = 1\n"
     assert not (stage / "app" / ".git").exists()
     assert (stage / "requirements.txt").read_text() == "# lock\n"
@@ -65,7 +65,7 @@ def test_unknown_commit_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
     lock = tmp_path / "requirements.txt"
     lock.write_text("")
     with pytest.raises(BuildError, match=r"spec\.yml: dashboard\.app: git checkout of file://"):
-        _stage_app(load_spec(spec_path), spec_path, tmp_path / "stage", lock)
+        _stage_app(load_spec(spec_path), tmp_path / "stage", lock)
 
 
 def test_git_app_needs_a_ref(tmp_path: Path) -> None:
@@ -93,7 +93,7 @@ def test_local_app_is_staged_without_git_and_dotfiles(tmp_path: Path) -> None:
     spec_path = _spec_with_app(tmp_path, {"path": str(app)})
     lock = tmp_path / "requirements.txt"
     lock.write_text("# lock\n")
-    _stage_app(load_spec(spec_path), spec_path, tmp_path / "stage", lock)
+    _stage_app(load_spec(spec_path), tmp_path / "stage", lock)
     staged = sorted(
         p.relative_to(tmp_path / "stage" / "app").as_posix()
         for p in (tmp_path / "stage" / "app").rglob("*")
@@ -111,7 +111,7 @@ def test_git_app_drops_committed_dotfiles(tmp_path: Path, monkeypatch) -> None:
     )
     lock = tmp_path / "requirements.txt"
     lock.write_text("# lock\n")
-    _stage_app(load_spec(spec_path), spec_path, tmp_path / "stage", lock)
+    _stage_app(load_spec(spec_path), tmp_path / "stage", lock)
     assert sorted(p.name for p in (tmp_path / "stage" / "app").iterdir()) == ["app.py"]
 
 

@@ -48,9 +48,9 @@ def test_an_overlay_tag_follows_its_base(tmp_path: Path) -> None:
     shutil.copy(PRODUCTION, base)
     overlay = tmp_path / "staging.yml"
     overlay.write_text(STAGING.read_text())
-    before = collect(load_spec(overlay), overlay, None).tag
+    before = collect(load_spec(overlay)).tag
     base.write_text(base.read_text().replace("keep_images: 3", "keep_images: 4"))
-    assert collect(load_spec(overlay), overlay, None).tag != before
+    assert collect(load_spec(overlay)).tag != before
 
 
 def test_not_an_overlay_is_said(tmp_path: Path) -> None:

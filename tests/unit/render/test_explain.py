@@ -29,7 +29,7 @@ def spec_lines() -> tuple[dict, dict]:
 def explained(name: str, spec_path: Path = SPEC) -> explain.Explanation:
     """Each file once per run: confirming a source renders the spec again."""
     spec = load_spec(spec_path)
-    return explain.explain(spec, spec_path, render(spec), name, root=spec_path.parent)
+    return explain.explain(spec, render(spec), name, root=spec_path.parent)
 
 
 def sources_of(result: explain.Explanation, prefix: str) -> list[explain.Source]:
