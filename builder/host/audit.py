@@ -41,8 +41,6 @@ SECTIONS = (
     "dpkg",
     "python",
 )
-UNIT_SUFFIXES = (".service", ".timer", ".mount", ".socket", ".path", ".target", ".automount")
-UNIT_DIRS = ("/etc/systemd/system/", "/usr/lib/systemd/system/", "/lib/systemd/system/")
 SHOW_PROPERTIES = (
     "Id",
     "LoadState",
@@ -170,15 +168,11 @@ class Observation:
 
 
 def rendered_units(manifest: Mapping[str, Any]) -> list[str]:
-    """Unit files the image renders (templates excluded: only instances run)."""
-    units = []
-    for path, entry in manifest.get("rendered", {}).items():
-        if "sha256" not in entry or not path.startswith(UNIT_DIRS):
-            continue
-        name = path.rsplit("/", 1)[1]
-        if name.endswith(UNIT_SUFFIXES) and not re.search(r"@\.[a-z]+$", name):
-            units.append(name)
-    return sorted(units)
+    """Units the image renders, as its build recorded them (the manifest's ``carried``
+    record, builder.render.carried); templates excluded: only instances run."""
+    carried = manifest.get("carried") or {}
+    units = {str(e["unit"]) for e in carried.values() if isinstance(e, dict) and e.get("unit")}
+    return sorted(u for u in units if "@." not in u)
 
 
 def preset_paths(manifest: Mapping[str, Any]) -> list[str]:

@@ -1,16 +1,13 @@
 """`aurora-image explain UNIT`: a rendered file with where each value came from.
 
-The renderer does not record provenance, so it is recovered in two steps.
-First matching: every scalar of the spec (and the forms the templates turn
-it into, e.g. a time span in seconds) is looked for in each rendered line;
-a file named after a list item (``aurora-cl61-source-sync`` after the
-stream ``cl61``) only takes values from that item, never a sibling; key
-names break ties (``Persistent=true`` prefers a key called ``persistent``);
-short and boolean values count only when the key names agree. Then
-confirmation: the spec is rendered again with the value changed, and a
-source is kept only if the line changes with it, so a template's own
-``network-online.target`` is not pinned on an equal spec value. A value no
-variant of passes validation cannot be checked that way and is kept.
+Render records on every file the producer and the spec keys its row of the
+carried table declares (builder.render.carried). Explain reads that record and
+pins each line on the values under those keys that shape it: the spec is
+rendered again with one value changed, and the value is a line's source if the
+line changes with it. Nothing is guessed from the text, so a template's own
+``network-online.target`` is never pinned on an equal spec value. A value no
+variant of passes validation cannot be checked that way; it is listed with
+the file's keys but pinned on no line.
 
 Sources are named by file, line and key path, as spec errors are; values the
 spec leaves at their model default are ``(default)``. Overlays (``base:``)
@@ -20,29 +17,16 @@ are followed: a key comes from the file that set it last.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from builder.errors import AuroraError
-from builder.render.engine import Tree
+from builder.render.tree import Provenance, Tree
+from builder.render.unitfile import UNIT_SUFFIXES
 from builder.spec.model import HostSpec
-from builder.spec.systemd_values import parse_timespan
 from builder.spec.yaml_lines import KeyPath, SpecSyntaxError, load_yaml_with_lines
-
-UNIT_SUFFIXES = (".service", ".timer", ".mount", ".socket", ".path", ".target")
-MIN_FREE_MATCH = 4  # shorter values need agreeing key names
-_WORD = r"[A-Za-z0-9_]"
-# A value matched outside its context must not touch a hyphen either: the
-# "aurora" in "aurora-dashboard.service" is the template's prefix, not user.name.
-_WORD_OR_HYPHEN = r"[A-Za-z0-9_-]"
-# Where the unit templates write a spec key under another name (units/timer.j2).
-KEY_ALIASES = {
-    "onunitactivesec": "every",
-    "onunitinactivesec": "everyafterfinish",
-    "randomizeddelaysec": "jitter",
-}
 
 
 @dataclass(frozen=True)
@@ -76,14 +60,16 @@ class ExplainedLine:
 class Explanation:
     path: str
     spec: str
-    context: str | None
+    producer: str
+    keys: tuple[str, ...]
     lines: tuple[ExplainedLine, ...]
 
     def to_json(self) -> dict[str, object]:
         return {
             "path": self.path,
             "spec": self.spec,
-            "context": self.context,
+            "producer": self.producer,
+            "keys": list(self.keys),
             "lines": [
                 {"n": n, "text": line.text, "sources": [s.to_json() for s in line.sources]}
                 for n, line in enumerate(self.lines, 1)
@@ -168,105 +154,6 @@ def _origin(origins: Mapping[KeyPath, tuple[str, int]], key: KeyPath) -> tuple[s
 
 
 # --------------------------------------------------------------------------
-# Matching
-# --------------------------------------------------------------------------
-
-
-def forms(source: Source) -> set[str]:
-    """How a value can appear in rendered text: as written, and a time span in
-    seconds or milliseconds (the templates' ``seconds``/``milliseconds`` filters)."""
-    found = {source.value}
-    try:
-        seconds = parse_timespan(source.value)
-    except (ValueError, TypeError):
-        return found
-    if re.search(r"[a-z]", source.value):
-        found.add(str(int(seconds)) if seconds == int(seconds) else str(seconds))
-        found.add(str(round(seconds * 1000)))
-    return found
-
-
-def context_of(filename: str, sources: list[Source]) -> KeyPath | None:
-    """The list item a file is named after (the longest item ``name`` in the file name)."""
-    best: tuple[int, KeyPath] | None = None
-    for source in sources:
-        key = source.key
-        if len(key) < 2 or key[-1] != "name" or not isinstance(key[-2], int):
-            continue
-        named = re.search(rf"(?<!{_WORD}){re.escape(source.value)}(?!{_WORD})", filename)
-        if named and (best is None or len(source.value) > best[0]):
-            best = (len(source.value), key[:-1])
-    return best[1] if best else None
-
-
-def _sibling(key: KeyPath, context: KeyPath | None) -> bool:
-    """Whether ``key`` lies in another item of the context's list."""
-    if context is None:
-        return False
-    parent = context[:-1]
-    return (
-        key[: len(parent)] == parent and len(key) > len(parent) and key[: len(context)] != context
-    )
-
-
-def _line_key(line: str) -> str:
-    match = re.match(r'\s*"?([A-Za-z_][\w.-]*)"?\s*[=:]', line) or re.match(r"\s*(\S+)", line)
-    return re.sub(r"[^a-z0-9]", "", match.group(1).lower()) if match else ""
-
-
-def _names_agree(line_key: str, key: KeyPath) -> bool:
-    words = [p for p in key if isinstance(p, str)]
-    if not words or not line_key:
-        return False
-    last = re.sub(r"[^a-z0-9]", "", words[-1].lower())
-    if KEY_ALIASES.get(line_key) == last:
-        return True
-    return bool(last) and (last in line_key or line_key in last)
-
-
-def candidates(
-    line: str, sources: list[Source], context: KeyPath | None
-) -> list[tuple[tuple[bool, int, bool, bool], int, int, Source]]:
-    """Every spec value found in ``line``: (score, start, end, source), best first."""
-    line_key = _line_key(line)
-    found = []
-    for source in sources:
-        if _sibling(source.key, context):
-            continue
-        agree = _names_agree(line_key, source.key)
-        inside = context is not None and source.key[: len(context)] == context
-        for form in forms(source):
-            if not form.strip():
-                continue
-            short = len(form) < MIN_FREE_MATCH or form in ("true", "false")
-            if short and not agree:
-                continue
-            edge = _WORD if agree or inside else _WORD_OR_HYPHEN
-            pattern = rf"(?<!{edge}){re.escape(form)}(?!{edge})"
-            for match in re.finditer(pattern, line):
-                score = (agree, len(form), inside, source.file is not None)
-                found.append((score, match.start(), match.end(), source))
-    return sorted(found, key=lambda c: c[0], reverse=True)
-
-
-def explain_line(
-    line: str,
-    sources: list[Source],
-    context: KeyPath | None,
-    confirms: Callable[[Source], bool] = lambda source: True,
-) -> list[Source]:
-    """The spec values found in ``line``, best confirmed match per stretch of text."""
-    taken: list[tuple[int, int]] = []
-    chosen: list[tuple[int, Source]] = []
-    for _score, start, end, source in candidates(line, sources, context):
-        if any(start < b and a < end for a, b in taken) or not confirms(source):
-            continue
-        taken.append((start, end))
-        chosen.append((start, source))
-    return [source for _, source in sorted(chosen, key=lambda c: c[0])]
-
-
-# --------------------------------------------------------------------------
 # Confirmation: change the value, render again, see whether the line changes
 # --------------------------------------------------------------------------
 
@@ -302,16 +189,21 @@ def _replace(data: Any, key: KeyPath, value: Any) -> Any:
 
 
 class Confirmer:
-    """Whether a source really shapes a rendered file: render with the value
-    changed and look for the line's text. Cached per source; a value that no
-    variant of passes validation cannot be checked and is trusted."""
+    """Which lines of one rendered file a value shapes: render with the value
+    changed and see which lines go. Cached per key; None for a value that no
+    variant of passes validation."""
 
-    def __init__(self, spec: HostSpec, path: str, units_dir: Path | None = None) -> None:
+    def __init__(self, spec: HostSpec, record: Provenance) -> None:
         self._data = spec.model_dump(mode="json")
-        self._path = path
-        self._units_dir = units_dir
+        self._record = record
+        self._before = self._render(spec)
         self._lines: dict[KeyPath, set[str] | None] = {}
-        self._before: set[str] | None = None
+
+    def _render(self, spec: HostSpec) -> set[str]:
+        from builder.render.engine import remake
+
+        entry = remake(spec, self._record)
+        return set(entry.content.decode(errors="replace").splitlines()) if entry else set()
 
     def changed_lines(self, key: KeyPath) -> set[str] | None:
         """Lines of the file that vanish when the value at ``key`` changes."""
@@ -322,36 +214,26 @@ class Confirmer:
     def _probe(self, key: KeyPath) -> set[str] | None:
         from pydantic import ValidationError
 
-        from builder.render.engine import render
-
-        if self._before is None:
-            self._before = self._render(self._data)
-        before = self._before
         for variant in _variants(_get(self._data, key)):
             try:
                 spec = HostSpec.model_validate(_replace(self._data, key, variant))
-                after = render(spec, *([self._units_dir] if self._units_dir else []))
+                return self._before - self._render(spec)
             except (ValidationError, ValueError, TypeError, KeyError):
                 continue
-            entry = after.get(self._path)
-            now = set(entry.content.decode(errors="replace").splitlines()) if entry else set()
-            return before - now
         return None
 
-    def _render(self, data: dict[str, Any]) -> set[str]:
-        from builder.render.engine import render
 
-        tree = render(
-            HostSpec.model_validate(data), *([self._units_dir] if self._units_dir else [])
-        )
-        return set(tree[self._path].content.decode(errors="replace").splitlines())
+def _parse_key(text: str) -> KeyPath:
+    """``gws.jobs[2].name`` -> ("gws", "jobs", 2, "name")."""
+    return tuple(
+        int(p[1:-1]) if p.startswith("[") else p for p in re.findall(r"\[\d+\]|[^.\[\]]+", text)
+    )
 
-    def confirms(self, line: str) -> Callable[[Source], bool]:
-        def check(source: Source) -> bool:
-            lines = self.changed_lines(source.key)
-            return lines is None or line in lines
 
-        return check
+def declared(sources: list[Source], keys: tuple[str, ...]) -> list[Source]:
+    """The spec values under the keys a file's record names."""
+    prefixes = [_parse_key(k) for k in keys]
+    return [s for s in sources if any(s.key[: len(p)] == p for p in prefixes)]
 
 
 # --------------------------------------------------------------------------
@@ -383,21 +265,25 @@ def explain(spec: HostSpec, tree: Tree, name: str, *, root: Path | None = None) 
     """Annotate the rendered file ``name`` line by line with its spec sources."""
     spec_path = spec.source.path
     path = find_path(tree, name, spec_path)
-    sources = spec_sources(spec, key_origins(spec_path, root))
-    context = context_of(path.rsplit("/", 1)[-1], sources)
+    record = tree[path].provenance
+    if record is None:
+        raise ExplainError(f"{path} has no provenance record; it was not rendered from the spec")
     try:
         text = tree[path].content.decode()
     except UnicodeDecodeError:
         raise ExplainError(f"{path} is not a text file; nothing to explain") from None
-    confirmer = Confirmer(spec, path)
+    sources = declared(spec_sources(spec, key_origins(spec_path, root)), record.keys)
+    confirmer = Confirmer(spec, record)
+    shaped = [(s, confirmer.changed_lines(s.key)) for s in sources]
     lines = tuple(
-        ExplainedLine(line, tuple(explain_line(line, sources, context, confirmer.confirms(line))))
+        ExplainedLine(line, tuple(s for s, changed in shaped if changed and line in changed))
         for line in text.splitlines()
     )
     return Explanation(
         path=path,
         spec=_display(spec_path, root),
-        context=format_key(context) if context else None,
+        producer=record.producer,
+        keys=record.keys,
         lines=lines,
     )
 
@@ -405,9 +291,10 @@ def explain(spec: HostSpec, tree: Tree, name: str, *, root: Path | None = None) 
 def format_text(explanation: Explanation) -> str:
     """The file with a comment column naming each line's sources."""
     column = min(max((len(line.text) for line in explanation.lines), default=0), 58)
-    out = [f"# {explanation.path}, rendered from {explanation.spec}"]
-    if explanation.context:
-        out.append(f"# values of {explanation.context} (the item this file is named after)")
+    out = [
+        f"# {explanation.path}, rendered from {explanation.spec}",
+        f"# made by {explanation.producer} from {', '.join(explanation.keys) or 'no spec key'}",
+    ]
     for line in explanation.lines:
         if not line.sources:
             out.append(line.text)

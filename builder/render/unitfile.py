@@ -1,7 +1,20 @@
-"""Parse a systemd unit file into `Section.Key -> [values]`, the shape of the
-reference units, so rendered units can be compared directive by directive."""
+"""systemd unit files: which names are units, and parsing one into
+`Section.Key -> [values]`, the shape of the reference units, so rendered units
+can be compared directive by directive."""
 
 from __future__ import annotations
+
+# The unit types the image carries or audits (the one list: render, explain, audit).
+UNIT_SUFFIXES = (".service", ".timer", ".mount", ".socket", ".path", ".target", ".automount")
+UNIT_DIRS = ("/etc/systemd/system/", "/usr/lib/systemd/system/", "/lib/systemd/system/")
+
+
+def unit_name(path: str) -> str | None:
+    """The unit a file in a unit directory is (None for drop-ins and other files)."""
+    directory, _, name = path.rpartition("/")
+    if directory + "/" not in UNIT_DIRS:
+        return None
+    return name if name.endswith(UNIT_SUFFIXES) else None
 
 
 def parse_unit(text: str) -> dict[str, list[str]]:

@@ -41,7 +41,8 @@ def test_timer_lines_name_their_keys(spec_lines: tuple[dict, dict]) -> None:
     data, lines = spec_lines
     index = next(i for i, s in enumerate(data["source_sync"]["streams"]) if s["name"] == "cl61")
     result = explained("aurora-cl61-source-sync.timer")
-    assert result.context == f"source_sync.streams[{index}]"
+    assert result.producer == "units/timer.j2"
+    assert f"source_sync.streams[{index}].name" in result.keys
     expected = {
         "Description=": ("source_sync", "streams", index, "label"),
         "OnUnitActiveSec=": ("source_sync", "defaults", "every"),
@@ -53,17 +54,27 @@ def test_timer_lines_name_their_keys(spec_lines: tuple[dict, dict]) -> None:
         [source] = sources_of(result, prefix)
         assert source.key_text == explain.format_key(key), prefix
         assert (source.file, source.line) == ("aurora.yml", lines[key]), prefix
+    # The template's own lines have no source.
+    assert sources_of(result, "WantedBy=") == []
+
+
+def test_every_rendered_file_carries_its_record() -> None:
+    """explain reads the record render made; no file is left to guessing."""
+    tree = render(load_spec(SPEC))
+    assert all(entry.provenance is not None for entry in tree.values())
+    record = tree["/etc/systemd/system/aurora-dashboard.service"].provenance
+    assert record is not None and record.producer == "units/dashboard.service.j2"
+    assert record.unit == "aurora-dashboard.service"
 
 
 def test_values_come_only_from_the_named_item() -> None:
     """Streams share defaults; a stream's unit never cites a sibling stream."""
     result = explained("aurora-radar-source-sync.service")
-    context = result.context
-    assert context is not None and context.startswith("source_sync.streams[")
+    [item] = {k for k in result.keys if k.startswith("source_sync.streams[")}
     for line in result.lines:
         for source in line.sources:
             text = source.key_text
-            assert not text.startswith("source_sync.streams[") or text.startswith(context)
+            assert not text.startswith("source_sync.streams[") or text.startswith(item)
 
 
 def test_template_prefix_is_not_pinned_on_the_user_name() -> None:
@@ -74,7 +85,7 @@ def test_template_prefix_is_not_pinned_on_the_user_name() -> None:
 
 def test_defaults_are_labelled() -> None:
     result = explained("/etc/aurora/source-sync/cl61.json")
-    [source] = sources_of(result, '  "mode"')
+    [source] = sources_of(result, '  "max_delete"')
     assert source.file is None and source.label().startswith("(default) ")
 
 
@@ -113,12 +124,16 @@ def test_cli_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().err.startswith("aurora-image: ")
 
 
-def test_coincidences_are_dropped_by_rendering_again() -> None:
+def test_coincidences_are_not_sources() -> None:
     """The dashboard's `Wants=network-online.target` is the template's, although the
-    same text is a spec value: changing that value leaves the line alone."""
-    line = "Wants=network-online.target"
-    spec = load_spec(SPEC)
-    sources = explain.spec_sources(spec, explain.key_origins(SPEC))
-    naive = explain.explain_line(line, sources, None)
-    assert [s.key_text for s in naive] == ["source_sync.defaults.after[0]"]
-    assert sources_of(explained("aurora-dashboard"), line) == []
+    same text is a spec value (source_sync.defaults.after): only a value that changes
+    the line is its source."""
+    assert sources_of(explained("aurora-dashboard"), "Wants=network-online.target") == []
+
+
+def test_a_renamed_item_still_finds_its_file() -> None:
+    """Changing a stream's name moves its files; explain follows the record, so the
+    name is pinned on the lines it shapes only, not on every line."""
+    result = explained("aurora-cl61-source-sync.timer")
+    named = [line.text for line in result.lines if any(s.key[-1] == "name" for s in line.sources)]
+    assert named == ["Unit=aurora-cl61-source-sync.service"]
