@@ -23,7 +23,8 @@ def test_boot_image_from_dir_defaults(tmp_path: Path) -> None:
 @pytest.mark.usefixtures("fake_image_dir")
 def test_boot_image_reads_cmdline_file(tmp_path: Path) -> None:
     (tmp_path / "cmdline").write_text("root=PARTLABEL=root-x86-64 ro\n  console=ttyS0 quiet\n")
-    assert BootImage.from_dir(tmp_path).cmdline == "root=PARTLABEL=root-x86-64 ro console=ttyS0 quiet"
+    expected = "root=PARTLABEL=root-x86-64 ro console=ttyS0 quiet"
+    assert BootImage.from_dir(tmp_path).cmdline == expected
 
 
 def test_boot_image_names_missing_artifacts(tmp_path: Path) -> None:
