@@ -35,7 +35,9 @@ from builder.image.build import allocated, apt_sandbox, build  # noqa: E402
 from builder.render.engine import render  # noqa: E402
 from builder.spec.model import HostSpec, load_spec  # noqa: E402
 from builder.tools import build_cache_dir  # noqa: E402
-from builder.vm.harness import BootImage, Machine, scratch_volumes, volume_labels  # noqa: E402
+from builder.vm.disks import scratch_volumes, volume_labels  # noqa: E402
+from builder.vm.image import BootImage  # noqa: E402
+from builder.vm.machine import Machine  # noqa: E402
 
 FLOOR = REPO / "bench" / "floor"
 # Goals of issue 14 (seconds, bytes): printed beside each figure.

@@ -1,8 +1,9 @@
 """The release gates' side of the CLI: `--target`, `--break-lease`, `--allowed-signers`,
 `--force --reason`, `--approve`, turned into a builder.release.gates.Gates from the spec.
 
-Kept apart from cli_release so the release commands gain the gates with a
-two-line hook: options at registration, `guarded(...)` around the run.
+The options are declared with every other in builder.cli.commands (`GATES`);
+kept apart from cli_release so a release command gains the gates with one
+hook, `guarded(...)` around the run. `sign` lives here too.
 """
 
 from __future__ import annotations
@@ -26,43 +27,6 @@ def categories() -> tuple[str, ...]:
     from builder.spec.model import ChangeCategory
 
     return get_args(ChangeCategory)
-
-
-def target_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", metavar="NAME", help="deploy target (deploy.targets)")
-
-
-def add_options(p: argparse.ArgumentParser, *, promote: bool) -> None:
-    target_option(p)
-    p.add_argument(
-        "--break-lease",
-        action="store_true",
-        help="take the server's lease even from another operator (their run is dead)",
-    )
-    p.add_argument(
-        "--allowed-signers",
-        type=Path,
-        metavar="FILE",
-        help="OpenSSH allowed_signers for release signatures (default: deploy.allowed_signers)",
-    )
-    if not promote:
-        return
-    p.add_argument(
-        "--soak",
-        metavar="SPAN",
-        help="keep probing this long after the rebuild, roll back on a failure "
-        "(default: deploy.soak_window; 0 skips)",
-    )
-    p.add_argument("--force", action="store_true", help="production: skip the staging soak rule")
-    p.add_argument("--reason", help="why --force (recorded on the Glance image)")
-    p.add_argument(
-        "--approve",
-        action="append",
-        default=[],
-        metavar="CATEGORY",
-        choices=categories(),
-        help="approve a change category production asks approval for (repeatable)",
-    )
 
 
 def _force(args: argparse.Namespace) -> tuple[bool, str | None]:
@@ -216,21 +180,6 @@ def rollback(args: argparse.Namespace, target: Target) -> Outcome:
     target, rules = _prepared(args, target)
     run = lambda: execute(target, plan_rollback(target, args.tag))  # noqa: E731
     return guarded_rollback(target, args.tag, rules, run)
-
-
-def register(add: Callable[..., argparse.ArgumentParser]) -> None:
-    """`sign`: an operator signs an attested image (the suite signs when a key is set);
-    `debstore` (builder.cli.debstore)."""
-    from builder.cli import debstore as cli_debstore
-
-    cli_debstore.register(add)
-    p = add("sign", cmd_sign, "sign an attested image's release statement (ssh-keygen -Y sign)")
-    p.add_argument("tag", metavar="TAG", help="image tag in the store (must be attested)")
-    p.add_argument(
-        "--key",
-        type=Path,
-        help="ssh private key to sign with (default: AURORA_SIGNING_KEY); never in the repo",
-    )
 
 
 def cmd_sign(args: argparse.Namespace) -> int:

@@ -1,4 +1,8 @@
-"""`aurora-image`: parse, call, print. The work happens in the modules."""
+"""`aurora-image`: parse, call, print; and the handlers of the spec and image-store commands.
+
+The commands and their options are declared in builder.cli.commands (the one
+table); the work happens in the modules the handlers call.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +10,16 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from builder.cli import ops as cli_ops
 from builder.cli import release as cli_release
-from builder.cli import status as cli_status
-from builder.cli.options import global_options
-from builder.errors import AuroraError, SpecError
-from builder.image.inputs import REPO
+from builder.errors import EXIT_INTERRUPTED, AuroraError, SpecError
 
 if TYPE_CHECKING:
     from builder.image.store import ImageRecord
     from builder.render.engine import Tree
-
-Handler = Callable[[argparse.Namespace], int]
-"""A command: takes the parsed arguments, prints, returns the exit code."""
-
-DEFAULT_SPEC = REPO / "hosts" / "aurora.yml"
-DEFAULT_RENDER_DIR = REPO / "build" / "render"
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -251,87 +245,10 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="aurora-image",
-        description="Build, test and release immutable images of the Aurora dashboard host.",
-    )
-    parser.add_argument("--version", action="version", version=f"aurora-image {version()}")
-    global_options(parser, top=True)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    """The parser, made from the command table (builder.cli.commands)."""
+    from builder.cli.commands import build_parser as from_table
 
-    def add(name: str, func: Handler, summary: str, spec: bool = True) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=summary, description=summary)
-        if spec:
-            p.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="host spec (YAML)")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-        global_options(p, top=False)
-        p.set_defaults(func=func)
-        return p
-
-    add("validate", cmd_validate, "check a host spec and list every problem in it")
-    p = add("schema", cmd_schema, "print the host spec's JSON Schema (for editors)", False)
-    p.add_argument("--out", type=Path, help="write it to this file instead (atomically)")
-    p = add("completion", cmd_completion, "print the shell completion script", False)
-    p.add_argument("shell", choices=["bash"], help="the shell (bash)")
-    p = add("render", cmd_render, "render units and configs into a directory")
-    p.add_argument("--out", type=Path, default=DEFAULT_RENDER_DIR, help="output directory")
-    p.add_argument(
-        "--diff",
-        action="store_true",
-        help="show what changes against the newest image instead of writing (unified diff)",
-    )
-    p.add_argument(
-        "--against",
-        metavar="REF",
-        help="with --diff: an image tag or directory, `live` (what the server runs; its "
-        "files from Glance if not built here), or a directory `render` wrote",
-    )
-    p.add_argument(
-        "--exit-code", action="store_true", help="with --diff: exit 1 when files would change"
-    )
-    cli_release.live_options(p)
-    p = add("lock", cmd_lock, "resolve the dashboard's Python pins into locks/ (with hashes)")
-    p.add_argument(
-        "--debian",
-        nargs="?",
-        const="",
-        metavar="TAG",
-        help="instead record the Debian package set of image TAG (default: newest)",
-    )
-    p = add("verify", cmd_verify, "rebuild TAG in an empty cache and compare bit for bit")
-    p.add_argument("tag", help="image tag in the store (or an image directory)")
-    p.add_argument("--progress", action="store_true", help="show mkosi steps")
-    p = add("build", cmd_build, "build the image (render + mkosi) into images/<tag>/")
-    p.add_argument("--progress", action="store_true", help="show mkosi steps even without a TTY")
-    p.add_argument(
-        "--tag-file", type=Path, metavar="PATH", help="also write the built tag into PATH"
-    )
-    p = add("list", cmd_list, "list stored images, newest first, with size and attestation", False)
-    p.add_argument("-q", "--quiet", action="store_true", help="only the tags, one a line")
-    p = add("prune", cmd_prune, "remove old images, never live ones or their rollback", False)
-    p.add_argument("--keep", type=int, required=True, metavar="N", help="newest images to keep")
-    p.add_argument(
-        "--live",
-        action="append",
-        default=[],
-        metavar="TAG",
-        help="an image that is running somewhere (repeatable); never removed",
-    )
-    p.add_argument("--dry-run", action="store_true", help="list what would go; remove nothing")
-    p = add("diff", cmd_diff, "show what image B changes against image A")
-    p.add_argument("a", metavar="A", help="base image: a tag, a directory, or `live`")
-    p.add_argument("b", metavar="B", help="candidate image: a tag, a directory, or `live`")
-    cli_release.live_options(p)
-    p.add_argument(
-        "--overlay",
-        type=Path,
-        metavar="SPEC",
-        help="prove B differs from A only in this overlay spec's keys (exit 1 if not)",
-    )
-    cli_ops.register(add)
-    cli_status.register(add)
-    cli_release.register(add)
-    return parser
+    return from_table()
 
 
 def print_error(exc: AuroraError, *, as_json: bool) -> None:
@@ -355,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("aurora-image: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

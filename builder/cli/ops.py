@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,41 +18,6 @@ from builder.errors import AuroraError
 if TYPE_CHECKING:
     from builder.host.audit import Runner
     from builder.vm.session import VmState
-
-Add = Callable[..., argparse.ArgumentParser]
-
-
-def register(add: Add) -> None:
-    """Add this module's subcommands through the CLI's ``add`` helper."""
-    p = add("vm", cmd_vm, "boot an image under QEMU and open a shell on it (ssh)")
-    p.add_argument("tag", nargs="?", metavar="TAG", help="image tag or directory (default: newest)")
-    p.add_argument("--keep", action="store_true", help="leave it running for `aurora-image ssh`")
-    p.add_argument("--stop", action="store_true", help="power off the kept VM of TAG")
-    p.add_argument(
-        "--console",
-        action="store_true",
-        help="attach to the serial console (Ctrl-] leaves); boots TAG first unless it is kept "
-        "running, without waiting for sshd",
-    )
-    p = add("ssh", cmd_ssh, "a shell (or -- CMD) on a VM left running by `vm --keep`", False)
-    p.add_argument("tag", nargs="?", metavar="TAG", help="which kept VM (default: the only one)")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD", help="command to run")
-    p = add("audit", cmd_audit, "check a running host for drift from its image (observe only)")
-    p.add_argument("host", metavar="HOST", help="[user@]host, or vm[:TAG] for a kept local VM")
-    p.add_argument(
-        "--image",
-        metavar="TAG",
-        help="audit against TAG (or `live`: what Nova says the server runs), whatever the "
-        "host says; a tag not built here is read from its Glance upload",
-    )
-    p.add_argument("--ssh-port", type=int, default=None, help="ssh port (default: the spec's)")
-    p.add_argument("--identity", type=Path, help="ssh private key")
-    p.add_argument("--ssh-config", type=Path, help="ssh client config file")
-    p.add_argument("--all", action="store_true", help="list every check, not only drift")
-    cli_release.live_options(p)
-    p = add("explain", cmd_explain, "print a rendered unit with where each value came from")
-    p.add_argument("unit", metavar="UNIT", help="unit name (suffix optional) or rendered path")
-
 
 # --------------------------------------------------------------------------
 # vm / ssh
@@ -68,7 +32,7 @@ def _volume_labels(image_dir: Path, fallback: Path) -> list[str]:
     """The labels the image mounts its volumes by, from the spec it was built from."""
     from builder.image.inputs import REPO
     from builder.spec.model import load_spec
-    from builder.vm.harness import volume_labels
+    from builder.vm.disks import volume_labels
 
     try:
         recorded = json.loads((image_dir / "manifest.json").read_text()).get("spec")
