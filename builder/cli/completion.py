@@ -1,9 +1,11 @@
 """Shell completion for `aurora-image`, generated from its argparse parser.
 
-The parser is the one command table: the script is derived from it at run
-time (`aurora-image completion bash`), so a new command or flag completes
-without anyone editing a completion file. Image tags complete from the
-local store (`aurora-image list --quiet`), paths from the file system.
+The parser is made from the one command table (builder.cli.commands), and the
+script is derived from the parser at run time (`aurora-image completion bash`),
+so a new command or flag completes without anyone editing a completion file.
+What a value completes to follows from its declaration: a `Path` option from
+the file system, a TAG/A/B/REF from the local store (`aurora-image list
+--quiet`), a HOST from known host names, `choices` from themselves.
 """
 
 from __future__ import annotations

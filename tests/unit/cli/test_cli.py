@@ -442,14 +442,3 @@ def test_make_targets_come_from_the_makefile_comments(tmp_path: Path) -> None:
     assert help_out.returncode == 0, help_out.stderr
     for target, what in cli_reference.make_targets():
         assert f"make {target:<10} {what}" in help_out.stdout
-
-
-def test_check_mode_reports_a_stale_command_page(tmp_path: Path, capsys) -> None:
-    from builder.cli import reference as cli_reference
-
-    page = tmp_path / "commands.md"
-    page.write_text("# an old page\n")
-    assert cli_reference.main(["--check", "--out", str(page)]) == 1
-    assert "stale" in capsys.readouterr().err
-    assert cli_reference.main(["--out", str(page)]) == 0
-    assert cli_reference.main(["--check", "--out", str(page)]) == 0

@@ -1,6 +1,7 @@
 """The documentation site: it builds strictly, and it cannot fall behind the code.
 
-The spec reference is generated from builder/spec/model.py, so the committed page
+The spec reference is generated from builder/spec/model.py (the command reference
+from builder/cli/commands.py, tested in test_cli.py), so the committed page
 must equal a fresh rendering; every key of the shipped specs, every
 `aurora-image` subcommand and every `make` target must be findable in the docs.
 """
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from builder.cli import reference as cli_reference
 from builder.cli.main import build_parser
 from builder.errors import SpecError
 from builder.spec import reference as spec_reference
@@ -55,13 +57,14 @@ def test_committed_spec_reference_is_current() -> None:
     )
 
 
-def test_check_mode_reports_a_stale_page(tmp_path: Path, capsys) -> None:
-    page = tmp_path / "spec.md"
+@pytest.mark.parametrize("generator", [spec_reference, cli_reference], ids=["spec", "commands"])
+def test_check_mode_reports_a_stale_page(generator: Any, tmp_path: Path, capsys) -> None:
+    page = tmp_path / "page.md"
     page.write_text("# an old reference\n")
-    assert spec_reference.main(["--check", "--out", str(page)]) == 1
+    assert generator.main(["--check", "--out", str(page)]) == 1
     assert "stale" in capsys.readouterr().err
-    assert spec_reference.main(["--out", str(page)]) == 0
-    assert spec_reference.main(["--check", "--out", str(page)]) == 0
+    assert generator.main(["--out", str(page)]) == 0
+    assert generator.main(["--check", "--out", str(page)]) == 0
 
 
 def _key_paths(
