@@ -8,6 +8,7 @@ and docs); here each row is a `Command` of `Arg`s, grouped as the page shows the
 
 Add a command: write its handler (`(args) -> exit code`, printing its result)
 in the module of its kind, add a `Command` to its group below, run `make docs`.
+Long because it is the table: one entry per command, and no logic beside it.
 """
 
 from __future__ import annotations
