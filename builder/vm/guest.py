@@ -20,7 +20,7 @@ from builder.vm.errors import CommandFailed, CommandTimeout, UnitFailed
 log = logging.getLogger(__name__)
 
 
-class NotReady(Exception):
+class _NotReady(Exception):
     """A poll attempt saw a transient state (the retry loop swallows it)."""
 
 
@@ -75,14 +75,14 @@ class Guest:
             r = self._ssh(cmd, timeout=max(timeout, 1.0))
             if r.status == 0:
                 return r.stdout or True
-            raise NotReady(f"rc={r.status} {r.stderr.strip()}".strip())
+            raise _NotReady(f"rc={r.status} {r.stderr.strip()}".strip())
 
         out = retry(
             attempt,
             timeout=timeout,
             interval=1.0,
             what=f"{cmd!r} to succeed",
-            retry_on=(NotReady, CommandTimeout),
+            retry_on=(_NotReady, CommandTimeout),
         )
         return out if isinstance(out, str) else ""
 
@@ -100,14 +100,14 @@ class Guest:
                 _, status = self.execute(f"systemctl status --no-pager --full {q} 2>&1")
                 _, journal = self.execute(f"journalctl --no-pager -b -n 60 -u {q} 2>&1")
                 raise UnitFailed(unit, status, journal)
-            raise NotReady(f"{unit} is {state or 'unknown'} (rc {rc})")
+            raise _NotReady(f"{unit} is {state or 'unknown'} (rc {rc})")
 
         retry(
             attempt,
             timeout=timeout,
             interval=1.0,
             what=f"unit {unit}",
-            retry_on=(NotReady, CommandTimeout),
+            retry_on=(_NotReady, CommandTimeout),
         )
 
     def wait_for_open_port(self, port: int, timeout: float = 120.0) -> None:
@@ -118,12 +118,12 @@ class Guest:
             rc, out = self.execute(f"ss -Htln 'sport = :{int(port)}'", timeout=60)
             if rc == 0 and out.strip():
                 return True
-            raise NotReady(f"nothing listening on {port} (rc {rc})")
+            raise _NotReady(f"nothing listening on {port} (rc {rc})")
 
         retry(
             attempt,
             timeout=timeout,
             interval=1.0,
             what=f"guest TCP port {port}",
-            retry_on=(NotReady, CommandTimeout),
+            retry_on=(_NotReady, CommandTimeout),
         )

@@ -53,7 +53,7 @@ from builder.vm.errors import (
     MachineError,
     QemuExited,
 )
-from builder.vm.guest import Guest, NotReady
+from builder.vm.guest import Guest, _NotReady
 from builder.vm.image import OVMF_VARS, BootImage
 from builder.vm.process import die_with_parent, free_ports, kill
 from builder.vm.qmp import QMP
@@ -440,7 +440,7 @@ class Machine(Guest):
                     f"console reports ssh.service failed and ssh is still unreachable "
                     f"{ssh_failed_grace:g}s later"
                 )
-            raise NotReady(r.stderr.strip() or f"ssh exited with {r.status}")
+            raise _NotReady(r.stderr.strip() or f"ssh exited with {r.status}")
 
         try:
             retry(
@@ -448,7 +448,7 @@ class Machine(Guest):
                 timeout=timeout,
                 interval=1.0,
                 what=f"ssh to {SSH_HOST}",
-                retry_on=(NotReady, CommandTimeout),
+                retry_on=(_NotReady, CommandTimeout),
             )
         except (RetryTimeout, _SshServiceFailed) as exc:
             raise BootTimeout(
