@@ -25,19 +25,19 @@ cpio                                 cpio                    mkosi (initrd)
 mkfs.vfat                            dosfstools              mkosi (ESP)
 mcopy                                mtools                  mkosi (ESP)
 git                                  git                     the app source (builder/image/build.py)
-qemu-system-x86_64                   qemu-system-x86         builder/vm/harness.py, smoke and release suites
-qemu-img                             qemu-utils              builder/vm/harness.py, release (qcow2)
+qemu-system-x86_64                   qemu-system-x86         builder/vm/machine.py, smoke and release suites
+qemu-img                             qemu-utils              builder/vm/disks.py, release (qcow2)
 qemu-io                              qemu-utils              tests/release
-/usr/share/OVMF/OVMF_CODE_4M.fd      ovmf                    builder/vm/harness.py (UEFI firmware)
-mkfs.ext4                            e2fsprogs               builder/vm/harness.py (scratch volumes), verify
+/usr/share/OVMF/OVMF_CODE_4M.fd      ovmf                    builder/vm/image.py (UEFI firmware)
+mkfs.ext4                            e2fsprogs               builder/vm/disks.py (scratch volumes), verify
 debugfs                              e2fsprogs               builder/image/verify.py, tests
 dumpe2fs                             e2fsprogs               builder/image/verify.py
-e2label                              e2fsprogs               tests/unit/vm/test_vm_harness.py
+e2label                              e2fsprogs               tests/unit/vm/test_vm_disks.py
 fsck.erofs                           erofs-utils             builder/image/verify.py (the EROFS root)
 dump.erofs                           erofs-utils             builder/image/verify.py, tests/vm/test_smoke.py
 mkfs.erofs                           erofs-utils             tests/unit/image/test_verify.py
-ssh                                  openssh-client          builder/vm/harness.py, on-host programs, tests
-ssh-keygen                           openssh-client          builder/vm/harness.py, builder/release/signing.py, tests
+ssh                                  openssh-client          builder/host/remote.py, on-host programs, tests
+ssh-keygen                           openssh-client          builder/vm/machine.py, builder/release/signing.py, tests
 ssh-keyscan                          openssh-client          builder/host/probe.py (host keys on the console)
 sshd                                 openssh-server          tests/sshd.py, tests/peers.py (real sshd)
 rsync                                rsync                   on-host programs and their tests
