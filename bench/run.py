@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from builder.image import mkosi, uki  # noqa: E402
 from builder.image.build import allocated, apt_sandbox, build  # noqa: E402
+from builder.image.store import DISK, read_manifest  # noqa: E402
 from builder.render.engine import render  # noqa: E402
 from builder.spec.model import HostSpec, load_spec  # noqa: E402
 from builder.tools import build_cache_dir  # noqa: E402
@@ -197,11 +198,11 @@ def main() -> None:
             took, changed = timed(build, load_spec(make(spec_path, Path(tmp))), progress=False)
             aurora[name] = took
             shutil.rmtree(changed.path, ignore_errors=True)
-    manifest = json.loads((image.path / "manifest.json").read_text())
-    disk = image.path / "aurora.raw"
+    manifest = read_manifest(image.path)
+    disk = image.path / DISK
     aurora["disk_allocated_bytes"] = allocated(disk)
     aurora["qcow2_compressed_bytes"] = qcow2_size(disk)
-    aurora["sizes"] = manifest.get("sizes", {})
+    aurora["sizes"] = manifest.sizes or {}
 
     if not args.skip_floor:
         with tempfile.TemporaryDirectory() as tmp:

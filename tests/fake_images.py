@@ -6,11 +6,21 @@ own functions, so the tests read exactly what a build writes.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from builder.image.build import RENDERED_TAR, rendered_manifest, rendered_tar, sha256_file
+from builder.image.build import rendered_manifest, rendered_tar
+from builder.image.manifest import Artifact, InputsRecord, Manifest
+from builder.image.store import (
+    ARTIFACTS,
+    BUILD_LOG,
+    CMDLINE,
+    DISK,
+    MANIFEST,
+    RENDERED_TAR,
+    sha256_file,
+    write_manifest,
+)
 from builder.render.engine import File, Tree
 
 UNIT = "/etc/systemd/system/aurora-dashboard.service"
@@ -39,30 +49,30 @@ def make_image(
     tree = BASE_TREE if tree is None else tree
     path = store / tag
     path.mkdir(parents=True)
-    (path / "aurora.raw").write_bytes(disk * 1024)
-    (path / "aurora.vmlinuz").write_bytes(b"kernel")
-    (path / "aurora.initrd").write_bytes(b"initrd")
-    (path / "cmdline").write_text("root=PARTLABEL=root-x86-64 ro\n")
-    (path / "build.log").write_text("built\n")
+    kernel, initrd = ARTIFACTS[1:]
+    (path / DISK).write_bytes(disk * 1024)
+    (path / kernel).write_bytes(b"kernel")
+    (path / initrd).write_bytes(b"initrd")
+    (path / CMDLINE).write_text("root=PARTLABEL=root-x86-64 ro\n")
+    (path / BUILD_LOG).write_text("built\n")
     if with_tar:
         (path / RENDERED_TAR).write_bytes(rendered_tar(tree))
-    artifacts = {
-        name: {"sha256": sha256_file(path / name), "size": (path / name).stat().st_size}
-        for name in ("aurora.raw", "aurora.vmlinuz", "aurora.initrd")
-    }
-    manifest = {
-        "tag": tag,
-        "release": tag.split("-")[0],
-        "hostname": "data.gamb2le.co.uk",
-        "inputs": {"digest": tag.split("-")[-1] * 5, "files": {"spec": tag}, "extra": {}},
-        "source_date_epoch": 1700000000,
-        "seed": "00000000-0000-0000-0000-000000000000",
-        "cmdline": "root=PARTLABEL=root-x86-64 ro",
-        "artifacts": artifacts,
-        "rendered": rendered_manifest(tree),
-        "debian_packages": BASE_DEBIAN if debian is None else debian,
-        "python_packages": BASE_PYTHON if python is None else python,
-    }
-    (path / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    os.utime(path / "manifest.json", (built_at, built_at))
+    manifest = Manifest(
+        tag=tag,
+        release=tag.split("-")[0],
+        hostname="data.gamb2le.co.uk",
+        inputs=InputsRecord(tag.split("-")[-1] * 5, {"spec": tag}, {}),
+        source_date_epoch=1700000000,
+        seed="00000000-0000-0000-0000-000000000000",
+        cmdline="root=PARTLABEL=root-x86-64 ro",
+        artifacts={
+            name: Artifact(sha256_file(path / name), (path / name).stat().st_size)
+            for name in ARTIFACTS
+        },
+        rendered=rendered_manifest(tree),
+        debian_packages=BASE_DEBIAN if debian is None else debian,
+        python_packages=BASE_PYTHON if python is None else python,
+    )
+    write_manifest(path, manifest)
+    os.utime(path / MANIFEST, (built_at, built_at))
     return path

@@ -53,11 +53,13 @@ def attestation_problem(image_dir: Path, env: Mapping[str, str] = os.environ) ->
     since = env.get(SINCE_ENV, "").strip()
     if not since:
         return None
-    record = read_attestation(image_dir) or {}
-    started = datetime.fromisoformat(str(record.get("started", "1970-01-01T00:00:00+00:00")))
-    if started.timestamp() < int(float(since)):
+    record = read_attestation(image_dir)
+    started = record.started if record else None
+    if datetime.fromisoformat(started or "1970-01-01T00:00:00+00:00").timestamp() < int(
+        float(since)
+    ):
         return (
-            f"{name}: its attestation is from a smoke run started {record.get('started')}, "
+            f"{name}: its attestation is from a smoke run started {started}, "
             f"before this run ({iso(float(since))}); this run's smoke suite did not vouch for it"
         )
     return None

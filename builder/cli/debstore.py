@@ -11,10 +11,10 @@ from builder.errors import AuroraError
 
 
 def _digests(tag: str) -> tuple[Path, dict[str, str]]:
-    from builder.image.store import MANIFEST, resolve_image
+    from builder.image.store import read_manifest, resolve_image
 
     image_dir = resolve_image(tag)
-    digests = json.loads((image_dir / MANIFEST).read_text()).get("debian_debs")
+    digests = read_manifest(image_dir).debian_debs
     if not digests:
         raise AuroraError(
             f"{image_dir.name}: its manifest records no .deb digests (built before the "

@@ -132,14 +132,14 @@ def fingerprinter(spec_path: Path) -> Callable[[Path], dict[str, str]]:
 
     def fingerprint(image_dir: Path) -> dict[str, str]:
         from builder.image.inputs import collect
-        from builder.image.store import MANIFEST
+        from builder.image.store import read_manifest
         from builder.release.categories import fingerprints
         from builder.spec.model import load_spec
 
         spec = load_spec(spec_path)
         if collect(spec).tag != image_dir.name:
             return {}
-        return fingerprints(spec, json.loads((image_dir / MANIFEST).read_text()))
+        return fingerprints(spec, read_manifest(image_dir).to_json())
 
     return fingerprint
 

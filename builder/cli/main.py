@@ -173,10 +173,10 @@ def _verdict(image: ImageRecord) -> str:
     if record is None:
         return "no (not tested)"
     if image.attested:
-        return f"yes ({record.get('counts', {}).get('total', '?')} tests, {record.get('finished')})"
-    if record.get("passed"):
+        return f"yes ({record.counts.get('total', '?')} tests, {record.finished})"
+    if record.passed:
         return "no (disk differs from the one tested)"
-    return f"no (smoke suite failed {record.get('finished')})"
+    return f"no (smoke suite failed {record.finished})"
 
 
 def cmd_prune(args: argparse.Namespace) -> int:

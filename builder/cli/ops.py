@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from builder.host.audit import Runner
     from builder.vm.session import VmState
 
+
 # --------------------------------------------------------------------------
 # vm / ssh
 # --------------------------------------------------------------------------
@@ -30,13 +31,15 @@ def _interactive() -> bool:
 
 def _volume_labels(image_dir: Path, fallback: Path) -> list[str]:
     """The labels the image mounts its volumes by, from the spec it was built from."""
+    from builder.errors import StoreError
     from builder.image.inputs import REPO
+    from builder.image.store import read_manifest
     from builder.spec.model import load_spec
     from builder.vm.disks import volume_labels
 
     try:
-        recorded = json.loads((image_dir / "manifest.json").read_text()).get("spec")
-    except (OSError, ValueError):
+        recorded = read_manifest(image_dir).spec
+    except StoreError:
         recorded = None
     path = REPO / recorded if recorded and (REPO / recorded).is_file() else fallback
     return volume_labels(load_spec(path))
@@ -204,6 +207,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     from builder import progress
     from builder.host import audit
+    from builder.image.store import read_manifest
 
     remote = _audit_remote(args)
     tag = args.image
@@ -224,7 +228,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 f"{remote.name} runs {tag}, whose manifest neither this store nor Glance "
                 f"gives ({exc}); pass --image or --os-cloud"
             ) from None
-        manifest = json.loads((found.path / "manifest.json").read_text())
+        manifest = read_manifest(found.path).to_json()
     # Live progress on a terminal only: in a pipe an error stays the one line it is.
     label = f"auditing {remote.name} against {found.tag} ({found.origin})"
     with progress.step(label) if progress.enabled() else contextlib.nullcontext():

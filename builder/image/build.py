@@ -1,8 +1,9 @@
 """Build an image from a host spec: render, stage, mkosi, manifest, store.
 
-The image store is `images/<tag>/` (aurora.raw, kernel, initrd, cmdline,
-manifest.json, build.log, rendered.tar). A tag that is already stored is not
-rebuilt: the tag is a digest of the inputs, so the stored image is that build.
+The image goes into the store (builder.image.store owns `images/<tag>/` and
+the names in it) through its partial directory. A tag that is already stored
+is not rebuilt: the tag is a digest of the inputs, so the stored image is that
+build.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 from pathlib import Path
 
@@ -26,22 +27,31 @@ from builder.image import debian_lock, debstore, mkosi, uki
 from builder.image.app_lock import check_lock
 from builder.image.gpt import partition, partition_digest, partitions
 from builder.image.inputs import APP_IGNORE, REPO, Inputs, app_file, collect
+from builder.image.manifest import Artifact, Entry, InputsRecord, Manifest
+from builder.image.store import (
+    ARTIFACTS,
+    BUILD_LOG,
+    CMDLINE,
+    DISK,
+    RENDERED_TAR,
+    images_dir,
+    is_image,
+    partial_dir,
+    sha256_file,
+    write_manifest,
+)
+from builder.image.store import file_digest as file_digest  # re-export, see the board
+from builder.image.store import newest_image as newest_image  # re-export, see the board
 from builder.render.engine import File, Tree, render
-from builder.render.tree import atomic_write, write_tree
+from builder.render.tree import atomic_write, carried_manifest, write_tree
 from builder.spec.model import HostSpec
 from builder.tools import build_cache_dir, cache_dir
 
-ARTIFACTS = ("aurora.raw", "aurora.vmlinuz", "aurora.initrd")
 # The UKI mkosi writes next to the split kernel and initrd; its .cmdline (with the
 # dm-verity roothash= mkosi adds) is what the image boots with, under UEFI or direct.
 UKI = "aurora.efi"
-RENDERED_TAR = "rendered.tar"
 # The running host names the image it was built as here (read by `aurora-image audit`).
 IDENTITY = "/usr/lib/aurora/image.json"
-
-
-def images_dir() -> Path:
-    return Path(os.environ.get("AURORA_IMAGES", REPO / "images"))
 
 
 @dataclass(frozen=True)
@@ -52,24 +62,14 @@ class BuiltImage:
     seconds: float
 
 
-def file_digest(path: Path, algorithm: str = "sha256") -> str:
-    """Hex digest of a (possibly multi-GB) file, read in chunks."""
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, algorithm).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    return file_digest(path)
-
-
-def rendered_manifest(tree: Tree) -> dict[str, dict[str, str]]:
-    entries: dict[str, dict[str, str]] = {}
+def rendered_manifest(tree: Tree) -> dict[str, Entry]:
+    entries: dict[str, Entry] = {}
     for path, entry in tree.items():
         entries[path] = _entry_manifest(entry)
     return entries
 
 
-def _entry_manifest(entry: File) -> dict[str, str]:
+def _entry_manifest(entry: File) -> Entry:
     if entry.link is not None:
         return {"link": entry.link}
     if entry.directory:
@@ -199,10 +199,10 @@ def build(spec: HostSpec, *, progress: bool = True) -> BuiltImage:
     inputs = collect(spec)
     store = images_dir()
     final = store / inputs.tag
-    if (final / "manifest.json").exists():
+    if is_image(final):
         return BuiltImage(inputs.tag, final, reused=True, seconds=0.0)
     with _exclusive(build_cache_dir() / "build.lock"):
-        if (final / "manifest.json").exists():
+        if is_image(final):
             return BuiltImage(inputs.tag, final, reused=True, seconds=0.0)
         tree = {**tree, **identity(inputs)}
         return _build(spec, lock, tree, inputs, final, progress=progress)
@@ -241,7 +241,7 @@ def _build(
     _stage_app(spec, work / "stage", lock)
     sandbox = apt_sandbox(spec, work / "sandbox")
     output = build_cache_dir() / "out"
-    partial = store / f".{inputs.tag}.partial"
+    partial = partial_dir(store, inputs.tag)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
 
@@ -253,9 +253,6 @@ def _build(
         packages=tuple(spec.packages),
         environment={
             "AURORA_APP_DIR": spec.dashboard.checkout,
-            "AURORA_MOUNT_POINTS": " ".join(m.where for m in spec.mounts),
-            "AURORA_CERT_DIR": spec.nginx.certificate_dir,
-            "AURORA_CREDENTIAL_STORE": spec.credential_store,
             "AURORA_UFW_DEFAULT": spec.firewall.default_incoming,
             "AURORA_UFW_RULES": ",".join(r.replace(" ", ":", 1) for r in spec.firewall.rules()),
         },
@@ -265,19 +262,17 @@ def _build(
     )
     # The lock's exact .debs, from the content-addressed store: apt installs those files.
     debstore.seed(debian_lock.read_debian_digests())
-    seconds = mkosi.run(job, partial / "build.log", progress=progress)
+    seconds = mkosi.run(job, partial / BUILD_LOG, progress=progress)
     for name in ARTIFACTS:
         if not (output / name).exists():
             raise BuildError(f"mkosi finished but {output / name} is missing; see build.log")
         (output / name).replace(partial / name)
-    atomic_write(partial / "cmdline", (uki.cmdline(output / UKI) + "\n").encode())
+    atomic_write(partial / CMDLINE, (uki.cmdline(output / UKI) + "\n").encode())
     atomic_write(partial / RENDERED_TAR, rendered_tar(tree))
     manifest = _manifest(spec, inputs, tree, output, partial)
-    debs = _keep_debs(manifest["debian_packages"])  # type: ignore[arg-type]
-    if debs is not None:
-        manifest["debian_debs"] = debs
-    locked = debian_lock.compare(manifest["debian_packages"], debs=debs)  # type: ignore[arg-type]
-    manifest["debian_lock"] = locked
+    debs = _keep_debs(manifest.debian_packages)
+    locked = debian_lock.compare(manifest.debian_packages, debs=debs)
+    manifest = replace(manifest, debian_debs=debs, debian_lock=locked)
     if locked["pinned"] and not locked["matches"]:
         # One tag, one image: the lock is an input of the tag and names exact files.
         changed = list(locked["changed"])  # type: ignore[call-overload]
@@ -290,8 +285,8 @@ def _build(
     note = debian_lock.warning(locked)
     if note:
         print(f"aurora-image: warning: {note}", file=sys.stderr)
-    atomic_write(partial / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
-    print(f"aurora-image: {format_sizes(manifest['sizes'])}", file=sys.stderr)  # type: ignore[arg-type]
+    write_manifest(partial, manifest)
+    print(f"aurora-image: {format_sizes(manifest.sizes or {})}", file=sys.stderr)
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
     return BuiltImage(inputs.tag, final, reused=False, seconds=seconds)
@@ -327,7 +322,7 @@ def allocated(path: Path, start: int = 0, end: int | None = None) -> int:
 def image_sizes(output: Path, image_dir: Path) -> dict[str, dict[str, int]]:
     """What the image is made of: the root's parts (from the postinst's count),
     each partition and artifact, and the disk's apparent and allocated size."""
-    disk = image_dir / "aurora.raw"
+    disk = image_dir / DISK
     parts = _read_json(output / "aurora-sizes.json")
     return {
         "root_files": parts if isinstance(parts, dict) else {},
@@ -375,38 +370,27 @@ def _manifest(
     tree: Tree,
     output: Path,
     image_dir: Path,
-) -> dict[str, object]:
-    artifacts = {}
-    for name in ARTIFACTS:
-        path = image_dir / name
-        artifacts[name] = {"sha256": sha256_file(path), "size": path.stat().st_size}
-    return {
-        "tag": inputs.tag,
-        "release": spec.release,
-        "hostname": spec.hostname,
-        "spec": _spec_ref(spec),
-        "inputs": {"digest": inputs.digest, "files": inputs.files, "extra": inputs.extra},
-        "source_date_epoch": inputs.source_date_epoch,
-        "seed": inputs.seed,
-        "cmdline": (command_line := (image_dir / "cmdline").read_text().strip()),
-        # dm-verity's root hash: the kernel refuses any root block that does not match it.
-        "root_hash": uki.root_hash(command_line),
-        "artifacts": artifacts,
-        # The read-only root as shipped: a changed bit anywhere in it changes this.
-        "root_partition_sha256": root_digest(image_dir / "aurora.raw"),
-        "rendered": rendered_manifest(tree),
-        "debian_packages": debian_packages(output / "aurora.manifest"),
-        "python_packages": python_packages(output / "python-packages.json"),
-        # Bytes per part (kernel, Debian packages, venv, app) and per partition.
-        "sizes": image_sizes(output, image_dir),
-        # Where those Python packages live on the host (what `audit` lists there).
-        "python_venv": spec.dashboard.venv,
-    }
-
-
-def newest_image() -> Path:
-    """The most recently stored image directory (what `make smoke` tests)."""
-    candidates = [p for p in images_dir().glob("*/manifest.json")]
-    if not candidates:
-        raise BuildError(f"no image in {images_dir()}; run `make image` first")
-    return max(candidates, key=lambda p: p.stat().st_mtime).parent
+) -> Manifest:
+    command_line = (image_dir / CMDLINE).read_text().strip()
+    return Manifest(
+        tag=inputs.tag,
+        release=spec.release,
+        hostname=spec.hostname,
+        spec=_spec_ref(spec),
+        inputs=InputsRecord(inputs.digest, inputs.files, inputs.extra),
+        source_date_epoch=inputs.source_date_epoch,
+        seed=inputs.seed,
+        cmdline=command_line,
+        root_hash=uki.root_hash(command_line),
+        artifacts={
+            name: Artifact(sha256_file(image_dir / name), (image_dir / name).stat().st_size)
+            for name in ARTIFACTS
+        },
+        root_partition_sha256=root_digest(image_dir / DISK),
+        rendered=rendered_manifest(tree),
+        carried=carried_manifest(tree),
+        debian_packages=debian_packages(output / "aurora.manifest"),
+        python_packages=python_packages(output / "python-packages.json"),
+        sizes=image_sizes(output, image_dir),
+        python_venv=spec.dashboard.venv,
+    )

@@ -8,10 +8,10 @@ release shows up here instead of slipping into an image unnoticed.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from builder.image.inputs import REPO
+from builder.image.store import read_manifest
 from builder.render.tree import atomic_write
 
 DEBIAN_LOCK = REPO / "locks" / "debian-packages.txt"
@@ -19,12 +19,12 @@ _HEADER = "# aurora-image Debian lock: package version, from image "
 
 
 def write_debian_lock(image_dir: Path, lock: Path = DEBIAN_LOCK) -> Path:
-    manifest = json.loads((image_dir / "manifest.json").read_text())
-    debs = manifest.get("debian_debs") or {}
-    lines = [f"{_HEADER}{manifest['tag']}"]
+    manifest = read_manifest(image_dir)
+    debs = manifest.debian_debs or {}
+    lines = [f"{_HEADER}{manifest.tag}"]
     lines += [
         f"{name} {version} {debs[name]}" if name in debs else f"{name} {version}"
-        for name, version in sorted(manifest["debian_packages"].items())
+        for name, version in sorted(manifest.debian_packages.items())
     ]
     atomic_write(lock, ("\n".join(lines) + "\n").encode())
     return lock

@@ -12,21 +12,17 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder.errors import StoreError
-from builder.image.build import RENDERED_TAR
-from builder.image.store import MANIFEST, human_size
+from builder.image.manifest import Artifact, Entry, Manifest
+from builder.image.store import RENDERED_TAR, human_size, read_manifest
 
 UNIT_DIRS = ("/etc/systemd/system/", "/usr/lib/systemd/system/")
 FIELDS = ("release", "hostname", "cmdline", "source_date_epoch")
-
-Entry = dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -150,16 +146,6 @@ class ImageDiff:
         )
 
 
-def _manifest(image_dir: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((image_dir / MANIFEST).read_text())
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{image_dir}: cannot read {MANIFEST}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise StoreError(f"{image_dir}/{MANIFEST}: not a JSON object")
-    return data
-
-
 def rendered_contents(image_dir: Path, rendered: dict[str, Entry]) -> dict[str, bytes]:
     """Regular files from rendered.tar whose digest is the manifest's (else left out)."""
     contents: dict[str, bytes] = {}
@@ -218,36 +204,42 @@ def _tree_diff(
 def diff_images(a: Path, b: Path, *, origins: tuple[str, str] | None = None) -> ImageDiff:
     """Compare two image directories (A the base, B the candidate); `origins` says
     where each was read when that is not the directory (a release fetched from Glance)."""
-    ma, mb = _manifest(a), _manifest(b)
-    tag_a, tag_b = str(ma.get("tag", a.name)), str(mb.get("tag", b.name))
-    ra, rb = ma.get("rendered", {}), mb.get("rendered", {})
+    ma, mb = read_manifest(a), read_manifest(b)
+    tag_a, tag_b = ma.tag, mb.tag
+    ra, rb = ma.rendered, mb.rendered
     contents = (rendered_contents(a, ra), rendered_contents(b, rb))
     labels = (f"{tag_a}:", f"{tag_b}:") if tag_a != tag_b else ("a:", "b:")
 
     def split(rendered: dict[str, Entry], units: bool) -> dict[str, Entry]:
         return {p: e for p, e in rendered.items() if p.startswith(UNIT_DIRS) == units}
 
-    arts_a, arts_b = ma.get("artifacts", {}), mb.get("artifacts", {})
-    inputs_a, inputs_b = ma.get("inputs", {}), mb.get("inputs", {})
+    arts_a, arts_b = ma.artifacts, mb.artifacts
+    inputs_a, inputs_b = ma.inputs, mb.inputs
+
+    def field(manifest: Manifest, name: str) -> object:
+        return getattr(manifest, name)
+
+    def size(artifacts: dict[str, Artifact], name: str) -> int | None:
+        return artifacts[name].size if name in artifacts else None
+
     return ImageDiff(
         a=a,
         b=b,
         a_tag=tag_a,
         b_tag=tag_b,
-        fields={f: (ma.get(f), mb.get(f)) for f in FIELDS if ma.get(f) != mb.get(f)},
-        inputs_digest=(inputs_a.get("digest"), inputs_b.get("digest")),
+        fields={f: (field(ma, f), field(mb, f)) for f in FIELDS if field(ma, f) != field(mb, f)},
+        inputs_digest=(inputs_a.digest, inputs_b.digest),
         input_files=diff_mappings(
-            {**inputs_a.get("files", {}), **inputs_a.get("extra", {})},
-            {**inputs_b.get("files", {}), **inputs_b.get("extra", {})},
+            {**inputs_a.files, **inputs_a.extra}, {**inputs_b.files, **inputs_b.extra}
         ),
         artifacts={
-            name: (arts_a.get(name, {}).get("size"), arts_b.get(name, {}).get("size"))
+            name: (size(arts_a, name), size(arts_b, name))
             for name in sorted(arts_a.keys() | arts_b.keys())
         },
         units=_tree_diff(split(ra, True), split(rb, True), contents, labels),
         files=_tree_diff(split(ra, False), split(rb, False), contents, labels),
-        debian_packages=diff_mappings(ma.get("debian_packages", {}), mb.get("debian_packages", {})),
-        python_packages=diff_mappings(ma.get("python_packages", {}), mb.get("python_packages", {})),
+        debian_packages=diff_mappings(ma.debian_packages, mb.debian_packages),
+        python_packages=diff_mappings(ma.python_packages, mb.python_packages),
         origins=origins or (str(a), str(b)),
     )
 

@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.image.store import BUILD_LOG
 from builder.render.tree import atomic_write
 
-BUILD_LOG = "build.log"
 SMOKE_LOG = "smoke.log"
 SMOKE_SERIAL = "smoke-serial.log"
 SERIAL = "serial.log"  # builder.vm.machine's name for a VM's console log in its workdir

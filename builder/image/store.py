@@ -1,15 +1,20 @@
-"""The image store: what is built, what passed the smoke suite, what may go.
+"""The image store: one owner of `images/<tag>/` and everything named in it.
 
-Each build is `images/<tag>/` (see builder.image.build). The smoke suite leaves
+Each build is `images/<tag>/` (written by builder.image.build through
+`partial_dir`, renamed into place when complete): the boot artifacts, cmdline,
+manifest.json, rendered.tar, build.log. The smoke suite leaves
 `attestation.json` beside it: the aurora.raw digest it booted and every
 test's outcome. An image counts as attested only while that digest is still
 the manifest's, so a rebuilt or edited disk never inherits an old verdict.
-Pruning keeps the newest images, every live image and the attested image
-before each live one, which is where a rollback would go.
+Listing, "newest", resolving a tag and reading/writing the two records happen
+here only; a dot-directory (`.<tag>.partial`, `.<tag>.removing`) is never an
+image. Pruning keeps the newest images, every live image and the attested
+image before each live one, which is where a rollback would go.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -21,18 +26,46 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from builder.errors import StoreError, UnknownTag
-from builder.image.build import images_dir, sha256_file
+from builder.errors import BuildError, StoreError, UnknownTag
+from builder.image.manifest import Attestation, DiskFingerprint, Manifest
 from builder.plan import Plan, Step
 from builder.render.tree import atomic_write
 
+# What an image directory holds (builder.image.logs names the logs beside them).
 MANIFEST = "manifest.json"
 ATTESTATION = "attestation.json"
 DISK = "aurora.raw"
+ARTIFACTS = (DISK, "aurora.vmlinuz", "aurora.initrd")
+CMDLINE = "cmdline"
+RENDERED_TAR = "rendered.tar"
+BUILD_LOG = "build.log"
 # A build streams mkosi's output into its partial dir's build.log, so a
 # partial untouched for this long has no build behind it any more.
 STALE_PARTIAL_SECONDS = 3600.0
 FAILING = frozenset({"failed", "error"})
+
+
+def images_dir() -> Path:
+    return Path(os.environ.get("AURORA_IMAGES", _repo() / "images"))
+
+
+def _repo() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def partial_dir(store: Path, tag: str) -> Path:
+    """Where a build of `tag` assembles its files before the rename that stores it."""
+    return store / f".{tag}.partial"
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a (possibly multi-GB) file, read in chunks."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, algorithm).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    return file_digest(path)
 
 
 @dataclass(frozen=True)
@@ -44,7 +77,7 @@ class ImageRecord:
     size_bytes: int
     built_at: float
     attested: bool
-    attestation: dict[str, Any] | None
+    attestation: Attestation | None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -53,7 +86,7 @@ class ImageRecord:
             "size_bytes": self.size_bytes,
             "built_at": iso(self.built_at),
             "attested": self.attested,
-            "attestation": self.attestation,
+            "attestation": self.attestation.to_json() if self.attestation else None,
         }
 
 
@@ -82,30 +115,65 @@ def allocated_bytes(path: Path) -> int:
     return total
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _read_json(path: Path) -> object:
+    """The file's JSON; StoreError naming the file when it is missing or not JSON."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path}: cannot read it ({exc})") from None
+
+
+def read_manifest(image_dir: Path) -> Manifest:
+    """The image's manifest; StoreError naming the file when it is missing or not one."""
+    path = image_dir / MANIFEST
+    return Manifest.from_json(_read_json(path), str(path))
+
+
+def manifest_bytes(manifest: Manifest) -> bytes:
+    """manifest.json's bytes, as every build has written them."""
+    return (json.dumps(manifest.to_json(), indent=2) + "\n").encode()
+
+
+def write_manifest(image_dir: Path, manifest: Manifest) -> None:
+    atomic_write(image_dir / MANIFEST, manifest_bytes(manifest))
+
+
+def read_attestation(image_dir: Path) -> Attestation | None:
+    """The smoke suite's verdict, or None when there is none (or it is unreadable)."""
+    try:
+        return Attestation.from_json(_read_json(image_dir / ATTESTATION))
+    except StoreError:
         return None
-    return data if isinstance(data, dict) else None
 
 
 def disk_digest(image_dir: Path) -> str | None:
     """The aurora.raw sha256 the manifest recorded at build time."""
-    return _disk_digest(_read_json(image_dir / MANIFEST))
+    try:
+        return read_manifest(image_dir).disk_sha256(DISK)
+    except StoreError:
+        return None
 
 
-def _disk_digest(manifest: dict[str, Any] | None) -> str | None:
-    digest = (manifest or {}).get("artifacts", {}).get(DISK, {}).get("sha256")
-    return digest if isinstance(digest, str) else None
+def is_image(path: Path) -> bool:
+    """A directory holding a build's manifest."""
+    return (path / MANIFEST).is_file()
 
 
 def _image_dirs(store: Path) -> list[Path]:
     """Stored images, newest first; dot-dirs are partial or half-removed builds."""
     if not store.is_dir():
         return []
-    dirs = [d for d in store.iterdir() if not d.name.startswith(".") and (d / MANIFEST).is_file()]
+    dirs = [d for d in store.iterdir() if not d.name.startswith(".") and is_image(d)]
     return sorted(dirs, key=lambda d: ((d / MANIFEST).stat().st_mtime, d.name), reverse=True)
+
+
+def newest_image(store: Path | None = None) -> Path:
+    """The most recently stored image directory (what `make smoke` tests), never a partial."""
+    root = store or images_dir()
+    dirs = _image_dirs(root)
+    if not dirs:
+        raise BuildError(f"no image in {root}; run `make image` first")
+    return dirs[0]
 
 
 def list_images(store: Path | None = None) -> list[ImageRecord]:
@@ -129,10 +197,10 @@ def list_images(store: Path | None = None) -> list[ImageRecord]:
 def resolve_image(ref: str, store: Path | None = None) -> Path:
     """A tag in the store, or a directory holding a built image."""
     root = store or images_dir()
-    if "/" not in ref and ref not in (".", "..") and (root / ref / MANIFEST).is_file():
+    if "/" not in ref and ref not in (".", "..") and is_image(root / ref):
         return root / ref
     path = Path(ref)
-    if (path / MANIFEST).is_file():
+    if is_image(path):
         return path
     if path.is_dir():
         raise UnknownTag(f"{ref}: the directory holds no {MANIFEST}, so it is not a built image")
@@ -149,15 +217,18 @@ def write_attestation(
     started: float,
     finished: float,
     accel: str | None = None,
-) -> dict[str, Any]:
+) -> Attestation:
     """Record a smoke-suite verdict against the exact disk bytes that were booted.
 
     The disk is hashed again rather than trusting the manifest, so a disk
     edited after its build can never be vouched for. `passed` is forced
     false when no test ran or one failed.
     """
-    manifest = _read_json(image_dir / MANIFEST)
-    expected = _disk_digest(manifest)
+    try:
+        manifest = read_manifest(image_dir)
+    except StoreError:
+        manifest = None
+    expected = manifest.disk_sha256(DISK) if manifest else None
     if manifest is None or expected is None:
         raise StoreError(f"{image_dir}: no {MANIFEST} with a {DISK} digest; not a built image")
     disk = image_dir / DISK
@@ -172,25 +243,20 @@ def write_attestation(
             "the disk changed after its build, rebuild it before attesting"
         )
     counts = Counter(tests.values())
-    record: dict[str, Any] = {
-        "tag": manifest.get("tag", image_dir.name),
-        "image_sha256": actual,
-        "disk": {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
-        "passed": bool(passed and tests and not FAILING & counts.keys()),
-        "counts": {"total": len(tests), **dict(sorted(counts.items()))},
-        "tests": dict(sorted(tests.items())),
-        "started": iso(started),
-        "finished": iso(finished),
-        "seconds": round(finished - started, 1),
-    }
-    if accel:
-        record["accel"] = accel
-    atomic_write(image_dir / ATTESTATION, (json.dumps(record, indent=2) + "\n").encode())
+    record = Attestation(
+        tag=manifest.tag,
+        image_sha256=actual,
+        disk=DiskFingerprint(stat.st_size, stat.st_mtime_ns),
+        passed=bool(passed and tests and not FAILING & counts.keys()),
+        counts={"total": len(tests), **dict(sorted(counts.items()))},
+        tests=dict(sorted(tests.items())),
+        started=iso(started),
+        finished=iso(finished),
+        seconds=round(finished - started, 1),
+        accel=accel or None,
+    )
+    atomic_write(image_dir / ATTESTATION, (json.dumps(record.to_json(), indent=2) + "\n").encode())
     return record
-
-
-def read_attestation(image_dir: Path) -> dict[str, Any] | None:
-    return _read_json(image_dir / ATTESTATION)
 
 
 def is_attested(image_dir: Path, *, verify: bool = False) -> bool:
@@ -202,17 +268,17 @@ def is_attested(image_dir: Path, *, verify: bool = False) -> bool:
     return _attested(image_dir, read_attestation(image_dir), verify=verify)
 
 
-def _attested(image_dir: Path, attestation: dict[str, Any] | None, *, verify: bool) -> bool:
-    if not attestation or attestation.get("passed") is not True:
+def _attested(image_dir: Path, attestation: Attestation | None, *, verify: bool) -> bool:
+    if attestation is None or not attestation.passed:
         return False
     expected = disk_digest(image_dir)
-    if expected is None or attestation.get("image_sha256") != expected:
+    if expected is None or attestation.image_sha256 != expected:
         return False
     disk = image_dir / DISK
     try:
         stat = disk.stat()
-        fingerprint = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-        if not verify and attestation.get("disk") == fingerprint:
+        fingerprint = DiskFingerprint(stat.st_size, stat.st_mtime_ns)
+        if not verify and attestation.disk == fingerprint:
             return True
         return sha256_file(disk) == expected
     except OSError:
@@ -323,7 +389,7 @@ def plan_prune(
     exists = root.is_dir()
     partials = tuple(
         p
-        for p in (sorted(root.glob(".*.partial")) if exists else [])
+        for p in (sorted(root.glob(partial_dir(root, "*").name)) if exists else [])
         if p.is_dir() and now - _newest_mtime(p) > stale_after
     )
     return PrunePlan(

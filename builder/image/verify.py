@@ -10,7 +10,6 @@ and fixed.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import tempfile
@@ -23,7 +22,7 @@ from builder.errors import AuroraError
 from builder.image.build import build, sha256_file
 from builder.image.gpt import Partition, copy_partition, filesystem, partition_digest, partitions
 from builder.image.inputs import REPO, collect
-from builder.image.store import resolve_image
+from builder.image.store import DISK, read_manifest, resolve_image
 from builder.spec.model import load_spec
 
 TREE_LABELS = ("root-x86-64", "aurora-var")
@@ -183,13 +182,13 @@ def compare_disks(stored: Path, rebuilt: Path, scratch: Path, result: VerifyResu
 
 def verify(ref: str, *, progress: bool = False) -> VerifyResult:
     stored = resolve_image(ref)
-    manifest = json.loads((stored / "manifest.json").read_text())
-    spec_path = REPO / manifest.get("spec", "hosts/aurora.yml")
+    manifest = read_manifest(stored)
+    spec_path = REPO / (manifest.spec or "hosts/aurora.yml")
     spec = load_spec(spec_path)
     inputs = collect(spec)
-    if inputs.tag != manifest["tag"]:
+    if inputs.tag != manifest.tag:
         raise AuroraError(
-            f"{manifest['tag']}: this checkout's inputs make {inputs.tag}; check out the "
+            f"{manifest.tag}: this checkout's inputs make {inputs.tag}; check out the "
             "commit that built the image (and its locks), then verify again"
         )
     with tempfile.TemporaryDirectory(prefix="aurora-verify-", dir="/var/tmp") as tmp:
@@ -197,13 +196,13 @@ def verify(ref: str, *, progress: bool = False) -> VerifyResult:
         with _env(AURORA_BUILD_CACHE=str(work / "cache"), AURORA_IMAGES=str(work / "images")):
             rebuilt = build(spec, progress=progress).path
         artifacts = {
-            name: (info["sha256"], sha256_file(rebuilt / name))
-            for name, info in manifest["artifacts"].items()
+            name: (info.sha256, sha256_file(rebuilt / name))
+            for name, info in manifest.artifacts.items()
         }
         identical = all(a == b for a, b in artifacts.values())
-        result = VerifyResult(manifest["tag"], identical, artifacts)
-        if artifacts["aurora.raw"][0] != artifacts["aurora.raw"][1]:
-            compare_disks(stored / "aurora.raw", rebuilt / "aurora.raw", work / "trees", result)
+        result = VerifyResult(manifest.tag, identical, artifacts)
+        if artifacts[DISK][0] != artifacts[DISK][1]:
+            compare_disks(stored / DISK, rebuilt / DISK, work / "trees", result)
     return result
 
 

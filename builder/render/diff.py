@@ -10,15 +10,14 @@ written by an earlier `aurora-image render`. Pure apart from reading the base.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.errors import AuroraError
+from builder.errors import StoreError
 from builder.image.build import IDENTITY, rendered_manifest
 from builder.image.diff import FileChange, change_lines, rendered_contents, unified
-from builder.image.store import MANIFEST
+from builder.image.store import read_manifest
 from builder.render.engine import Tree
 
 Entry = dict[str, str]
@@ -64,13 +63,12 @@ def image_base(image_dir: Path, origin: str | None = None) -> Base:
     """A stored image (or a release's files fetched from Glance): the manifest's
     entries, contents from its rendered.tar."""
     try:
-        manifest = json.loads((image_dir / MANIFEST).read_text())
-    except (OSError, ValueError) as exc:
-        raise AuroraError(f"{image_dir}: cannot read {MANIFEST} ({exc}); rebuild it") from None
+        manifest = read_manifest(image_dir)
+    except StoreError as exc:
+        raise StoreError(f"{exc}; rebuild it") from None
     # The identity file is added at build time, not rendered from the spec.
-    entries = {p: e for p, e in manifest.get("rendered", {}).items() if p != IDENTITY}
-    tag = str(manifest.get("tag", image_dir.name))
-    label = f"image {tag}" + (f" ({origin})" if origin else "")
+    entries = {p: e for p, e in manifest.rendered.items() if p != IDENTITY}
+    label = f"image {manifest.tag}" + (f" ({origin})" if origin else "")
     return Base(label, entries, rendered_contents(image_dir, entries))
 
 

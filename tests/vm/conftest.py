@@ -29,7 +29,7 @@ from aiosmtpd.smtp import Envelope
 
 from builder.errors import AuroraError
 from builder.image.logs import write_smoke_log
-from builder.image.store import FAILING, write_attestation
+from builder.image.store import FAILING, is_image, write_attestation
 from builder.release import signing
 from builder.spec.model import HostSpec, load_spec
 from builder.vm import accel as accel_mod
@@ -156,9 +156,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     except AuroraError as exc:
         say(f"attestation: not written: {exc}")
         return
-    verdict = "passed" if record["passed"] else "FAILED"
-    say(f"attestation: {_run.image.name} {verdict} ({record['counts']['total']} tests)")
-    signed = signing.sign_if_configured(_run.image) if record["passed"] else None
+    verdict = "passed" if record.passed else "FAILED"
+    say(f"attestation: {_run.image.name} {verdict} ({record.counts['total']} tests)")
+    signed = signing.sign_if_configured(_run.image) if record.passed else None
     if signed:
         say(f"attestation: {_run.image.name} {signed}")
 
@@ -187,7 +187,7 @@ def mailbox() -> Iterator[tuple[Mailbox, int]]:
 @pytest.fixture(scope="session")
 def image_dir() -> Path:
     path = chosen_image()
-    assert (path / "manifest.json").exists(), f"{path} holds no built image"
+    assert is_image(path), f"{path} holds no built image"
     _run.image, _run.started = path, time.time()
     return path
 

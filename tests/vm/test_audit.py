@@ -15,6 +15,7 @@ import pytest
 
 from builder.cli.main import main
 from builder.host.audit import audit, format_table
+from builder.image.store import read_manifest
 from builder.vm.argv import SSH_HOST
 from builder.vm.machine import Machine
 
@@ -39,7 +40,7 @@ systemctl start {TIMER}
 
 @pytest.fixture(scope="module")
 def manifest(image_dir: Path) -> dict:
-    return json.loads((image_dir / "manifest.json").read_text())
+    return read_manifest(image_dir).to_json()
 
 
 @pytest.fixture

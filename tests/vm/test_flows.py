@@ -32,6 +32,7 @@ import pytest
 
 from builder.host import health
 from builder.host.probe import Endpoint, probe
+from builder.image.store import read_manifest
 from builder.render.engine import GWS_CONFIG_DIR, gws_unit, sync_unit
 from builder.spec.model import GwsJob, HostSpec, Stream
 from builder.vm.machine import Machine
@@ -309,7 +310,7 @@ def test_probe_passes_on_an_empty_host_with_the_failing_job_reported(
     endpoint = Endpoint(
         "127.0.0.1", spec.hostname, booted.forwarded_port("http"), booted.forwarded_port("https")
     )
-    manifest = json.loads((image_dir / "manifest.json").read_text())
+    manifest = read_manifest(image_dir).to_json()
     before = health.observe_before(remote)  # what release.py records before it rebuilds
     assert before.failing[job] == "exit-code (status 1)"
     report = probe(remote, endpoint, manifest, timeout=300, before=before)

@@ -8,13 +8,13 @@ untouched), with the same SMBIOS UUID, as a VM keeps across reboots on JASMIN.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from builder.host import health
+from builder.image.store import read_manifest
 from builder.vm.disks import make_overlay, scratch_volumes
 from builder.vm.image import BootImage
 from builder.vm.machine import Machine, boot
@@ -93,11 +93,11 @@ def test_writes_to_usr_and_units_fail(two_boots) -> None:
 
 def test_root_is_dm_verity_with_the_manifest_root_hash(two_boots, image_dir: Path) -> None:
     first = two_boots[0]
-    manifest = json.loads((image_dir / "manifest.json").read_text())
+    manifest = read_manifest(image_dir)
     assert first["root_source"] == "/dev/mapper/root"
     assert first["root_dm_uuid"].startswith("CRYPT-VERITY-"), first["root_dm_uuid"]
-    assert manifest["root_hash"], "the manifest records no dm-verity root hash"
-    assert f"roothash={manifest['root_hash']}" in first["cmdline"]
+    assert manifest.root_hash, "the manifest records no dm-verity root hash"
+    assert f"roothash={manifest.root_hash}" in first["cmdline"]
 
 
 def test_second_boot_is_identical(two_boots) -> None:

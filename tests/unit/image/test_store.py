@@ -10,18 +10,21 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from builder.cli.main import main
 from builder.errors import StoreError, UnknownTag
+from builder.image.manifest import Attestation
 from builder.image.store import (
     ATTESTATION,
     is_attested,
     list_images,
     prune,
     read_attestation,
+    read_manifest,
     resolve_image,
     write_attestation,
 )
@@ -48,7 +51,7 @@ def images(store: Path, count: int) -> list[str]:
     return tags
 
 
-def attest(path: Path, passed: bool = True) -> dict:
+def attest(path: Path, passed: bool = True) -> Attestation:
     tests = {"tests/vm/test_smoke.py::test_boots": "passed"}
     return write_attestation(path, passed=passed, tests=tests, started=NOW - 60, finished=NOW)
 
@@ -108,19 +111,19 @@ def test_resolve_finds_tags_and_directories(store: Path, tmp_path: Path) -> None
 def test_attestation_records_the_verified_disk_digest(store: Path) -> None:
     (tag,) = images(store, 1)
     path = store / tag
-    manifest = json.loads((path / "manifest.json").read_text())
+    manifest = read_manifest(path)
     tests = {"t::a": "passed", "t::b": "skipped", "t::c": "passed"}
     record = write_attestation(
         path, passed=True, tests=tests, started=NOW - 90, finished=NOW, accel="tcg"
     )
     assert read_attestation(path) == record
-    assert record["tag"] == tag
-    assert record["image_sha256"] == manifest["artifacts"]["aurora.raw"]["sha256"]
-    assert record["passed"] is True
-    assert record["counts"] == {"total": 3, "passed": 2, "skipped": 1}
-    assert record["tests"] == tests
-    assert record["started"].endswith("+00:00") and record["seconds"] == 90.0
-    assert record["accel"] == "tcg"
+    assert record.tag == tag
+    assert record.image_sha256 == manifest.artifacts["aurora.raw"].sha256
+    assert record.passed is True
+    assert record.counts == {"total": 3, "passed": 2, "skipped": 1}
+    assert record.tests == tests
+    assert record.started.endswith("+00:00") and record.seconds == 90.0
+    assert record.accel == "tcg"
     assert is_attested(path) and is_attested(path, verify=True)
     assert list_images()[0].attested
     assert not list(path.glob(f".{ATTESTATION}.*")), "no temp file left behind"
@@ -142,7 +145,8 @@ def test_same_size_tamper_with_restored_mtime_needs_verify(store: Path) -> None:
     record = attest(path)
     disk = path / "aurora.raw"
     disk.write_bytes(b"evil" * 1024)
-    os.utime(disk, ns=(record["disk"]["mtime_ns"], record["disk"]["mtime_ns"]))
+    assert record.disk is not None
+    os.utime(disk, ns=(record.disk.mtime_ns, record.disk.mtime_ns))
     assert is_attested(path)  # the cheap check trusts an unchanged size and mtime
     assert not is_attested(path, verify=True)
 
@@ -170,16 +174,15 @@ def test_failed_or_empty_runs_do_not_attest(store: Path) -> None:
     write_attestation(store / b, passed=True, tests={"t::x": "failed"}, started=0, finished=1)
     write_attestation(store / c, passed=True, tests={}, started=0, finished=1)
     for tag in (a, b, c):
-        assert read_attestation(store / tag)["passed"] is False
+        assert read_attestation(store / tag).passed is False  # type: ignore[union-attr]
         assert not is_attested(store / tag)
 
 
 def test_attestation_for_another_digest_does_not_count(store: Path) -> None:
     (tag,) = images(store, 1)
     path = store / tag
-    record = attest(path)
-    record["image_sha256"] = "0" * 64
-    (path / ATTESTATION).write_text(json.dumps(record))
+    record = replace(attest(path), image_sha256="0" * 64)
+    (path / ATTESTATION).write_text(json.dumps(record.to_json()))
     assert not is_attested(path)
     (path / ATTESTATION).write_text("{not json")
     assert read_attestation(path) is None and not is_attested(path)
@@ -348,19 +351,20 @@ def test_vm_conftest_attests_the_image_it_used(store: Path, tmp_path: Path) -> N
     result = pytest_run(str(suite))
     assert result.returncode == 0, result.stdout + result.stderr
     record = read_attestation(store / tag)
-    assert record is not None and record["passed"] is True
-    assert record["counts"] == {"total": 2, "passed": 2}
-    assert sorted(record["tests"]) == ["test_fake.py::test_one", "test_fake.py::test_two"]
+    assert record is not None and record.passed is True
+    assert record.counts == {"total": 2, "passed": 2}
+    assert sorted(record.tests) == ["test_fake.py::test_one", "test_fake.py::test_two"]
     assert is_attested(store / tag)
 
     result = pytest_run(str(suite), "-k", "one")  # a partial pass proves nothing
     assert "not written" in result.stdout
-    assert read_attestation(store / tag)["counts"]["total"] == 2
+    assert read_attestation(store / tag).counts["total"] == 2  # type: ignore[union-attr]
 
     result = pytest_run(str(suite), FAIL="1")
     assert result.returncode == 1
     record = read_attestation(store / tag)
-    assert record["passed"] is False and record["tests"]["test_fake.py::test_two"] == "failed"
+    assert record is not None
+    assert record.passed is False and record.tests["test_fake.py::test_two"] == "failed"
     assert not is_attested(store / tag)
 
     (store / tag / ATTESTATION).unlink()
