@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import logging
 import shlex
+from collections.abc import Callable
+from typing import TypeVar
 
 from builder.host.remote import Completed, Remote, RemoteTimeout
 from builder.retry import retry
 from builder.vm.errors import CommandFailed, CommandTimeout, UnitFailed
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class _NotReady(Exception):
@@ -67,23 +71,30 @@ class Guest:
 
     # -- waiting ----------------------------------------------------------
 
+    def _poll(self, attempt: Callable[[], T], timeout: float, what: str) -> T:
+        """Run ``attempt`` every second until it returns something truthy. Each round
+        first checks that the guest is alive, so a dead VM ends the wait at once;
+        ``attempt`` says "not yet" by raising :class:`_NotReady` (a command that
+        times out counts as not yet too)."""
+
+        def checked() -> T:
+            self.check_alive()
+            return attempt()
+
+        return retry(
+            checked, timeout=timeout, interval=1.0, what=what, retry_on=(_NotReady, CommandTimeout)
+        )
+
     def wait_until_succeeds(self, cmd: str, timeout: float = 120.0) -> str:
         """Poll ``cmd`` until it exits 0; return its stdout."""
 
         def attempt() -> str | bool:
-            self.check_alive()
             r = self._ssh(cmd, timeout=max(timeout, 1.0))
             if r.status == 0:
                 return r.stdout or True
             raise _NotReady(f"rc={r.status} {r.stderr.strip()}".strip())
 
-        out = retry(
-            attempt,
-            timeout=timeout,
-            interval=1.0,
-            what=f"{cmd!r} to succeed",
-            retry_on=(_NotReady, CommandTimeout),
-        )
+        out = self._poll(attempt, timeout, f"{cmd!r} to succeed")
         return out if isinstance(out, str) else ""
 
     def wait_for_unit(self, unit: str, timeout: float = 300.0) -> None:
@@ -91,7 +102,6 @@ class Guest:
         q = shlex.quote(unit)
 
         def attempt() -> bool:
-            self.check_alive()
             rc, out = self.execute(f"systemctl is-active {q}", timeout=60)
             state = out.strip()
             if state == "active":
@@ -102,28 +112,15 @@ class Guest:
                 raise UnitFailed(unit, status, journal)
             raise _NotReady(f"{unit} is {state or 'unknown'} (rc {rc})")
 
-        retry(
-            attempt,
-            timeout=timeout,
-            interval=1.0,
-            what=f"unit {unit}",
-            retry_on=(_NotReady, CommandTimeout),
-        )
+        self._poll(attempt, timeout, f"unit {unit}")
 
     def wait_for_open_port(self, port: int, timeout: float = 120.0) -> None:
         """Poll until something in the guest listens on TCP ``port``."""
 
         def attempt() -> bool:
-            self.check_alive()
             rc, out = self.execute(f"ss -Htln 'sport = :{int(port)}'", timeout=60)
             if rc == 0 and out.strip():
                 return True
             raise _NotReady(f"nothing listening on {port} (rc {rc})")
 
-        retry(
-            attempt,
-            timeout=timeout,
-            interval=1.0,
-            what=f"guest TCP port {port}",
-            retry_on=(_NotReady, CommandTimeout),
-        )
+        self._poll(attempt, timeout, f"guest TCP port {port}")

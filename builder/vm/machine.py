@@ -48,7 +48,6 @@ from builder.vm import accel as accel_mod
 from builder.vm.argv import SSH_HOST, build_qemu_argv, credential_smbios, render_ssh_config
 from builder.vm.errors import (
     BootTimeout,
-    CommandTimeout,
     GuestPanic,
     MachineError,
     QemuExited,
@@ -429,7 +428,6 @@ class Machine(Guest):
 
         def attempt() -> bool:
             nonlocal failed_seen
-            self.check_alive()
             r = self._ssh("true", timeout=60, connect_timeout=15)
             if r.status == 0:
                 return True
@@ -443,13 +441,7 @@ class Machine(Guest):
             raise _NotReady(r.stderr.strip() or f"ssh exited with {r.status}")
 
         try:
-            retry(
-                attempt,
-                timeout=timeout,
-                interval=1.0,
-                what=f"ssh to {SSH_HOST}",
-                retry_on=(_NotReady, CommandTimeout),
-            )
+            self._poll(attempt, timeout, f"ssh to {SSH_HOST}")
         except (RetryTimeout, _SshServiceFailed) as exc:
             raise BootTimeout(
                 f"{exc}\n--- serial (last 40 lines of {self.serial_log}) ---\n"
