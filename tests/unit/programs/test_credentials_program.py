@@ -57,3 +57,30 @@ def test_a_missing_store_keeps_the_installed_keys(tmp_path: Path) -> None:
     out = _run(tmp_path, {}, store=False).stdout
     assert key.read_text() == "ssh-ed25519 AAAA op\n"
     assert "unavailable; kept" in out
+
+
+def test_a_malformed_entry_is_one_line_and_changes_nothing(tmp_path: Path) -> None:
+    key = tmp_path / "root" / ".ssh" / "authorized_keys"
+    _run(tmp_path, {"ssh.authorized_keys.root": "ssh-ed25519 AAAA op\n"}, store=True)
+    config = tmp_path / "credentials.json"
+    entry = json.loads(config.read_text())[0]
+    config.write_text(json.dumps([{**entry, "path": "root/.ssh/authorized_keys"}]))
+    (tmp_path / "creds" / "ssh.authorized_keys.root").write_text("ssh-ed25519 BBBB new\n")
+    env = {
+        **os.environ,
+        "AURORA_CREDENTIALS_CONFIG": str(config),
+        "CREDENTIALS_DIRECTORY": str(tmp_path / "creds"),
+        "AURORA_CREDENTIAL_STORE": str(tmp_path / "credstore"),
+    }
+
+    result = subprocess.run(
+        [sys.executable, str(program_path("aurora-credentials"))],
+        env=env, capture_output=True, text=True, check=False, cwd=tmp_path,
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"aurora-credentials: {config}: key '[0].path': must be an absolute path\n"
+    )
+    # Run from tmp_path, the relative path names the installed key: it is untouched.
+    assert key.read_text() == "ssh-ed25519 AAAA op\n"
