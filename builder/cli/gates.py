@@ -18,8 +18,8 @@ from builder.errors import SpecError
 
 if TYPE_CHECKING:
     from builder.release.cloud import Cloud
-    from builder.release.core import Outcome, Target
     from builder.release.gates import Gates
+    from builder.release.target import Outcome, Target
     from builder.spec.model import DeployTarget, HostSpec
 
 
@@ -164,8 +164,8 @@ def _prepared(args: argparse.Namespace, target: Target) -> tuple[Target, Gates]:
 def promote(args: argparse.Namespace, target: Target) -> Outcome:
     """`promote` through the gates: signature, policy, approvals, lease; the plan is made
     under the lease, executed, soaked (builder.release.gates.guarded_promote)."""
-    from builder.release.core import execute, plan_promote
     from builder.release.gates import guarded_promote
+    from builder.release.promote import execute, plan_promote
 
     target, rules = _prepared(args, target)
     run = lambda: execute(target, plan_promote(target, args.tag))  # noqa: E731
@@ -174,8 +174,8 @@ def promote(args: argparse.Namespace, target: Target) -> Outcome:
 
 def rollback(args: argparse.Namespace, target: Target) -> Outcome:
     """`rollback` through the gates: the image's signature, evidence, the lease."""
-    from builder.release.core import execute, plan_rollback
     from builder.release.gates import guarded_rollback
+    from builder.release.promote import execute, plan_rollback
 
     target, rules = _prepared(args, target)
     run = lambda: execute(target, plan_rollback(target, args.tag))  # noqa: E731
@@ -184,7 +184,7 @@ def rollback(args: argparse.Namespace, target: Target) -> Outcome:
 
 def cmd_sign(args: argparse.Namespace) -> int:
     from builder.release import signing
-    from builder.release.core import check_attested
+    from builder.release.convert import check_attested
 
     image_dir = check_attested(args.tag)
     statement = signing.sign(image_dir, signing.signing_key(args.key))

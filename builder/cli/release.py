@@ -21,8 +21,10 @@ from builder.errors import AuroraError, SpecError
 
 if TYPE_CHECKING:
     from builder.release.cloud import Cloud
-    from builder.release.core import Outcome, ReleasePlan, Releases, Target
+    from builder.release.history import Releases
     from builder.release.live import ImageFinder
+    from builder.release.promote import ReleasePlan
+    from builder.release.target import Outcome, Target
     from builder.spec.model import HostSpec
 
 
@@ -55,8 +57,14 @@ def _cloud(args: argparse.Namespace, spec: HostSpec) -> Cloud:
     return Cloud.connect(spec.deploy.cloud)
 
 
+def say(text: str) -> None:
+    """Target.note for the CLI: what a release decided or warns about, a line on stderr
+    (stdout stays clean for --json)."""
+    print(text, file=sys.stderr)
+
+
 def _target(args: argparse.Namespace) -> Target:
-    from builder.release.core import Target
+    from builder.release.target import Target
     from builder.spec.systemd_values import parse_timespan
 
     spec = _spec(args)
@@ -79,12 +87,13 @@ def _target(args: argparse.Namespace) -> Target:
         identity=args.identity,
         ssh_config=args.ssh_config,
         probe_timeout=timeout,
+        note=say,
     )
 
 
 def _finish(args: argparse.Namespace, run: Callable[[], Outcome]) -> int:
     """Print the outcome (text or JSON) also when the release failed, then fail."""
-    from builder.release.core import ReleaseFailed, ServerBroken
+    from builder.release.errors import ReleaseFailed, ServerBroken
 
     try:
         outcome = run()
@@ -110,7 +119,7 @@ def _print_attempts(outcome: Outcome) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from builder.release.core import plan_promote
+    from builder.release.promote import plan_promote
 
     target = _target(args)
     if args.dry_run:
@@ -120,7 +129,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from builder.release.core import plan_rollback
+    from builder.release.promote import plan_rollback
 
     target = _target(args)
     if args.dry_run:
@@ -130,7 +139,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def _print_plan(args: argparse.Namespace, target: Target, plan: ReleasePlan) -> int:
     """--dry-run: the plan, computed by reading only; nothing was changed."""
-    from builder.release.core import preview
+    from builder.release.preview import preview
 
     shown = preview(target, plan)
     if args.json:
@@ -141,7 +150,7 @@ def _print_plan(args: argparse.Namespace, target: Target, plan: ReleasePlan) -> 
 
 
 def cmd_releases(args: argparse.Namespace) -> int:
-    from builder.release.core import releases
+    from builder.release.history import releases
 
     spec = _spec(args)
     cli_gates.apply_target(args, spec)
@@ -178,7 +187,7 @@ def format_releases(result: Releases) -> str:
 
 
 def cmd_glance_prune(args: argparse.Namespace) -> int:
-    from builder.release.core import glance_prune
+    from builder.release.prune import glance_prune
 
     spec = _spec(args)
     cli_gates.apply_target(args, spec)

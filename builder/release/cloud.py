@@ -1,6 +1,6 @@
 """The OpenStack side of a release: Glance images and one Nova server.
 
-A thin adapter over openstacksdk so builder.release.core sees plain dataclasses
+A thin adapter over openstacksdk so the release modules see plain dataclasses
 and typed, one-line errors instead of SDK resources and keystoneauth
 exceptions. The connection is the openstack CLI's: a clouds.yaml entry
 (`deploy.cloud`), else `OS_CLOUD`, else the `OS_*` variables.

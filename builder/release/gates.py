@@ -8,14 +8,13 @@ the whole rebuild. After the release the signature, base tag, override and
 approvals are written onto the Glance image, and images no target runs or
 would roll back to are hidden (`os_hidden`), never deleted.
 
-The release itself is builder.release.core's; this module only wraps it, so the
-plan/execute split there stays its own.
+The release itself is builder.release.promote's; this module only wraps it, so the
+plan/execute split there stays its own. Warnings go through Target.note.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,22 +31,19 @@ from builder.release.cloud import (
     Server,
     ServerNotFound,
 )
-from builder.release.core import (
+from builder.release.convert import check_attested
+from builder.release.deploy import roll_back_after
+from builder.release.errors import ServerBroken
+from builder.release.glance import (
     MARK,
-    Outcome,
-    ServerBroken,
-    Target,
-    _fallback,
-    check_attested,
     glance_name,
     is_ready,
     now_iso,
     operator,
     ours,
     previous_live,
-    record,
-    roll_back_after,
 )
+from builder.release.history import record
 from builder.release.policy import (
     BASE_TAG,
     PolicyRefused,
@@ -55,6 +51,8 @@ from builder.release.policy import (
     base_tag,
     check_production,
 )
+from builder.release.promote import fallback_image
+from builder.release.target import Outcome, Target
 
 
 @dataclass(frozen=True)
@@ -79,10 +77,6 @@ class Gates:
     # The soak's time source, passed in so a test runs the window on a virtual clock.
     soak_clock: Callable[[], float] = time.monotonic
     soak_sleep: Callable[[float], None] = time.sleep
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr)
 
 
 def _tell(text: str) -> None:
@@ -182,7 +176,7 @@ def _image_for(cloud: Cloud, tag: str) -> GlanceImage | None:
 
 
 def guarded_promote(target: Target, ref: str, gates: Gates, run: Callable[[], Outcome]) -> Outcome:
-    """Signature, policy, approvals, lease; then `run` (builder.release.core's plan and execute,
+    """Signature, policy, approvals, lease; then `run` (builder.release.promote's plan and execute,
     planned under the lease so the plan is not stale); then the records."""
     image_dir = check_attested(ref)
     tag = image_dir.name
@@ -196,13 +190,13 @@ def guarded_promote(target: Target, ref: str, gates: Gates, run: Callable[[], Ou
         if tags is not None and tags[0] == tag:
             records[BASE_TAG] = tags[1]
         elif tags is not None:
-            _say(
+            target.note(
                 f"aurora-image: warning: {gates.target_spec} gives {tags[0]} now, not {tag}: "
                 "its production tag is not recorded, so production cannot count this soak"
             )
     if verified is not None:
         records |= {"aurora_signed_by": verified.signer, **signing.glance_properties(image_dir)}
-    fallback = _fallback(cloud, server)
+    fallback = fallback_image(cloud, server)
     with lease.held(cloud, server.id, server.name, holder=operator(), action=f"promote {tag}",
                     ttl=gates.lease_ttl, break_lease=gates.break_lease, note=_tell):  # fmt: skip
         try:
@@ -265,7 +259,7 @@ def _after(target: Target, tag: str | None, records: dict[str, str], gates: Gate
             cloud, [target.server, *(o.server for o in gates.others if o.cloud.name == cloud.name)]
         )
     except (CloudError, AuroraError) as exc:
-        _say(f"aurora-image: warning: release records not written to Glance: {exc}")
+        target.note(f"aurora-image: warning: release records not written to Glance: {exc}")
 
 
 def hide_superseded(cloud: Cloud, servers: list[str]) -> list[str]:
@@ -299,19 +293,19 @@ def hide_superseded(cloud: Cloud, servers: list[str]) -> list[str]:
 
 def keep_evidence(target: Target, server: Server, image: GlanceImage, reason: str) -> None:
     """Before a rollback rebuild: the failing server's journal and console, kept
-    (builder.release.evidence). Wired as Target.before_rollback for builder.release.core's own."""
+    (builder.release.evidence). Wired as Target.before_rollback for builder.release.deploy's own."""
     from builder.host.probe import known_hosts_for, state_dir
-    from builder.release.core import _remote
     from builder.release.evidence import JOURNAL, keep
+    from builder.release.probing import remote_for
 
     def journal() -> str:
-        remote, _ = _remote(target, server, known_hosts_for(target.cloud.name, server.id))
+        remote, _ = remote_for(target, server, known_hosts_for(target.cloud.name, server.id))
         return remote.run(JOURNAL, timeout=120, check=False)
 
     try:
         keep(target.cloud, server, image, reason, journal=journal, state=state_dir(), note=_tell)
     except (AuroraError, OSError) as exc:  # evidence must never stop a rollback
-        _say(f"aurora-image: warning: evidence not kept ({exc})")
+        target.note(f"aurora-image: warning: evidence not kept ({exc})")
 
 
 def _soak(
@@ -329,7 +323,7 @@ def _soak(
             try:
                 hand_over_before(target, cloud.server(target.server))
             except AuroraError as exc:
-                _say(f"aurora-image: warning: host health timer not given the set: {exc}")
+                target.note(f"aurora-image: warning: host health timer not given the set: {exc}")
     with progress.step(f"soak {image.name} for {gates.soak_window:.0f} s"):
         result = soak(
             target, image, window=gates.soak_window, interval=gates.soak_interval,
@@ -338,7 +332,7 @@ def _soak(
     try:
         cloud.set_properties(image.id, **result.properties())
     except CloudError as exc:
-        _say(f"aurora-image: warning: soak verdict not recorded in Glance: {exc}")
+        target.note(f"aurora-image: warning: soak verdict not recorded in Glance: {exc}")
     if result.ok:
         outcome.message = f"{outcome.message}; {result.summary()}"
         return

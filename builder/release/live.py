@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import AuroraError, UnknownTag
-from builder.image.build import sha256_file
-from builder.image.store import MANIFEST, resolve_image
+from builder.image.store import MANIFEST, resolve_image, sha256_file
 from builder.release import meta as release_meta
 from builder.release.cloud import Cloud, CloudError, GlanceImage, ImageNotFound, Server
-from builder.release.core import glance_images, glance_name, is_ready
+from builder.release.glance import glance_images, glance_name, is_ready
 
 LIVE = "live"
 

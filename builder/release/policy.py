@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from builder.errors import AuroraError
+from builder.errors import EXIT_POLICY_REFUSED, AuroraError
 from builder.release.cloud import Cloud, GlanceImage
-from builder.release.core import MARK, is_ready, ours
+from builder.release.glance import MARK, is_ready, ours
 
 BASE_TAG = "aurora_base_tag"
 SOAK_VERDICT = "aurora_soak_verdict"
@@ -31,7 +31,7 @@ SOAK_VERDICT = "aurora_soak_verdict"
 class PolicyRefused(AuroraError):
     """Production does not take this tag yet; nothing was changed."""
 
-    exit_code = 6
+    exit_code = EXIT_POLICY_REFUSED
 
 
 @dataclass(frozen=True)

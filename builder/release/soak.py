@@ -27,7 +27,9 @@ from dataclasses import dataclass
 
 from builder.host.probe import Check, ProbeReport
 from builder.release.cloud import CloudError, GlanceImage, Server
-from builder.release.core import Target, now_iso, run_probe
+from builder.release.glance import now_iso
+from builder.release.probing import run_probe
+from builder.release.target import Target
 
 VERDICT = "aurora_soak_verdict"
 
@@ -129,13 +131,13 @@ def hand_over_before(target: Target, server: Server) -> str:
 
     from builder.host.health import load_record
     from builder.host.probe import known_hosts_for
-    from builder.release.core import _failing_record, _remote
+    from builder.release.probing import failing_record, remote_for
 
-    before = load_record(_failing_record(target, server))
+    before = load_record(failing_record(target, server))
     if before is None:
         return "no failing set recorded before the rebuild; the host counts every failure"
     data = base64.b64encode(json.dumps(before.to_json(), sort_keys=True).encode()).decode()
-    remote, _ = _remote(target, server, known_hosts_for(target.cloud.name, server.id))
+    remote, _ = remote_for(target, server, known_hosts_for(target.cloud.name, server.id))
     remote.run(
         f"mkdir -p {HOST_BEFORE.rsplit('/', 1)[0]} && printf %s {data} | base64 -d > "
         f"{HOST_BEFORE}.new && mv {HOST_BEFORE}.new {HOST_BEFORE}",
@@ -147,9 +149,9 @@ def hand_over_before(target: Target, server: Server) -> str:
 def host_verdict(target: Target, server: Server) -> dict[str, object] | None:
     """The host's own latest verdict (aurora-health.timer), None when it has none yet."""
     from builder.host.probe import known_hosts_for
-    from builder.release.core import _remote
+    from builder.release.probing import remote_for
 
-    remote, _ = _remote(target, server, known_hosts_for(target.cloud.name, server.id))
+    remote, _ = remote_for(target, server, known_hosts_for(target.cloud.name, server.id))
     text = remote.run(f"cat {HOST_VERDICT} 2>/dev/null || true", timeout=60, check=False)
     try:
         found = json.loads(text)

@@ -83,7 +83,7 @@ def server_status(
     connect: Callable[[], Cloud], name: str, target: str | None = None
 ) -> ServerStatus:
     """Ask Nova and Glance about ``name``; a failure becomes the entry's error."""
-    from builder.release.core import releases
+    from builder.release.history import releases
 
     try:
         cloud = connect()

@@ -13,9 +13,9 @@ from pathlib import Path
 import openstack
 import pytest
 
-from builder.release import core as release
 from builder.release import meta as release_meta
 from builder.release.cloud import Cloud
+from builder.release.glance import glance_images
 from tests.release.glance import GlanceServer
 from tests.release.nova import NovaDouble
 
@@ -46,7 +46,7 @@ def cloud(glance: GlanceServer, nova: NovaDouble) -> Iterator[Cloud]:
         compute_endpoint_override=nova.endpoint,
     )
     c = Cloud(conn, "unit")
-    for image in [*release.glance_images(c), *release_meta.companions(c)]:
+    for image in [*glance_images(c), *release_meta.companions(c)]:
         c.delete_image(image.id)
     yield c
     glance.start()

@@ -16,10 +16,15 @@ from pathlib import Path
 import pytest
 
 from builder.cli.main import main
-from builder.release import core as release
+from builder.image.store import disk_digest
 from builder.release import meta as release_meta
 from builder.release.cloud import Cloud
-from builder.release.core import MARK, ensure_upload, glance_images, plan_promote, preview, record
+from builder.release.convert import QCOW, convert
+from builder.release.glance import MARK, READY, STATE, glance_images
+from builder.release.history import record
+from builder.release.preview import preview
+from builder.release.promote import plan_promote
+from builder.release.upload import ensure_upload, execute_upload
 from tests.fake_images import make_image
 from tests.release.nova import NovaDouble
 from tests.unit.release.test_release import attested, target, untouched
@@ -100,10 +105,10 @@ def test_promote_dry_run_names_the_upload_and_the_rebuild_and_changes_nothing(
         s for s in plan["steps"] if s["kind"] == "upload" and s["what"] == "aurora-2026.11-bbbb"
     ]
     assert up["disk_format"] == "qcow2" and up["visibility"] == "private"
-    assert up["properties"]["aurora_image_sha256"] == release.disk_digest(path)
+    assert up["properties"]["aurora_image_sha256"] == disk_digest(path)
     assert up["properties"]["aurora_attestation"].startswith("passed 1 smoke tests")
     # The size shown is the size the real promote uploads.
-    real = release.convert(path)
+    real = convert(path)
     assert up["size"] == real.size
     [rb] = [s for s in plan["steps"] if s["kind"] == "rebuild"]
     assert rb["from_image_id"] == old.id and rb["to_image"] == "aurora-2026.11-bbbb"
@@ -115,12 +120,12 @@ def test_promote_dry_run_of_an_uploaded_image_says_reuse(
 ) -> None:
     path = attested(store, "2026.11-aaaa")
     image = ensure_upload(cloud, path).image
-    (path / release.QCOW).unlink()
+    (path / QCOW).unlink()
     shown = preview(target(cloud, nova), plan_promote(target(cloud, nova), "2026.11-aaaa"))
     kinds = [s.kind for s in shown.steps]
     assert kinds[0] == "reuse" and "upload" not in kinds and "convert" not in kinds
     assert image.id in shown.steps[0].what
-    assert not (path / release.QCOW).exists()
+    assert not (path / QCOW).exists()
 
 
 def test_promote_dry_run_of_the_running_image_probes_only(
@@ -242,12 +247,12 @@ def test_a_plan_executed_does_what_it_showed(store: Path, cloud: Cloud, nova: No
     [shown] = [s for s in preview(target(cloud, nova), plan).steps
                if s.kind == "upload" and s.what == "aurora-2026.11-aaaa"]  # fmt: skip
     assert plan.upload is not None
-    done = release.execute_upload(cloud, plan.upload, note=lambda _t: None)
+    done = execute_upload(cloud, plan.upload, note=lambda _t: None)
     image = cloud.image(done.image.id)
     assert image.name == shown.data["name"] and image.size == shown.data["size"]
     for key, value in shown.data["properties"].items():
-        if key not in ("aurora_uploaded_at", release.STATE):
+        if key not in ("aurora_uploaded_at", STATE):
             assert image.properties[key] == value, key
-    assert image.prop(release.STATE) == release.READY
+    assert image.prop(STATE) == READY
     assert [i.id for i in cloud.images(MARK)] == [image.id]
-    assert (path / release.QCOW).exists()
+    assert (path / QCOW).exists()

@@ -21,11 +21,12 @@ from pathlib import Path
 import pytest
 
 from builder.cli.main import main
-from builder.image.build import RENDERED_TAR
-from builder.image.store import MANIFEST, write_attestation
-from builder.release import core as release
+from builder.image.store import MANIFEST, RENDERED_TAR, read_manifest, write_attestation
 from builder.release import meta as release_meta
 from builder.release.cloud import Cloud
+from builder.release.glance import MARK, glance_images
+from builder.release.probing import release_manifest
+from builder.release.upload import ensure_upload
 from builder.render.engine import File, Tree, render
 from builder.spec.model import load_spec
 from tests.fake_images import make_image
@@ -50,7 +51,7 @@ def released(store: Path, cloud: Cloud, nova: NovaDouble, tree: Tree) -> Iterato
     """The spec's image built and uploaded from the build store, live on the server."""
     tag = "2026.11-aaaaaaaaaaaa"
     path = attested_copy(make_image(store, tag, built_at=NOW, tree=tree))
-    image = release.ensure_upload(cloud, path, note=lambda _t: None).image
+    image = ensure_upload(cloud, path, note=lambda _t: None).image
     nova.server.image_id = image.id
     yield tag, path
 
@@ -116,7 +117,7 @@ def test_diff_live_against_a_tag_only_glance_holds(
     unit = tree[DASHBOARD].content.replace(b"--port=5006", b"--port=5123")
     newer = {**tree, DASHBOARD: File(unit, mode=tree[DASHBOARD].mode)}
     other = make_image(store / "b", "2026.11-bbbbbbbbbbbb", built_at=NOW + 10, tree=newer)
-    release.ensure_upload(cloud, attested_copy(other), note=lambda _t: None)
+    ensure_upload(cloud, attested_copy(other), note=lambda _t: None)
     clouds = clouds_yaml(empty, cloud, nova)
     code, out, err = cli(
         capsys, clouds, "diff", "live", "2026.11-bbbbbbbbbbbb",
@@ -141,12 +142,12 @@ def test_the_metadata_in_glance_is_the_build_stores_files(
     released: tuple[str, Path], cloud: Cloud, tmp_path: Path
 ) -> None:
     tag, path = released
-    [image] = [i for i in release.glance_images(cloud) if i.name == f"aurora-{tag}"]
+    [image] = [i for i in glance_images(cloud) if i.name == f"aurora-{tag}"]
     [meta] = release_meta.companions(cloud, tag)
     assert image.prop("aurora_meta_image") == meta.id
     assert meta.name == f"aurora-{tag}-meta"
     assert cloud._conn.image.get_image(meta.id).is_hidden is True  # not in `image list`
-    assert meta.id not in [i.id for i in cloud.images(release.MARK)]
+    assert meta.id not in [i.id for i in cloud.images(MARK)]
     got = release_meta.fetch(cloud, image, tmp_path / "fetched")
     for name in (MANIFEST, RENDERED_TAR, "attestation.json"):
         assert (got / name).read_bytes() == (path / name).read_bytes(), name
@@ -157,7 +158,7 @@ def test_metadata_that_is_not_the_releases_is_refused(
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     tag, _ = released
-    [image] = [i for i in release.glance_images(cloud) if i.name == f"aurora-{tag}"]
+    [image] = [i for i in glance_images(cloud) if i.name == f"aurora-{tag}"]
     # Someone points the release at another image's metadata (say, edited by hand).
     other = make_image(store / "x", "2026.11-cccccccccccc", built_at=NOW, tree={})
     forged, _ = release_meta.upload(cloud, attested_copy(other), "2026.11-cccccccccccc")
@@ -179,7 +180,7 @@ def test_a_release_uploaded_before_metadata_names_the_fix_and_promote_attaches_i
 ) -> None:  # fmt: skip
     tag = "2026.11-dddddddddddd"
     path = attested_copy(make_image(store, tag, built_at=NOW, tree=tree))
-    image = release.ensure_upload(cloud, path, note=lambda _t: None).image
+    image = ensure_upload(cloud, path, note=lambda _t: None).image
     # As an upload made before releases carried their metadata: no companion.
     for meta in release_meta.companions(cloud, tag):
         cloud.delete_image(meta.id)
@@ -200,7 +201,7 @@ def test_a_release_uploaded_before_metadata_names_the_fix_and_promote_attaches_i
     assert code == 1
     assert "carries no release metadata" in err and f"aurora-image promote {tag}" in err
     # The build machine promotes again: the ready upload is reused, metadata attached.
-    again = release.ensure_upload(cloud, path, note=lambda _t: None)
+    again = ensure_upload(cloud, path, note=lambda _t: None)
     assert again.reused and again.image.id == image.id
     assert again.image.prop("aurora_meta_image")
     code, out, err = cli(capsys, clouds, *argv, "--exit-code")
@@ -254,5 +255,5 @@ def test_a_rollback_from_another_clone_probes_against_the_manifest_in_glance(
 ) -> None:
     """The probe's drift check needs the manifest too; an empty store gets it from Glance."""
     tag, path = released
-    [image] = [i for i in release.glance_images(cloud) if i.name == f"aurora-{tag}"]
-    assert release.release_manifest(cloud, image) == json.loads((path / MANIFEST).read_text())
+    [image] = [i for i in glance_images(cloud) if i.name == f"aurora-{tag}"]
+    assert release_manifest(cloud, image) == read_manifest(path)

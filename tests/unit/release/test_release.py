@@ -20,25 +20,17 @@ from openstack.image.v2.image import Image
 
 from builder.cli.main import main
 from builder.errors import UnknownTag
-from builder.image.build import file_digest
-from builder.image.store import write_attestation
-from builder.release import core as release
-from builder.release.cloud import Cloud, CloudUnreachable, ImageNotFound, Server
-from builder.release.core import (
-    MARK,
-    NotAttested,
-    ReleaseError,
-    Target,
-    ensure_upload,
-    glance_name,
-    glance_prune,
-    is_ready,
-    previous_live,
-    promote,
-    record,
-    rollback,
-    select_prune,
-)
+from builder.image.store import file_digest, write_attestation
+from builder.release.cloud import Cloud, CloudUnreachable, GlanceImage, ImageNotFound, Server
+from builder.release.convert import QCOW, QCOW_META, STFC_PROPERTIES, convert
+from builder.release.deploy import deploy
+from builder.release.errors import NotAttested, ReleaseError
+from builder.release.glance import MARK, STATE, UPLOADING, glance_name, is_ready, previous_live
+from builder.release.history import record
+from builder.release.promote import promote, rollback
+from builder.release.prune import glance_prune, select_prune
+from builder.release.target import Outcome, Target
+from builder.release.upload import ensure_upload
 from tests.fake_images import make_image
 from tests.release.glance import GlanceServer
 from tests.release.nova import NovaDouble
@@ -118,7 +110,7 @@ def test_glance_down_is_one_clear_error_and_the_server_is_untouched(
     assert f"image at http://127.0.0.1:{glance.port}" in message
     assert "unreachable" in message and "clouds.yaml" in message
     assert untouched(nova)
-    assert not (store / "2026.11-aaaa" / release.QCOW).exists()
+    assert not (store / "2026.11-aaaa" / QCOW).exists()
 
 
 def test_nova_down_is_one_clear_error_before_any_upload(
@@ -152,7 +144,7 @@ def test_upload_is_private_tagged_verified_and_carries_the_properties(
     assert image.name == "aurora-2026.11-aaaa"
     assert set(image.tags) == {"aurora", "2026.11-aaaa"}
     assert is_ready(image)
-    qcow = path / release.QCOW
+    qcow = path / QCOW
     assert image.size == qcow.stat().st_size
     assert image.hash_value == file_digest(qcow, image.hash_algo or "sha512")
     manifest = json.loads((path / "manifest.json").read_text())
@@ -162,7 +154,7 @@ def test_upload_is_private_tagged_verified_and_carries_the_properties(
     assert props["aurora_attestation"].startswith("passed 1 smoke tests")
     assert props["aurora_builder_version"]
     assert props["aurora_uploaded_by"] == "tester@unit"
-    for key, value in release.STFC_PROPERTIES.items():
+    for key, value in STFC_PROPERTIES.items():
         assert props[key] == value, key
     assert "hw_firmware_type" not in props  # the fake disk has no ESP
     conn = cloud._conn
@@ -174,22 +166,22 @@ def test_second_promote_reuses_the_ready_upload_without_converting(
 ) -> None:
     path = attested(store, "2026.11-aaaa")
     first = ensure_upload(cloud, path)
-    (path / release.QCOW).unlink()  # a reuse must not need the local qcow2 at all
+    (path / QCOW).unlink()  # a reuse must not need the local qcow2 at all
     second = ensure_upload(cloud, path)
     assert second.reused and second.image.id == first.image.id
-    assert not (path / release.QCOW).exists()
+    assert not (path / QCOW).exists()
     assert [i.id for i in cloud.images(MARK)] == [first.image.id]
 
 
 def test_qcow2_cache_is_reused_and_renewed_when_the_disk_changes(store: Path) -> None:
     path = attested(store, "2026.11-aaaa")
-    first = release.convert(path)
+    first = convert(path)
     mtime = first.path.stat().st_mtime_ns
-    assert release.convert(path).path.stat().st_mtime_ns == mtime
-    meta = json.loads((path / release.QCOW_META).read_text())
-    (path / release.QCOW_META).write_text(json.dumps({**meta, "raw_sha256": "0" * 64}))
-    release.convert(path)
-    assert json.loads((path / release.QCOW_META).read_text()) == meta
+    assert convert(path).path.stat().st_mtime_ns == mtime
+    meta = json.loads((path / QCOW_META).read_text())
+    (path / QCOW_META).write_text(json.dumps({**meta, "raw_sha256": "0" * 64}))
+    convert(path)
+    assert json.loads((path / QCOW_META).read_text()) == meta
     assert not list(path.glob(".*partial"))
 
 
@@ -199,7 +191,7 @@ def interrupted_upload(cloud: Cloud, tag: str) -> str:
         glance_name(tag),
         disk_format="qcow2",
         tags=[MARK, tag],
-        properties={"aurora_tag": tag, release.STATE: release.UPLOADING},
+        properties={"aurora_tag": tag, STATE: UPLOADING},
     )
 
     def cut() -> Iterator[bytes]:
@@ -335,7 +327,7 @@ def test_prune_selection_keeps_newest_and_removes_stale_unfinished_uploads(
     assert set(protected) == {ids["2026.11-aaaa"], ids["2026.11-cccc"]}
 
 
-def _aged(image: release.GlanceImage) -> release.GlanceImage:
+def _aged(image: GlanceImage) -> GlanceImage:
     from dataclasses import replace
 
     return replace(image, updated_at="2020-01-01T00:00:00Z")
@@ -382,9 +374,9 @@ def test_a_rebuild_nova_does_not_take_leaves_the_server_and_says_so(
     image = ensure_upload(cloud, attested(store, "2026.11-aaaa")).image
     server = cloud.server(nova.server.name)
     nova.down()  # between the checks and the rebuild request
-    outcome = release.Outcome("promote", "2026.11-aaaa", server.name)
+    outcome = Outcome("promote", "2026.11-aaaa", server.name)
     with pytest.raises(ReleaseError, match=r"unreachable.*the server was not rebuilt"):
-        release.deploy(target(cloud, nova), server, image, action="promote", outcome=outcome,
+        deploy(target(cloud, nova), server, image, action="promote", outcome=outcome,
                        fallback=None)  # fmt: skip
     assert untouched(nova)
     props = cloud.image(image.id).properties

@@ -24,12 +24,17 @@ import pytest
 
 from builder.cli.main import main
 from builder.image.store import write_attestation
-from builder.release import core as release
 from builder.release import gates, lease, signing
-from builder.release.cloud import Cloud
-from builder.release.core import MARK, Target, ensure_upload, record
+from builder.release.cloud import Cloud, GlanceImage
+from builder.release.errors import ReleaseFailed
+from builder.release.glance import MARK
+from builder.release.history import record, releases
 from builder.release.policy import BASE_TAG, PolicyRefused, StagingServer, check_production
+from builder.release.promote import execute, plan_promote
+from builder.release.prune import glance_prune
 from builder.release.signing import SignatureError
+from builder.release.target import Target
+from builder.release.upload import ensure_upload
 from tests.fake_images import make_image
 from tests.release.glance import GlanceServer
 from tests.release.nova import NovaDouble
@@ -145,7 +150,7 @@ def test_a_second_operator_is_refused_with_holder_and_expiry(
                     ttl=600) as mine:  # fmt: skip
         meta = production.server.metadata
         assert meta["aurora_lease_holder"] == "alice@ops"
-        shown = release.releases(cloud, server.name).to_json()["server"]["lease"]
+        shown = releases(cloud, server.name).to_json()["server"]["lease"]
         assert shown.startswith("alice@ops for promote x since")
         assert meta["aurora_lease_action"] == "promote x"
         monkeypatch.setenv("AURORA_OPERATOR", "bob@ops")
@@ -357,7 +362,7 @@ def test_force_with_reason_overrides_and_is_recorded(
             role="production", allowed_signers=allowed, force_reason=" "), never)  # fmt: skip
 
     def upload_only() -> str:
-        # The release's own work is builder.release.core's; the gate records around it.
+        # The release's own work is builder.release.promote's; the gate records around it.
         meta = production.server.metadata
         assert meta["aurora_lease_action"] == "promote 2026.11-pppp"
         ensure_upload(cloud, path)
@@ -446,7 +451,7 @@ def stub_prober(fail_image: str, after: int) -> tuple[list[str], object]:
 
     seen: list[str] = []
 
-    def prober(target: Target, server: object, image: release.GlanceImage) -> ProbeReport:
+    def prober(target: Target, server: object, image: GlanceImage) -> ProbeReport:
         seen.append(image.name)
         bad = image.name == fail_image and seen.count(image.name) >= after
         check = Check("stub", not bad, "restart loop: aurora-dashboard.service (3 restarts)"
@@ -495,8 +500,8 @@ def test_soak_failure_rolls_back_by_itself_and_keeps_evidence(
         prober=prober, before_rollback=gates.keep_evidence,  # type: ignore[arg-type]
     )  # fmt: skip
     rules = virtual_soak(3.0, 0.5)
-    run = lambda: release.execute(target, release.plan_promote(target, "2026.11-nnnn"))  # noqa: E731
-    with pytest.raises(release.ReleaseFailed) as caught:
+    run = lambda: execute(target, plan_promote(target, "2026.11-nnnn"))  # noqa: E731
+    with pytest.raises(ReleaseFailed) as caught:
         gates.guarded_promote(target, "2026.11-nnnn", rules, run)
     new = gates._image_for(cloud, "2026.11-nnnn")
     assert new is not None
@@ -537,14 +542,14 @@ def test_a_soak_that_passes_records_its_verdict(
 
     target = Target(cloud=cloud, server=production.server.name, hostname="h", address="127.0.0.1",
                     ssh_port=free_port(), prober=prober)  # type: ignore[arg-type]  # fmt: skip
-    run = lambda: release.execute(target, release.plan_promote(target, "2026.11-nnnn"))  # noqa: E731
+    run = lambda: execute(target, plan_promote(target, "2026.11-nnnn"))  # noqa: E731
     outcome = gates.guarded_promote(target, "2026.11-nnnn", virtual_soak(1.2, 0.5), run)
     # The promote's own probe, then the soak's at 0.5, 1.0 and 1.2 s.
     assert outcome.final_image == "aurora-2026.11-nnnn" and len(seen) == 4
     props = cloud.image(production.server.image_id).properties
     assert props["aurora_soak_verdict"] == "passed"
     assert props["aurora_soak_detail"].startswith("soak passed:")
-    rows = {r["tag"]: r for r in release.releases(cloud, production.server.name).to_json()[
+    rows = {r["tag"]: r for r in releases(cloud, production.server.name).to_json()[
         "releases"]}  # fmt: skip
     assert rows["2026.11-nnnn"]["soak"] == "passed" and rows["2026.11-nnnn"]["live"]
 
@@ -645,7 +650,7 @@ def test_glance_prune_protects_every_targets_live_and_rollback_images(
     live_on(clouds["staging"], staging, ids["2026.11-s002"], hours_ago=1)
     live_on(cloud, production, ids["2026.11-p001"], hours_ago=2)
     others = [clouds["staging"].server(staging.server.name)]
-    result = release.glance_prune(cloud, production.server.name, 0, others=others)
+    result = glance_prune(cloud, production.server.name, 0, others=others)
     assert result.removed == ["aurora-2026.11-xxxx"]
     assert result.protected == {
         "aurora-2026.11-p001": f"live on {production.server.name}",
