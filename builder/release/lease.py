@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from builder.errors import AuroraError
+from builder.errors import EXIT_LEASE_HELD, AuroraError
 from builder.release.cloud import Cloud, CloudError
 
 PREFIX = "aurora_lease_"
@@ -41,7 +41,7 @@ STAMP = "%Y-%m-%dT%H:%M:%SZ"
 class LeaseHeld(AuroraError):
     """Another operator holds the server's lease; nothing was changed."""
 
-    exit_code = 5
+    exit_code = EXIT_LEASE_HELD
 
 
 @dataclass(frozen=True)

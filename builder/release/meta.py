@@ -22,14 +22,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import json
 import tarfile
 import tempfile
 from pathlib import Path
 
 from builder.errors import AuroraError
-from builder.image.build import RENDERED_TAR, sha256_file
-from builder.image.store import ATTESTATION, MANIFEST
+from builder.image.store import ATTESTATION, MANIFEST, RENDERED_TAR, read_manifest, sha256_file
 from builder.release.cloud import Cloud, GlanceImage
 
 META_MARK = "aurora-release-meta"
@@ -153,6 +151,4 @@ def describe(image_dir: Path) -> dict[str, object]:
     """For a dry run: the companion's name, size and the files in it."""
     data = bundle(image_dir)
     names = [n for n in FILES if (image_dir / n).is_file()]
-    manifest = json.loads((image_dir / MANIFEST).read_text())
-    tag = str(manifest.get("tag", image_dir.name))
-    return {"name": meta_name(tag), "size": len(data), "files": names}
+    return {"name": meta_name(read_manifest(image_dir).tag), "size": len(data), "files": names}

@@ -15,7 +15,7 @@ uploaded or rebuilt; a missing, foreign or tampered signature, or a file that
 no longer has the signed digest, is refused in one line. The Glance bytes
 themselves (qcow2) are bound to the signed raw disk by the promote that
 uploaded them: it verified the local image first and Glance keeps the
-upload's hash (builder.release.core.is_ready).
+upload's hash (builder.release.glance.is_ready).
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import AuroraError
-from builder.image.build import sha256_file
 from builder.image.inputs import REPO
-from builder.image.store import ATTESTATION, MANIFEST, disk_digest
+from builder.image.store import ATTESTATION, MANIFEST, disk_digest, read_manifest, sha256_file
 from builder.render.tree import atomic_write
 
 NAMESPACE = "aurora-image"
@@ -57,10 +56,9 @@ class Verified:
 
 def statement_for(image_dir: Path) -> dict[str, str]:
     """What a release signature covers: the tag and the digests of its three parts."""
-    manifest = json.loads((image_dir / MANIFEST).read_text())
     return {
         "namespace": NAMESPACE,
-        "tag": str(manifest.get("tag", image_dir.name)),
+        "tag": read_manifest(image_dir).tag,
         "manifest_sha256": sha256_file(image_dir / MANIFEST),
         "attestation_sha256": sha256_file(image_dir / ATTESTATION),
         "disk_sha256": disk_digest(image_dir) or "",

@@ -18,7 +18,7 @@ import pytest
 from keystoneauth1 import exceptions as ks_exc
 from openstack import exceptions as os_exc
 
-from builder.image.build import file_digest
+from builder.image.store import file_digest
 from builder.retry import retry
 from tests.release.conftest import SERVER, boot_image_dir
 from tests.release.glance import GlanceServer
