@@ -241,6 +241,17 @@ def test_rendered_configs_send_contents_and_name_the_volume() -> None:
         assert not cfg.source.endswith("/") and cfg.volume_marker is not None
 
 
+def test_an_ipv6_transfer_host_is_bracketed_for_rsync_and_bare_for_ssh() -> None:
+    """The spec allows an IP address as a GWS host; rsync reads ``user@::1:dest`` as a
+    daemon address, so the rsync target carries the address in brackets."""
+    program = _load_program()
+    cfg = program.parse_config({**rendered("raw"), "hosts": ["2001:db8::5"]}, Path("raw.json"))
+    (host,) = cfg.hosts
+    rsync = program.rsync_command(cfg, host, "2026-05-02T120000Z")
+    assert rsync[-1] == f"{cfg.user}@[2001:db8::5]:{cfg.dest}/"
+    assert program.preflight_command(cfg, host)[-2] == f"{cfg.user}@2001:db8::5"
+
+
 def assert_ok(result: subprocess.CompletedProcess[str]) -> None:
     assert result.returncode == 0, f"rc={result.returncode}\n{result.stdout}\n{result.stderr}"
 

@@ -22,6 +22,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -356,6 +357,11 @@ def instance_name(
 # --------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------
+
+
+def utc_stamp(epoch: float) -> str:
+    """``YYYYmmddTHHMMSSZ``: names a run's log or manifest directory, sorting by time."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(epoch))
 
 
 def take_lock(lock_file: Path) -> int | None:
