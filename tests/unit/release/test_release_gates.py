@@ -554,6 +554,28 @@ def test_a_soak_that_passes_records_its_verdict(
     assert rows["2026.11-nnnn"]["soak"] == "passed" and rows["2026.11-nnnn"]["live"]
 
 
+def test_a_release_tells_the_operator_only_through_target_note(
+    store: Path, clouds: dict[str, Cloud], production: NovaDouble,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """The release prints nothing itself: what it decided goes to Target.note (the CLI
+    passes its stderr writer), here that a ready upload of this disk is reused."""
+    from builder.vm.process import free_port
+
+    cloud = clouds["production"]
+    image = ensure_upload(cloud, attested(store, "2026.11-nnnn")).image
+    _, prober = stub_prober("none", after=1)
+    notes: list[str] = []
+    target = Target(cloud=cloud, server=production.server.name, hostname="h", address="127.0.0.1",
+                    ssh_port=free_port(), prober=prober, note=notes.append)  # type: ignore[arg-type]  # fmt: skip
+    capsys.readouterr()
+    outcome = execute(target, plan_promote(target, "2026.11-nnnn"))
+    assert outcome.upload_reused is True and outcome.final_image == "aurora-2026.11-nnnn"
+    assert notes == [f"aurora-2026.11-nnnn: already in Glance ({image.id}), reused"]
+    captured = capsys.readouterr()
+    assert "reused" not in captured.out + captured.err
+
+
 # -- through the CLI: a spec with two targets, two clouds ---------------------------------
 
 
