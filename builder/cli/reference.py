@@ -44,6 +44,8 @@ MAKE_NOTES = """\
 `make help` lists the same targets. `SPEC=` picks another spec (default
 `hosts/aurora.yml`), `TAG=` an image (`make releases` and `aurora-image list` show
 them); the caches live in `AURORA_CACHE` (default `/var/cache/aurora-image`).
+`make promote` and `make rollback` step by step: the [release](../runbooks/release.md)
+and [roll back](../runbooks/rollback.md) runbooks.
 """
 
 CLI_NOTES = """\
