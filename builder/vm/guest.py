@@ -11,8 +11,10 @@ at once instead of at its timeout.
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from builder.host.remote import Completed, Remote, RemoteTimeout
@@ -22,6 +24,19 @@ from builder.vm.errors import CommandFailed, CommandTimeout, UnitFailed
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def loopback_remote(port: int, key: Path) -> Remote:
+    """A guest reached on a forwarded loopback port with its per-run key, for tools
+    that take any host (audit, probe, `aurora-image ssh`). Its host keys are made at
+    first boot, so there is nothing to check them against."""
+    return Remote(
+        host="127.0.0.1",
+        port=port,
+        identity=key,
+        known_hosts=Path(os.devnull),
+        host_key_checking="no",
+    )
 
 
 class _NotReady(Exception):

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shlex
 import shutil
 import subprocess
@@ -52,7 +51,7 @@ from builder.vm.errors import (
     MachineError,
     QemuExited,
 )
-from builder.vm.guest import Guest, _NotReady
+from builder.vm.guest import Guest, _NotReady, loopback_remote
 from builder.vm.image import OVMF_VARS, BootImage
 from builder.vm.process import die_with_parent, free_ports, kill
 from builder.vm.qmp import QMP
@@ -387,13 +386,7 @@ class Machine(Guest):
 
     def remote(self) -> Remote:
         """A :class:`builder.host.remote.Remote` on this VM, for tools that take any host."""
-        return Remote(
-            host="127.0.0.1",
-            port=self.forwarded_port("ssh"),
-            identity=self.ssh_key,
-            known_hosts=Path(os.devnull),
-            host_key_checking="no",
-        )
+        return loopback_remote(self.forwarded_port("ssh"), self.ssh_key)
 
     def forwarded_port(self, name: str) -> int:
         """Loopback host port forwarded to the guest port registered as ``name``."""

@@ -31,6 +31,7 @@ from builder.errors import AuroraError
 from builder.host.remote import Remote
 from builder.render.tree import atomic_write
 from builder.tools import cache_dir
+from builder.vm.guest import loopback_remote
 
 KEEPER = "builder.vm.session"
 # Guest ports forwarded to loopback besides ssh, so the dashboard can be tried.
@@ -60,13 +61,7 @@ class VmState:
     console: str | None = None
 
     def remote(self) -> Remote:
-        return Remote(
-            host="127.0.0.1",
-            port=self.ports["ssh"],
-            identity=Path(self.key),
-            known_hosts=Path(os.devnull),
-            host_key_checking="no",
-        )
+        return loopback_remote(self.ports["ssh"], Path(self.key))
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
