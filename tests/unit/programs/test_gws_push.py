@@ -32,7 +32,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from builder.render.engine import VOLUME_MARKER, gws_config
+from builder.render.configs import gws_config
+from builder.render.names import VOLUME_MARKER
 from builder.spec.model import load_spec
 from tests import sshd
 from tests.paths import REPO_ROOT

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from builder.render.engine import sync_config
+from builder.render.configs import sync_config
 from builder.spec.model import load_spec
 from tests import sshd
 from tests.paths import REPO_ROOT
