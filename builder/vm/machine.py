@@ -45,12 +45,7 @@ from builder.host.remote import Remote
 from builder.retry import RetryTimeout, retry
 from builder.vm import accel as accel_mod
 from builder.vm.argv import SSH_HOST, build_qemu_argv, credential_smbios, render_ssh_config
-from builder.vm.errors import (
-    BootTimeout,
-    GuestPanic,
-    MachineError,
-    QemuExited,
-)
+from builder.vm.errors import BootTimeout, GuestPanic, MachineError, QemuExited
 from builder.vm.guest import Guest, _NotReady, loopback_remote
 from builder.vm.image import OVMF_VARS, BootImage
 from builder.vm.process import die_with_parent, free_ports, kill
