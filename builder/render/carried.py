@@ -46,6 +46,8 @@ class Carried:
     # A template unit (name@.service) is enabled once per item of this list (unit_part).
     instances: str | None = None
     role: Role | None = None
+    # The mode of a template row's file.
+    mode: int = 0o644
 
     def items(self, spec: HostSpec) -> Iterator[tuple[int | None, Any]]:
         """The row's items in the spec (one None for a single file), as far as `when` allows."""
@@ -198,10 +200,18 @@ TABLE: tuple[Carried, ...] = (
     Carried(PRESET, T, "units/preset.j2 (the table's enabled units)",
             ("mounts", "source_sync.streams", "jobs", "gws", "mirror_verify.enabled",
              "tailscale.enabled"), make=_preset),
+    # ufw's own files, as `ufw allow|deny` and `ufw default` write them (ufw 0.36).
+    Carried("/etc/ufw/user.rules", T, "units/ufw-user.rules.j2",
+            ("firewall.allow", "firewall.deny"), make=produce.ufw_user_rules, mode=0o640),
+    Carried("/etc/ufw/user6.rules", T, "units/ufw-user.rules.j2",
+            ("firewall.allow", "firewall.deny"), make=produce.ufw_user6_rules, mode=0o640),
+    Carried("/etc/default/ufw", T, "units/ufw-default.j2", ("firewall.default_incoming",),
+            make=produce.ufw_default),
     # Copied as is from mkosi.extra/ (no spec keys: what varies they read from rendered files).
     Carried("/etc/ssh/sshd_config.d/aurora.conf", S, "mkosi.extra"),
     Carried("/etc/systemd/journald.conf.d/aurora.conf", S, "mkosi.extra"),
     Carried("/etc/systemd/network/80-dhcp.network", S, "mkosi.extra"),
+    Carried("/etc/ufw/ufw.conf", S, "mkosi.extra"),
     Carried(f"{UNITS}/aurora-health.service", S, "mkosi.extra", role="service"),
     Carried(f"{UNITS}/aurora-health.timer", S, "mkosi.extra", enable=True),
     Carried(f"{UNITS}/aurora-nginx-tls.service", S, "mkosi.extra", enable=True),
@@ -218,8 +228,6 @@ TABLE: tuple[Carried, ...] = (
             ("dashboard.checkout", "dashboard.app")),
     Carried("<dashboard.checkout>/venv/", B, "mkosi.postinst.chroot (uv, from the app's lock)",
             ("dashboard.checkout",)),
-    Carried("/etc/ufw/user.rules, user6.rules", B, "mkosi.postinst.chroot (ufw)",
-            ("firewall",)),
 )  # fmt: skip
 
 # Units Debian packages ship: enabled by the preset (or only classified), in this order.

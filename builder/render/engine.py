@@ -143,7 +143,7 @@ def make(
         env = environment(units_dir)
         names = placeholders(spec)
         env.filters["paths"] = lambda text: expand(text, names)
-        made = File(env.get_template(template_name(row)).render(**made).encode())
+        made = File(env.get_template(template_name(row)).render(**made).encode(), row.mode)
     keys = tuple(at(k, index) for k in row.keys)
     record = Provenance(row.producer, keys, unit_name(path))
     return path, File(made.content, made.mode, made.link, made.directory, record)

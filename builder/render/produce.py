@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+from builder.errors import SpecError
 from builder.render import configs, layout
 from builder.render.names import (
     ENV_FILE,
@@ -270,3 +271,44 @@ def credentials_json(spec: HostSpec, _: None) -> Made:
         if s.path
     ]
     return "/etc/aurora/credentials.json", _json(creds, sort_keys=False)
+
+
+UFW_TARGETS = {"allow": "ACCEPT", "deny": "DROP"}
+UFW_POLICIES = {"allow": "ACCEPT", "deny": "DROP", "reject": "REJECT"}
+
+
+def ufw_rules(spec: HostSpec) -> list[dict[str, object]]:
+    """The spec's firewall rules as ufw 0.36 writes them into user.rules: one tuple per
+    port and protocol (a later rule for the same one changes its action in place, as
+    `ufw deny` after `ufw allow` does), and the iptables lines ufw makes of each."""
+    rules: dict[tuple[str, str], dict[str, object]] = {}
+    for action, ports in (("allow", spec.firewall.allow), ("deny", spec.firewall.deny)):
+        for text in ports:
+            port, _, proto = text.partition("/")
+            if ":" in port and not proto:
+                raise SpecError(
+                    f"{spec.source.path}: firewall.{action}: {text!r} is a port range without "
+                    "a protocol, which ufw refuses; write it as e.g. 6000:6007/tcp"
+                )
+            match = f"-m multiport --dports {port}" if ":" in port else f"--dport {port}"
+            protos = [proto] if proto else ["tcp", "udp"]
+            lines = [f"-p {p} {match} -j {UFW_TARGETS[action]}" for p in protos]
+            rules[(proto or "any", port)] = {
+                "action": action,
+                "proto": proto or "any",
+                "port": port,
+                "lines": lines,
+            }
+    return list(rules.values())
+
+
+def ufw_user_rules(spec: HostSpec, _: None) -> Made:
+    return "/etc/ufw/user.rules", {"p": "ufw", "any": "0.0.0.0/0", "rules": ufw_rules(spec)}
+
+
+def ufw_user6_rules(spec: HostSpec, _: None) -> Made:
+    return "/etc/ufw/user6.rules", {"p": "ufw6", "any": "::/0", "rules": ufw_rules(spec)}
+
+
+def ufw_default(spec: HostSpec, _: None) -> Made:
+    return "/etc/default/ufw", {"policy": UFW_POLICIES[spec.firewall.default_incoming]}
