@@ -33,9 +33,9 @@ sys.path.insert(0, str(REPO))
 from builder.image import mkosi, uki  # noqa: E402
 from builder.image.build import allocated, apt_sandbox, build  # noqa: E402
 from builder.image.store import DISK, read_manifest  # noqa: E402
+from builder.paths import Paths  # noqa: E402
 from builder.render.engine import render  # noqa: E402
 from builder.spec.model import HostSpec, load_spec  # noqa: E402
-from builder.tools import build_cache_dir  # noqa: E402
 from builder.vm.disks import scratch_volumes, volume_labels  # noqa: E402
 from builder.vm.image import BootImage  # noqa: E402
 from builder.vm.machine import Machine  # noqa: E402
@@ -121,10 +121,10 @@ def boot(image: BootImage, drives_for: list[str], dashboard_port: int | None) ->
     return figures
 
 
-def build_floor(spec: HostSpec, log: Path) -> tuple[float, BootImage, Path]:
+def build_floor(spec: HostSpec, log: Path, paths: Paths) -> tuple[float, BootImage, Path]:
     """Build the floor image with mkosi (Debian sources as the spec's); reuse the
     Aurora build's tools tree when there is one."""
-    work = build_cache_dir() / "floor"
+    work = paths.build_cache / "floor"
     sandbox = apt_sandbox(spec, work / "sandbox")
     output = work / "out"
     argv = [
@@ -133,13 +133,13 @@ def build_floor(spec: HostSpec, log: Path) -> tuple[float, BootImage, Path]:
         "--seed", "f1002000-0000-4000-8000-000000000000",
         "--source-date-epoch", "1761955200",
         "--cache-directory", str(work / "cache"),
-        "--workspace-directory", str(build_cache_dir() / "workspace"),
+        "--workspace-directory", str(paths.build_cache / "workspace"),
         "--output-directory", str(output),
     ]  # fmt: skip
-    tools = build_cache_dir() / "out" / "tools"
+    tools = paths.build_cache / "out" / "tools"
     if tools.is_dir():
         argv += ["--tools-tree", str(tools)]
-    took = mkosi.run_argv([*argv, "--force", "build"], log, progress=False)
+    took = mkosi.run_argv([*argv, "--force", "build"], log, paths.cache, progress=False)
     image = BootImage(
         disk=output / "floor.raw",
         kernel=output / "floor.vmlinuz",
@@ -173,6 +173,7 @@ def main() -> None:
     parser.add_argument("--verify", action="store_true", help="also rebuild in an empty cache")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
     args = parser.parse_args()
+    paths = Paths.from_env()  # the edge: this run's store and caches
     spec_path = args.spec.resolve()
     spec = load_spec(spec_path)
     aurora: dict[str, Any] = {}
@@ -182,20 +183,21 @@ def main() -> None:
     print(f"render (load + validate + render), median of 20: {aurora['render_s'] * 1000:.1f} ms")
     if args.cold:
         for name in ("mkosi-cache", "out", "venvs", "floor"):
-            shutil.rmtree(build_cache_dir() / name, ignore_errors=True)
-    took, image = timed(build, spec, progress=False)
+            shutil.rmtree(paths.build_cache / name, ignore_errors=True)
+    took, image = timed(build, spec, paths, progress=False)
     aurora["cold_build_s" if args.cold else "build_s"] = took
     print(
         f"{'cold build' if args.cold else 'build'}: {took:.0f} s "
         f"({'reused' if image.reused else 'built'} {image.tag})"
     )
-    aurora["unchanged_build_s"] = timed(build, spec, progress=False)[0]
+    aurora["unchanged_build_s"] = timed(build, spec, paths, progress=False)[0]
     for name, make in (
         ("config_change_build_s", changed_spec),
         ("app_change_build_s", changed_app),
     ):
         with tempfile.TemporaryDirectory() as tmp:
-            took, changed = timed(build, load_spec(make(spec_path, Path(tmp))), progress=False)
+            variant = load_spec(make(spec_path, Path(tmp)))
+            took, changed = timed(build, variant, paths, progress=False)
             aurora[name] = took
             shutil.rmtree(changed.path, ignore_errors=True)
     manifest = read_manifest(image.path)
@@ -206,7 +208,7 @@ def main() -> None:
 
     if not args.skip_floor:
         with tempfile.TemporaryDirectory() as tmp:
-            took, floor_image, _ = build_floor(spec, Path(tmp) / "floor.log")
+            took, floor_image, _ = build_floor(spec, Path(tmp) / "floor.log", paths)
         floor["build_s"] = took
         floor["disk_allocated_bytes"] = allocated(floor_image.disk)
         floor["qcow2_compressed_bytes"] = qcow2_size(floor_image.disk)
@@ -230,7 +232,7 @@ def main() -> None:
     if args.verify:
         from builder.image.verify import format_text, verify
 
-        took, result = timed(verify, image.tag)
+        took, result = timed(verify, image.tag, paths)
         aurora["verify_s"] = took
         aurora["reproducible"] = result.identical
         print(format_text(result))

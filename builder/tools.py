@@ -1,13 +1,11 @@
-"""Where the external tools and caches live on the build machine.
+"""Where the external tools live on the build machine (inside the cache).
 
-Caches stay outside the repository (AURORA_CACHE, default
-/var/cache/aurora-image) so a fresh clone rebuilds incrementally. The
-Makefile's setup step puts uv and mkosi there; these helpers only find them.
+The Makefile's setup step puts uv and mkosi into the cache (builder.paths.Paths.cache);
+these helpers only find them there.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -16,21 +14,8 @@ from builder.errors import BuildError
 MKOSI_VERSION = "25.3"
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("AURORA_CACHE", "/var/cache/aurora-image"))
-
-
-def build_cache_dir() -> Path:
-    """mkosi's incremental cache, workspace and outputs: what `verify` starts empty.
-
-    Tools (mkosi, uv) and downloads (packages, wheels) stay in cache_dir(): they
-    are addressed by version and hash, so reusing them cannot change an image.
-    """
-    return Path(os.environ.get("AURORA_BUILD_CACHE", cache_dir()))
-
-
-def uv_binary() -> Path:
-    candidates = [cache_dir() / "uvboot/bin/uv"]
+def uv_binary(cache: Path) -> Path:
+    candidates = [cache / "uvboot/bin/uv"]
     found = shutil.which("uv")
     if found:
         candidates.append(Path(found))
@@ -40,13 +25,13 @@ def uv_binary() -> Path:
     raise BuildError("uv not found; run `make setup` to install it into the cache")
 
 
-def uv_command() -> list[str]:
-    return [str(uv_binary())]
+def uv_command(cache: Path) -> list[str]:
+    return [str(uv_binary(cache))]
 
 
-def mkosi_command() -> tuple[list[str], dict[str, str]]:
+def mkosi_command(cache: Path) -> tuple[list[str], dict[str, str]]:
     """mkosi runs with Debian's /usr/bin/python3 from an unpacked .deb."""
-    site = cache_dir() / f"mkosi-{MKOSI_VERSION}/usr/lib/python3/dist-packages"
+    site = cache / f"mkosi-{MKOSI_VERSION}/usr/lib/python3/dist-packages"
     if not (site / "mkosi").is_dir():
         raise BuildError(f"mkosi {MKOSI_VERSION} not found in {site}; run `make setup`")
     return ["/usr/bin/python3", "-m", "mkosi"], {"PYTHONPATH": str(site)}

@@ -10,10 +10,10 @@ from pathlib import Path
 from builder.errors import AuroraError
 
 
-def _digests(tag: str) -> tuple[Path, dict[str, str]]:
+def _digests(tag: str, store: Path) -> tuple[Path, dict[str, str]]:
     from builder.image.store import read_manifest, resolve_image
 
-    image_dir = resolve_image(tag)
+    image_dir = resolve_image(tag, store)
     digests = read_manifest(image_dir).debian_debs
     if not digests:
         raise AuroraError(
@@ -26,18 +26,19 @@ def _digests(tag: str) -> tuple[Path, dict[str, str]]:
 def cmd_debstore(args: argparse.Namespace) -> int:
     from builder.image import debstore
 
+    root = debstore.store_dir(args.paths.cache)
     if args.action == "import":
-        added = debstore.import_(Path(args.what))
-        result = {"imported": added, "store": str(debstore.store_dir())}
+        added = debstore.import_(Path(args.what), root)
+        result = {"imported": added, "store": str(root)}
         print(json.dumps(result) if args.json else f"{added} .deb(s) added to {result['store']}")
         return 0
-    image_dir, digests = _digests(args.what)
+    image_dir, digests = _digests(args.what, args.paths.images)
     if args.action == "verify":
-        bad = debstore.verify(digests)
+        bad = debstore.verify(digests, root)
         if args.json:
             print(json.dumps({"tag": image_dir.name, "packages": len(digests), "bad": bad}))
         elif not bad:
-            print(f"{image_dir.name}: all {len(digests)} .debs in {debstore.store_dir()}")
+            print(f"{image_dir.name}: all {len(digests)} .debs in {root}")
         if bad:
             raise AuroraError(
                 f"{image_dir.name}: {len(bad)} .deb(s) missing or damaged in the store "
@@ -46,7 +47,7 @@ def cmd_debstore(args: argparse.Namespace) -> int:
         return 0
     if args.to is None:
         raise AuroraError("debstore export TAG needs --to FILE (the tar to write)")
-    count = debstore.export(digests, args.to)
+    count = debstore.export(digests, args.to, root)
     print(json.dumps({"tag": image_dir.name, "debs": count, "file": str(args.to)}) if args.json
           else f"{image_dir.name}: {count} .debs written to {args.to}")  # fmt: skip
     return 0

@@ -44,8 +44,7 @@ def _render_diff(tree: Tree, args: argparse.Namespace) -> int:
     """Show what the spec changes in the rendered files; writes nothing."""
     import tempfile
 
-    from builder.image.build import newest_image
-    from builder.image.store import MANIFEST
+    from builder.image.store import MANIFEST, newest_image
     from builder.render.diff import diff_tree, directory_base, format_text, image_base
 
     against = args.against
@@ -56,7 +55,7 @@ def _render_diff(tree: Tree, args: argparse.Namespace) -> int:
             found = cli_release.image_finder(args, Path(scratch)).resolve(against)
             base = image_base(found.path, found.origin)
         else:
-            base = image_base(newest_image())
+            base = image_base(newest_image(args.paths.images))
     diff = diff_tree(tree, base)
     if args.json:
         print(json.dumps(diff.to_json()))
@@ -68,11 +67,11 @@ def _render_diff(tree: Tree, args: argparse.Namespace) -> int:
 
 def cmd_lock(args: argparse.Namespace) -> int:
     if args.debian is not None:
-        from builder.image.build import newest_image
         from builder.image.debian_lock import write_debian_lock
-        from builder.image.store import resolve_image
+        from builder.image.store import newest_image, resolve_image
 
-        image = resolve_image(args.debian) if args.debian else newest_image()
+        store = args.paths.images
+        image = resolve_image(args.debian, store) if args.debian else newest_image(store)
         path = write_debian_lock(image)
         print(
             json.dumps({"wrote": str(path), "image": image.name})
@@ -83,7 +82,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
     from builder.image.app_lock import write_lock
     from builder.spec.model import load_spec
 
-    path = write_lock(load_spec(args.spec))
+    path = write_lock(load_spec(args.spec), args.paths.cache)
     print(json.dumps({"wrote": str(path)}) if args.json else f"wrote {path}")
     return 0
 
@@ -93,7 +92,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from builder.spec.model import load_spec
 
     progress = (not args.json and sys.stderr.isatty()) or args.progress
-    result = build(load_spec(args.spec), progress=progress)
+    result = build(load_spec(args.spec), args.paths, progress=progress)
     if args.tag_file is not None:
         from builder.render.tree import atomic_write
 
@@ -145,19 +144,19 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from builder.image.build import images_dir
     from builder.image.store import human_size, list_images
 
-    images = list_images()
+    store = args.paths.images
+    images = list_images(store)
     if args.quiet:
         for image in images:
             print(image.tag)
         return 0
     if args.json:
-        print(json.dumps({"store": str(images_dir()), "images": [i.to_json() for i in images]}))
+        print(json.dumps({"store": str(store), "images": [i.to_json() for i in images]}))
         return 0
     if not images:
-        print(f"no images in {images_dir()}")
+        print(f"no images in {store}")
         return 0
     width = max(len(i.tag) for i in images)
     print(f"{'TAG':<{width}}  {'BUILT (UTC)':<16}  {'SIZE':>9}  ATTESTED")
@@ -180,10 +179,10 @@ def _verdict(image: ImageRecord) -> str:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from builder.image.build import images_dir
     from builder.image.store import execute_prune, list_images, plan_prune
 
-    plan = plan_prune(args.keep, set(args.live))
+    store = args.paths.images
+    plan = plan_prune(args.keep, set(args.live), store=store)
     if args.dry_run:
         if args.json:
             print(json.dumps(plan.to_json(args.keep)))
@@ -191,13 +190,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
             sys.stdout.write(plan.to_plan(args.keep).format_text())
         return 0
     removed = execute_prune(plan)
-    kept = [i.tag for i in list_images()]
+    kept = [i.tag for i in list_images(store)]
     if args.json:
-        print(json.dumps({"store": str(images_dir()), "removed": removed, "kept": kept}))
+        print(json.dumps({"store": str(store), "removed": removed, "kept": kept}))
         return 0
     for name in removed:
         print(f"removed {name}")
-    print(f"kept {len(kept)} image{'s' if len(kept) != 1 else ''} in {images_dir()}")
+    print(f"kept {len(kept)} image{'s' if len(kept) != 1 else ''} in {store}")
     return 0
 
 
@@ -222,7 +221,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from builder.image.verify import format_text, verify
 
-    result = verify(args.tag, progress=args.progress)
+    result = verify(args.tag, args.paths, progress=args.progress)
     print(json.dumps(result.to_json(), indent=2) if args.json else format_text(result))
     return 0 if result.identical else 1
 
@@ -261,8 +260,12 @@ def print_error(exc: AuroraError, *, as_json: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from builder.paths import Paths
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The edge: the image store and caches are resolved here, once, and handed down.
+    args.paths = Paths.from_env()
     try:
         return int(args.func(args))
     except AuroraError as exc:

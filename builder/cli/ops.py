@@ -49,11 +49,12 @@ def cmd_vm(args: argparse.Namespace) -> int:
     from builder import progress
     from builder.vm import session as vm_session
 
+    vms = vm_session.vms_dir(args.paths.cache)
     if args.console:
         return _console(args)
     if args.stop:
-        state = vm_session.find(args.tag)
-        clean = vm_session.stop(state)
+        state = vm_session.find(vms, args.tag)
+        clean = vm_session.stop(vms, state)
         if args.json:
             print(json.dumps({"tag": state.tag, "stopped": True, "forced": not clean}))
         else:
@@ -64,10 +65,10 @@ def cmd_vm(args: argparse.Namespace) -> int:
             "`aurora-image vm` opens a shell and needs a terminal; "
             "add --keep to boot it and run commands with `aurora-image ssh TAG -- CMD`"
         )
-    image_dir = _image(args.tag)
+    image_dir = _image(args.tag, args.paths.images)
     labels = _volume_labels(image_dir, args.spec)
     with progress.step(f"booting {image_dir.name}") as step:
-        state = vm_session.start(image_dir, labels, note=step)
+        state = vm_session.start(vms, image_dir, labels, note=step)
     if args.json and not _interactive():
         print(json.dumps(state.to_json()))
         return 0
@@ -86,7 +87,7 @@ def cmd_vm(args: argparse.Namespace) -> int:
     try:
         rc = state.remote().interactive()
     finally:
-        clean = vm_session.stop(state)
+        clean = vm_session.stop(vms, state)
         print(f"{state.tag}: powered off" + ("" if clean else " (forced)"))
     return rc
 
@@ -97,16 +98,17 @@ def _console(args: argparse.Namespace) -> int:
     from builder.vm import console
     from builder.vm import session as vm_session
 
+    vms = vm_session.vms_dir(args.paths.cache)
     if args.tag:
-        state = vm_session.read_state(Path(args.tag).name)
+        state = vm_session.read_state(vms, Path(args.tag).name)
     else:
-        state = vm_session.find(None) if vm_session.running() else None
+        state = vm_session.find(vms, None) if vm_session.running(vms) else None
     booted = state is None
     if state is None:
-        image_dir = _image(args.tag)
+        image_dir = _image(args.tag, args.paths.images)
         labels = _volume_labels(image_dir, args.spec)
         with progress.step(f"starting {image_dir.name}"):
-            state = vm_session.start(image_dir, labels, wait_ssh=False)
+            state = vm_session.start(vms, image_dir, labels, wait_ssh=False)
     if not state.console:
         raise vm_session.VmError(
             f"the VM of {state.tag} has no console socket (kept by an older aurora-image); "
@@ -122,7 +124,7 @@ def _console(args: argparse.Namespace) -> int:
         ended = console.attach(Path(state.console), banner=banner)
     finally:
         if stops:
-            clean = vm_session.stop(state)
+            clean = vm_session.stop(vms, state)
             print(f"\n{state.tag}: powered off" + ("" if clean else " (forced)"))
     if not stops:
         print(f"\n{state.tag}: {ended}; still running (`aurora-image vm --stop {state.tag}`)")
@@ -141,11 +143,10 @@ def _where(state: VmState) -> str:
     )
 
 
-def _image(tag: str | None) -> Path:
-    from builder.image.build import newest_image
-    from builder.image.store import resolve_image
+def _image(tag: str | None, store: Path) -> Path:
+    from builder.image.store import newest_image, resolve_image
 
-    return resolve_image(tag) if tag else newest_image()
+    return resolve_image(tag, store) if tag else newest_image(store)
 
 
 def _looks_like_tag(word: str) -> bool:
@@ -159,10 +160,11 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     tag, command = args.tag, list(args.command)
     if command[:1] == ["--"]:
         command = command[1:]
-    if tag and vm_session.read_state(tag) is None and not _looks_like_tag(tag):
+    vms = vm_session.vms_dir(args.paths.cache)
+    if tag and vm_session.read_state(vms, tag) is None and not _looks_like_tag(tag):
         # `ssh -- CMD` with no tag: argparse hands CMD's first word over as the tag.
         tag, command = None, [tag, *command]
-    state = vm_session.find(tag)
+    state = vm_session.find(vms, tag)
     remote = state.remote()
     line = " ".join(command) or None
     if args.json:
@@ -190,7 +192,8 @@ def _audit_remote(args: argparse.Namespace) -> Runner:
 
     host = args.host
     if host == "vm" or host.startswith("vm:"):
-        return vm_session.find(host.partition(":")[2] or None).remote()
+        vms = vm_session.vms_dir(args.paths.cache)
+        return vm_session.find(vms, host.partition(":")[2] or None).remote()
     user, _, name = host.rpartition("@")
     deploy = load_spec(args.spec).deploy
     return Remote(

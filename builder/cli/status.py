@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from builder.image.build import images_dir
     from builder.image.store import list_images
     from builder.release import status
     from builder.spec.model import load_spec
@@ -31,8 +30,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         spec = load_spec(args.spec)
         for target, name, cloud in _servers(args, spec):
             servers.append(status.server_status(_connect(args, spec, cloud), name, target))
-    newest, vms = status.local_status(list_images(), vm_session.running(), servers)
-    result = status.Status(servers, str(images_dir()), newest, vms)
+    store = args.paths.images
+    kept = vm_session.running(vm_session.vms_dir(args.paths.cache))
+    newest, vms = status.local_status(list_images(store), kept, servers)
+    result = status.Status(servers, str(store), newest, vms)
     if args.json:
         print(json.dumps(result.to_json()))
     else:
@@ -61,13 +62,14 @@ def _connect(args: argparse.Namespace, spec: HostSpec, cloud: str | None) -> Cal
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from builder.image.build import newest_image
     from builder.image.logs import image_logs, read_log
-    from builder.image.store import resolve_image
+    from builder.image.store import newest_image, resolve_image
     from builder.vm.session import vms_dir
 
-    image_dir = resolve_image(args.tag) if args.tag else newest_image()
-    logs = [log for log in image_logs(image_dir, vms_dir()) if args.only in (None, log.kind)]
+    store = args.paths.images
+    image_dir = resolve_image(args.tag, store) if args.tag else newest_image(store)
+    vms = vms_dir(args.paths.cache)
+    logs = [log for log in image_logs(image_dir, vms) if args.only in (None, log.kind)]
     if args.json:
         entries = []
         for log in logs:

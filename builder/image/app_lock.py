@@ -43,14 +43,15 @@ def check_lock(spec: HostSpec, lock: Path = LOCK_FILE) -> Path:
     return lock
 
 
-def write_lock(spec: HostSpec, lock: Path = LOCK_FILE) -> Path:
-    """Resolve the spec's pins with hashes for the image's Python and platform."""
+def write_lock(spec: HostSpec, cache: Path, lock: Path = LOCK_FILE) -> Path:
+    """Resolve the spec's pins with hashes for the image's Python and platform
+    (with the uv that `make setup` put into `cache`)."""
     with tempfile.TemporaryDirectory() as tmp:
         req_in = Path(tmp) / "requirements.in"
         req_in.write_text("\n".join(spec.dashboard.requirements) + "\n")
         out = Path(tmp) / "requirements.txt"
         cmd = [
-            *uv_command(),
+            *uv_command(cache),
             "pip",
             "compile",
             "--quiet",

@@ -34,18 +34,16 @@ from builder.image.store import (
     CMDLINE,
     DISK,
     RENDERED_TAR,
-    images_dir,
     is_image,
     partial_dir,
     sha256_file,
     write_manifest,
 )
 from builder.image.store import file_digest as file_digest  # re-export, see the board
-from builder.image.store import newest_image as newest_image  # re-export, see the board
+from builder.paths import Paths
 from builder.render.engine import File, Tree, render
 from builder.render.tree import atomic_write, carried_manifest, write_tree
 from builder.spec.model import HostSpec
-from builder.tools import build_cache_dir, cache_dir
 
 # The UKI mkosi writes next to the split kernel and initrd; its .cmdline (with the
 # dm-verity roothash= mkosi adds) is what the image boots with, under UEFI or direct.
@@ -102,7 +100,7 @@ def rendered_tar(tree: Tree) -> bytes:
     return buffer.getvalue()
 
 
-def _stage_app(spec: HostSpec, stage: Path, lock: Path) -> None:
+def _stage_app(spec: HostSpec, stage: Path, lock: Path, paths: Paths) -> None:
     """Put the app tree and its lock where the image's postinst script finds them
     (the loader has resolved the app tree; `build` has checked it is there)."""
     shutil.rmtree(stage, ignore_errors=True)
@@ -111,19 +109,18 @@ def _stage_app(spec: HostSpec, stage: Path, lock: Path) -> None:
     if local is not None:
         shutil.copytree(local, stage / "app", ignore=shutil.ignore_patterns(*APP_IGNORE))
     else:
-        _checkout_git(spec, stage / "app")
+        _checkout_git(spec, stage / "app", paths.cache)
     shutil.copy2(lock, stage / "requirements.txt")
     # The build host's CA bundle, so the install inside the image trusts the
     # same TLS path to PyPI as the host (proxies with their own CA included).
     # It is used during the build only and never lands in the image.
-    bundle = Path(os.environ.get("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt"))
-    if bundle.exists():
-        shutil.copy2(bundle, stage / "ca-certificates.crt")
+    if paths.ca_bundle.exists():
+        shutil.copy2(paths.ca_bundle, stage / "ca-certificates.crt")
 
 
-def _checkout_git(spec: HostSpec, dest: Path) -> None:
+def _checkout_git(spec: HostSpec, dest: Path, cache: Path) -> None:
     url, ref = spec.dashboard.app.git or "", spec.dashboard.app.ref or ""
-    mirror = cache_dir() / "git" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    mirror = cache / "git" / hashlib.sha256(url.encode()).hexdigest()[:16]
 
     def git(*args: str, cwd: Path | None = None) -> None:
         result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
@@ -191,21 +188,21 @@ def python_packages(listing: Path) -> dict[str, str]:
     return {p["name"]: p["version"] for p in sorted(data, key=lambda p: p["name"].lower())}
 
 
-def build(spec: HostSpec, *, progress: bool = True) -> BuiltImage:
-    """Build the image the spec describes, or reuse the stored one of the same tag."""
+def build(spec: HostSpec, paths: Paths, *, progress: bool = True) -> BuiltImage:
+    """Build the image the spec describes into `paths.images`, or reuse the stored
+    one of the same tag."""
     spec.source.require_files()
     lock = check_lock(spec)
     tree = render(spec)
     inputs = collect(spec)
-    store = images_dir()
-    final = store / inputs.tag
+    final = paths.images / inputs.tag
     if is_image(final):
         return BuiltImage(inputs.tag, final, reused=True, seconds=0.0)
-    with _exclusive(build_cache_dir() / "build.lock"):
+    with _exclusive(paths.build_cache / "build.lock"):
         if is_image(final):
             return BuiltImage(inputs.tag, final, reused=True, seconds=0.0)
         tree = {**tree, **identity(inputs)}
-        return _build(spec, lock, tree, inputs, final, progress=progress)
+        return _build(spec, lock, tree, inputs, final, paths, progress=progress)
 
 
 @contextmanager
@@ -232,36 +229,38 @@ def _build(
     tree: Tree,
     inputs: Inputs,
     final: Path,
+    paths: Paths,
     *,
     progress: bool,
 ) -> BuiltImage:
     store = final.parent
-    work = build_cache_dir() / "work" / inputs.tag
+    work = paths.build_cache / "work" / inputs.tag
     tree_dir = write_tree(tree, work / "tree")
-    _stage_app(spec, work / "stage", lock)
+    _stage_app(spec, work / "stage", lock, paths)
     sandbox = apt_sandbox(spec, work / "sandbox")
-    output = build_cache_dir() / "out"
+    output = paths.build_cache / "out"
     partial = partial_dir(store, inputs.tag)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
 
     job = mkosi.MkosiJob(
-        repo=REPO,
+        repo=paths.repo,
         extra_tree=tree_dir,
         stage=work / "stage",
         output_dir=output,
         packages=tuple(spec.packages),
         environment={
             "AURORA_APP_DIR": spec.dashboard.checkout,
-            "AURORA_UFW_DEFAULT": spec.firewall.default_incoming,
-            "AURORA_UFW_RULES": ",".join(r.replace(" ", ":", 1) for r in spec.firewall.rules()),
         },
         seed=inputs.seed,
         source_date_epoch=inputs.source_date_epoch,
+        cache=paths.cache,
+        build_cache=paths.build_cache,
         sandbox_trees=(sandbox,),
     )
     # The lock's exact .debs, from the content-addressed store: apt installs those files.
-    debstore.seed(debian_lock.read_debian_digests())
+    archives, debs_root = debstore.archives_dir(paths.cache), debstore.store_dir(paths.cache)
+    debstore.seed(debian_lock.read_debian_digests(), archives, debs_root)
     seconds = mkosi.run(job, partial / BUILD_LOG, progress=progress)
     for name in ARTIFACTS:
         if not (output / name).exists():
@@ -270,7 +269,7 @@ def _build(
     atomic_write(partial / CMDLINE, (uki.cmdline(output / UKI) + "\n").encode())
     atomic_write(partial / RENDERED_TAR, rendered_tar(tree))
     manifest = _manifest(spec, inputs, tree, output, partial)
-    debs = _keep_debs(manifest.debian_packages)
+    debs = _keep_debs(manifest.debian_packages, archives, debs_root)
     locked = debian_lock.compare(manifest.debian_packages, debs=debs)
     manifest = replace(manifest, debian_debs=debs, debian_lock=locked)
     if locked["pinned"] and not locked["matches"]:
@@ -292,10 +291,10 @@ def _build(
     return BuiltImage(inputs.tag, final, reused=False, seconds=seconds)
 
 
-def _keep_debs(packages: dict[str, str]) -> dict[str, str] | None:
+def _keep_debs(packages: dict[str, str], archives: Path, root: Path) -> dict[str, str] | None:
     """The installed .debs into the content-addressed store; {package: sha256}."""
     try:
-        return debstore.keep(packages).digests
+        return debstore.keep(packages, archives, root).digests
     except debstore.DebStoreError as exc:
         print(f"aurora-image: warning: .debs not kept: {exc}", file=sys.stderr)
         return None

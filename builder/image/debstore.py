@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import AuroraError
-from builder.tools import cache_dir
 
 ARCHES = ("amd64", "all")
 
@@ -39,13 +38,14 @@ class DebStoreError(AuroraError):
     """A package is missing from the store or does not have its recorded digest."""
 
 
-def store_dir() -> Path:
-    return cache_dir() / "debstore"
+def store_dir(cache: Path) -> Path:
+    """The store inside the build machine's cache (builder.paths.Paths.cache)."""
+    return cache / "debstore"
 
 
-def archives_dir() -> Path:
+def archives_dir(cache: Path) -> Path:
     """apt's archive cache inside mkosi's package cache (see builder.image.mkosi)."""
-    return cache_dir() / "mkosi-pkgs" / "cache" / "apt" / "archives"
+    return cache / "mkosi-pkgs" / "cache" / "apt" / "archives"
 
 
 def deb_name(package: str, version: str, arch: str) -> str:
@@ -61,8 +61,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def blob(digest: str, root: Path | None = None) -> Path:
-    return (root or store_dir()) / "sha256" / f"{digest}.deb"
+def blob(digest: str, root: Path) -> Path:
+    return root / "sha256" / f"{digest}.deb"
 
 
 def _put(source: Path, digest: str, root: Path) -> None:
@@ -87,11 +87,8 @@ class Kept:
     names: dict[str, str]
 
 
-def keep(
-    packages: Mapping[str, str], archives: Path | None = None, root: Path | None = None
-) -> Kept:
+def keep(packages: Mapping[str, str], archives: Path, root: Path) -> Kept:
     """Copy each installed package's .deb from apt's cache into the store."""
-    archives, root = archives or archives_dir(), root or store_dir()
     digests, names, missing = {}, {}, []
     for package, version in sorted(packages.items()):
         found = next(
@@ -116,12 +113,9 @@ def keep(
     return Kept(digests, names)
 
 
-def seed(
-    locked: Mapping[str, tuple[str, str]], archives: Path | None = None, root: Path | None = None
-) -> list[str]:
+def seed(locked: Mapping[str, tuple[str, str]], archives: Path, root: Path) -> list[str]:
     """Put locked .debs ({package: (version, sha256)}) into apt's archive cache, checked;
     the packages the store lacks (to be downloaded, then checked by the lock)."""
-    archives, root = archives or archives_dir(), root or store_dir()
     archives.mkdir(parents=True, exist_ok=True)
     absent = []
     for package, (version, digest) in sorted(locked.items()):
@@ -153,9 +147,8 @@ def _is_arch_all(deb: Path) -> bool:
     return done.stdout.strip() == "all"
 
 
-def verify(digests: Mapping[str, str], root: Path | None = None) -> list[str]:
+def verify(digests: Mapping[str, str], root: Path) -> list[str]:
     """Packages whose .deb is missing from the store or has another digest."""
-    root = root or store_dir()
     bad = []
     for package, digest in sorted(digests.items()):
         path = blob(digest, root)
@@ -164,9 +157,8 @@ def verify(digests: Mapping[str, str], root: Path | None = None) -> list[str]:
     return bad
 
 
-def export(digests: Mapping[str, str], dest: Path, root: Path | None = None) -> int:
+def export(digests: Mapping[str, str], dest: Path, root: Path) -> int:
     """The store's .debs for these digests as one tar (sha256/<hex>.deb); how many."""
-    root = root or store_dir()
     bad = verify(digests, root)
     if bad:
         raise DebStoreError(f"{root}: missing or damaged .debs for {', '.join(bad[:5])}")
@@ -178,9 +170,8 @@ def export(digests: Mapping[str, str], dest: Path, root: Path | None = None) -> 
     return len(set(digests.values()))
 
 
-def import_(source: Path, root: Path | None = None) -> int:
+def import_(source: Path, root: Path) -> int:
     """Add a tar made by `export`; each member is checked against its name."""
-    root = root or store_dir()
     added = 0
     with tarfile.open(source, "r") as tar:
         for member in tar:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder.image.manifest import Artifact, Entry, Manifest
+from builder.image.manifest import Artifact, Entry, InputsRecord, Manifest
 from builder.image.store import RENDERED_TAR, human_size, read_manifest
 
 UNIT_DIRS = ("/etc/systemd/system/", "/usr/lib/systemd/system/")
@@ -214,7 +214,7 @@ def diff_images(a: Path, b: Path, *, origins: tuple[str, str] | None = None) -> 
         return {p: e for p, e in rendered.items() if p.startswith(UNIT_DIRS) == units}
 
     arts_a, arts_b = ma.artifacts, mb.artifacts
-    inputs_a, inputs_b = ma.inputs, mb.inputs
+    inputs_a, inputs_b = ma.inputs or InputsRecord(), mb.inputs or InputsRecord()
 
     def field(manifest: Manifest, name: str) -> object:
         return getattr(manifest, name)

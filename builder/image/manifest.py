@@ -7,9 +7,9 @@ a field has one name and one type everywhere. Pure: reading and writing the
 files is builder.image.store's.
 
 Images built by older builders lack later fields (sizes, root_hash, ...):
-those parse as None (or empty), and `to_json` leaves a None field out, so an
-old manifest keeps its shape and a new one is written as the build always
-wrote it.
+those parse as None (or empty), and `to_json` leaves a None field (and empty
+artifacts) out, so an old or trimmed manifest keeps its shape and a new one is
+written as the build always wrote it.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class Manifest:
     hostname: str | None = None
     # The spec as `verify` finds it again: repo-relative when it lives in the repo.
     spec: str | None = None
-    inputs: InputsRecord = field(default_factory=InputsRecord)
+    inputs: InputsRecord | None = None
     source_date_epoch: int | None = None
     seed: str | None = None
     cmdline: str | None = None
@@ -119,12 +119,12 @@ class Manifest:
             "release": self.release,
             "hostname": self.hostname,
             "spec": self.spec,
-            "inputs": self.inputs.to_json(),
+            "inputs": self.inputs.to_json() if self.inputs else None,
             "source_date_epoch": self.source_date_epoch,
             "seed": self.seed,
             "cmdline": self.cmdline,
             "root_hash": self.root_hash,
-            "artifacts": {name: a.to_json() for name, a in self.artifacts.items()},
+            "artifacts": {name: a.to_json() for name, a in self.artifacts.items()} or None,
             "root_partition_sha256": self.root_partition_sha256,
             "rendered": self.rendered,
             "carried": self.carried,
@@ -156,7 +156,7 @@ class Manifest:
             release=_optional_str(data, "release"),
             hostname=_optional_str(data, "hostname"),
             spec=_optional_str(data, "spec"),
-            inputs=InputsRecord.from_json(data.get("inputs")),
+            inputs=InputsRecord.from_json(data["inputs"]) if "inputs" in data else None,
             source_date_epoch=None if epoch is None else int(epoch),
             seed=_optional_str(data, "seed"),
             cmdline=_optional_str(data, "cmdline"),

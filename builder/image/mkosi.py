@@ -11,7 +11,7 @@ from pathlib import Path
 
 from builder import progress as live
 from builder.errors import BuildError
-from builder.tools import build_cache_dir, cache_dir, mkosi_command, uv_binary
+from builder.tools import mkosi_command, uv_binary
 
 
 @dataclass(frozen=True)
@@ -26,16 +26,20 @@ class MkosiJob:
     environment: dict[str, str]
     seed: str
     source_date_epoch: int
+    # Tools and downloads (builder.paths.Paths.cache), and mkosi's own cache,
+    # workspace and venvs (Paths.build_cache, what `verify` starts empty).
+    cache: Path
+    build_cache: Path
     sandbox_trees: tuple[Path, ...] = ()
 
     def argv(self) -> list[str]:
-        cache = cache_dir()
+        cache, build_cache = self.cache, self.build_cache
         sources = {
             self.stage: "stage",
-            uv_binary().parent: "uvbin",
+            uv_binary(cache).parent: "uvbin",
             cache / "uv": "uvcache",
             # Venvs by lock: in the build cache, so `verify` (empty cache) reinstalls.
-            build_cache_dir() / "venvs": "venvcache",
+            build_cache / "venvs": "venvcache",
         }
         argv = [
             "--directory", str(self.repo),
@@ -43,9 +47,9 @@ class MkosiJob:
             "--build-sources", ",".join(f"{src}:{dst}" for src, dst in sources.items()),
             "--seed", self.seed,
             "--source-date-epoch", str(self.source_date_epoch),
-            "--cache-directory", str(build_cache_dir() / "mkosi-cache"),
+            "--cache-directory", str(build_cache / "mkosi-cache"),
             "--package-cache-dir", str(cache / "mkosi-pkgs"),
-            "--workspace-directory", str(build_cache_dir() / "workspace"),
+            "--workspace-directory", str(build_cache / "workspace"),
             "--output-directory", str(self.output_dir),
         ]  # fmt: skip
         for tree in self.sandbox_trees:
@@ -69,18 +73,18 @@ def run(job: MkosiJob, log_path: Path, *, progress: bool = True) -> float:
     display (a pipe, CI).
     """
     for path in (
-        cache_dir() / "uv",
-        build_cache_dir() / "venvs",
-        build_cache_dir() / "workspace",
+        job.cache / "uv",
+        job.build_cache / "venvs",
+        job.build_cache / "workspace",
         job.output_dir,
     ):
         path.mkdir(parents=True, exist_ok=True)
-    return run_argv(job.argv(), log_path, progress=progress)
+    return run_argv(job.argv(), log_path, job.cache, progress=progress)
 
 
-def run_argv(argv: list[str], log_path: Path, *, progress: bool = True) -> float:
-    """Run mkosi with these arguments (as `run` does for an image job; bench's floor too)."""
-    command, env_extra = mkosi_command()
+def run_argv(argv: list[str], log_path: Path, cache: Path, *, progress: bool = True) -> float:
+    """Run mkosi (found in `cache`) with these arguments (an image job; bench's floor too)."""
+    command, env_extra = mkosi_command(cache)
     env = {**os.environ, **env_extra}
     # mkosi must run with Debian's python; pyenv shims and venvs must not leak in.
     env.pop("VIRTUAL_ENV", None)

@@ -28,6 +28,7 @@ from typing import Any
 
 from builder.errors import BuildError, StoreError, UnknownTag
 from builder.image.manifest import Attestation, DiskFingerprint, Manifest
+from builder.paths import Paths
 from builder.plan import Plan, Step
 from builder.render.tree import atomic_write
 
@@ -45,12 +46,10 @@ STALE_PARTIAL_SECONDS = 3600.0
 FAILING = frozenset({"failed", "error"})
 
 
-def images_dir() -> Path:
-    return Path(os.environ.get("AURORA_IMAGES", _repo() / "images"))
-
-
-def _repo() -> Path:
-    return Path(__file__).resolve().parents[2]
+def _root(store: Path | None) -> Path:
+    """The store the caller passed. None is transitional, for builder/release callers
+    that do not pass theirs yet: the CLI's default store (builder.paths)."""
+    return store if store is not None else Paths.from_env().images
 
 
 def partial_dir(store: Path, tag: str) -> Path:
@@ -169,7 +168,7 @@ def _image_dirs(store: Path) -> list[Path]:
 
 def newest_image(store: Path | None = None) -> Path:
     """The most recently stored image directory (what `make smoke` tests), never a partial."""
-    root = store or images_dir()
+    root = _root(store)
     dirs = _image_dirs(root)
     if not dirs:
         raise BuildError(f"no image in {root}; run `make image` first")
@@ -179,7 +178,7 @@ def newest_image(store: Path | None = None) -> Path:
 def list_images(store: Path | None = None) -> list[ImageRecord]:
     """Every stored image, newest build first."""
     records = []
-    for path in _image_dirs(store or images_dir()):
+    for path in _image_dirs(_root(store)):
         attestation = read_attestation(path)
         records.append(
             ImageRecord(
@@ -196,7 +195,7 @@ def list_images(store: Path | None = None) -> list[ImageRecord]:
 
 def resolve_image(ref: str, store: Path | None = None) -> Path:
     """A tag in the store, or a directory holding a built image."""
-    root = store or images_dir()
+    root = _root(store)
     if "/" not in ref and ref not in (".", "..") and is_image(root / ref):
         return root / ref
     path = Path(ref)
@@ -368,7 +367,7 @@ def plan_prune(
     """
     if keep < 0:
         raise StoreError(f"--keep {keep}: keep must be 0 or more")
-    root = store or images_dir()
+    root = _root(store)
     dirs = _image_dirs(root)
     tags = [d.name for d in dirs]
     unknown = sorted(set(live) - set(tags))

@@ -1,7 +1,8 @@
 """`aurora-image verify TAG`: is the image reproducible from its inputs?
 
 Rebuilds the stored image from the checkout (whose inputs must digest to the
-same tag) with an empty mkosi cache and workspace, then compares the two
+same tag) into a scratch store with an empty mkosi cache and workspace (other
+Paths, passed to the build; the environment is not touched), then compares the two
 disks. Where they differ, it says which partitions and which files, by
 extracting both trees (debugfs for ext4, fsck.erofs for the EROFS root; no
 loop devices or root mounts), so each cause of non-determinism can be found
@@ -13,16 +14,15 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import AuroraError
 from builder.image.build import build, sha256_file
 from builder.image.gpt import Partition, copy_partition, filesystem, partition_digest, partitions
-from builder.image.inputs import REPO, collect
+from builder.image.inputs import collect
 from builder.image.store import DISK, read_manifest, resolve_image
+from builder.paths import Paths
 from builder.spec.model import load_spec
 
 TREE_LABELS = ("root-x86-64", "aurora-var")
@@ -50,20 +50,6 @@ class VerifyResult:
                 for label, fields in self.superblock.items()
             },
         }
-
-
-@contextmanager
-def _env(**values: str) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def extract_ext4(disk: Path, offset: int, dest: Path) -> Path:
@@ -180,10 +166,12 @@ def compare_disks(stored: Path, rebuilt: Path, scratch: Path, result: VerifyResu
                 )
 
 
-def verify(ref: str, *, progress: bool = False) -> VerifyResult:
-    stored = resolve_image(ref)
+def verify(ref: str, paths: Paths, *, progress: bool = False) -> VerifyResult:
+    """Rebuild `ref` (from `paths.images`) into a scratch store with an empty build
+    cache (the tools and downloads in `paths.cache` are reused) and compare."""
+    stored = resolve_image(ref, paths.images)
     manifest = read_manifest(stored)
-    spec_path = REPO / (manifest.spec or "hosts/aurora.yml")
+    spec_path = paths.repo / (manifest.spec or "hosts/aurora.yml")
     spec = load_spec(spec_path)
     inputs = collect(spec)
     if inputs.tag != manifest.tag:
@@ -193,8 +181,7 @@ def verify(ref: str, *, progress: bool = False) -> VerifyResult:
         )
     with tempfile.TemporaryDirectory(prefix="aurora-verify-", dir="/var/tmp") as tmp:
         work = Path(tmp)
-        with _env(AURORA_BUILD_CACHE=str(work / "cache"), AURORA_IMAGES=str(work / "images")):
-            rebuilt = build(spec, progress=progress).path
+        rebuilt = build(spec, paths.scratch(work), progress=progress).path
         artifacts = {
             name: (info.sha256, sha256_file(rebuilt / name))
             for name, info in manifest.artifacts.items()

@@ -5,7 +5,8 @@ in its own session, so it can outlive the command that started it
 (``--keep``). The keeper boots the image exactly as the smoke suite does
 (builder.vm.machine: per-run SSH key as an SMBIOS credential, scratch volumes with
 the spec's labels for /data and /project, the image attached read-only),
-records where it runs in ``<cache>/vms/<tag>.json`` and powers the guest off
+records where it runs in ``<cache>/vms/<tag>.json`` (``vms``: the directory
+the CLI passes in, `vms_dir(Paths.cache)`) and powers the guest off
 cleanly on SIGTERM. The serial console of every kept VM is also a socket
 (``console`` in the state) that `aurora-image vm --console` attaches to; a VM
 started for the console is recorded as soon as QEMU runs, without waiting
@@ -30,7 +31,6 @@ from types import FrameType
 from builder.errors import AuroraError
 from builder.host.remote import Remote
 from builder.render.tree import atomic_write
-from builder.tools import cache_dir
 from builder.vm.guest import loopback_remote
 
 KEEPER = "builder.vm.session"
@@ -69,12 +69,13 @@ class VmState:
         return data
 
 
-def vms_dir() -> Path:
-    return cache_dir() / "vms"
+def vms_dir(cache: Path) -> Path:
+    """Where kept VMs are recorded, inside the build machine's cache (builder.paths)."""
+    return cache / "vms"
 
 
-def state_path(tag: str) -> Path:
-    return vms_dir() / f"{tag}.json"
+def state_path(vms: Path, tag: str) -> Path:
+    return vms / f"{tag}.json"
 
 
 def _keeper_alive(pid: int) -> bool:
@@ -86,9 +87,9 @@ def _keeper_alive(pid: int) -> bool:
     return KEEPER.encode() in cmdline
 
 
-def read_state(tag: str) -> VmState | None:
+def read_state(vms: Path, tag: str) -> VmState | None:
     """The kept VM for ``tag`` if its keeper still runs; a stale file is removed."""
-    path = state_path(tag)
+    path = state_path(vms, tag)
     try:
         data = json.loads(path.read_text())
         state = VmState(**data)
@@ -100,20 +101,20 @@ def read_state(tag: str) -> VmState | None:
     return state
 
 
-def running() -> list[VmState]:
+def running(vms: Path) -> list[VmState]:
     """Every kept VM whose keeper is alive, oldest first."""
-    states = [read_state(p.stem) for p in sorted(vms_dir().glob("*.json"))]
+    states = [read_state(vms, p.stem) for p in sorted(vms.glob("*.json"))]
     return sorted((s for s in states if s is not None), key=lambda s: s.started)
 
 
-def find(tag: str | None) -> VmState:
+def find(vms: Path, tag: str | None) -> VmState:
     """The kept VM for ``tag``, or the only one running when no tag is given."""
     if tag:
-        state = read_state(tag)
+        state = read_state(vms, tag)
         if state is None:
             raise VmError(f"no VM of {tag} is running; start one: `aurora-image vm {tag} --keep`")
         return state
-    states = running()
+    states = running(vms)
     if not states:
         raise VmError("no VM is running; start one with `aurora-image vm --keep`")
     if len(states) > 1:
@@ -123,7 +124,7 @@ def find(tag: str | None) -> VmState:
 
 
 def start(
-    image_dir: Path, labels: list[str], *, note: object = None, wait_ssh: bool = True
+    vms: Path, image_dir: Path, labels: list[str], *, note: object = None, wait_ssh: bool = True
 ) -> VmState:
     """Start a keeper for ``image_dir`` and wait until ssh works in the guest
     (``wait_ssh=False``: only until QEMU runs and its console can be attached).
@@ -131,17 +132,17 @@ def start(
     ``note`` (a builder.progress Step) gets the console's latest line while waiting.
     """
     tag = image_dir.name
-    existing = read_state(tag)
+    existing = read_state(vms, tag)
     if existing is not None:
         raise VmError(
             f"a VM of {tag} is already running (pid {existing.pid}); use `aurora-image ssh {tag}` "
             f"or stop it with `aurora-image vm --stop {tag}`"
         )
-    workdir = vms_dir() / tag
+    workdir = vms / tag
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     mode = [] if wait_ssh else [CONSOLE_FIRST]
-    argv = [sys.executable, "-m", KEEPER, str(state_path(tag)), str(image_dir), *mode, *labels]
+    argv = [sys.executable, "-m", KEEPER, str(state_path(vms, tag)), str(image_dir), *mode, *labels]
     with open(workdir / "keeper.log", "wb") as log:
         proc = subprocess.Popen(
             argv,
@@ -154,7 +155,7 @@ def start(
     deadline = time.monotonic() + BOOT_TIMEOUT
     try:
         while time.monotonic() < deadline:
-            state = _ready_state(tag)
+            state = _ready_state(vms, tag)
             if state is not None:
                 return state
             if proc.poll() is not None:
@@ -169,9 +170,9 @@ def start(
     raise VmError(f"{tag}: no ssh after {BOOT_TIMEOUT:.0f} s; serial log: {workdir / 'serial.log'}")
 
 
-def _ready_state(tag: str) -> VmState | None:
+def _ready_state(vms: Path, tag: str) -> VmState | None:
     try:
-        return VmState(**json.loads(state_path(tag).read_text()))
+        return VmState(**json.loads(state_path(vms, tag).read_text()))
     except (OSError, ValueError, TypeError):
         return None
 
@@ -211,10 +212,10 @@ def _terminate(pid: int, timeout: float = STOP_TIMEOUT) -> bool:
     return False
 
 
-def stop(state: VmState) -> bool:
+def stop(vms: Path, state: VmState) -> bool:
     """Power the VM off; True when the keeper stopped it cleanly."""
     clean = _terminate(state.pid)
-    state_path(state.tag).unlink(missing_ok=True)
+    state_path(vms, state.tag).unlink(missing_ok=True)
     return clean
 
 

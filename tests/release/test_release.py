@@ -17,10 +17,10 @@ first attempt whose rebuild the double fails boots nothing).
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,11 @@ import openstack
 import pytest
 
 from builder.cli.main import main
-from builder.image.build import build, images_dir
+from builder.image.build import build
 from builder.image.inputs import REPO
 from builder.image.store import write_attestation
+from builder.paths import Paths
 from builder.spec.model import load_spec
-from builder.tools import build_cache_dir
 from tests.image_choice import attestation_problem, chosen_image
 from tests.release.conftest import CLOUD, SERVER
 from tests.release.nova import NovaDouble
@@ -76,20 +76,13 @@ def image_a() -> Path:
 @pytest.fixture(scope="module")
 def image_b() -> Path:
     """The broken-dashboard image, built (or reused) in its own store, then attested."""
-    work = build_cache_dir() / "release-test"
+    paths = Paths.from_env()  # this suite's edge: the operator's caches
+    work = paths.build_cache / "release-test"
     work.mkdir(parents=True, exist_ok=True)
     overlay = work / "broken-dashboard.yml"
     overlay.write_text(BROKEN_OVERLAY)
-    saved = os.environ.get("AURORA_IMAGES")
-    os.environ["AURORA_IMAGES"] = str(work / "images")
-    try:
-        built = build(load_spec(overlay), progress=False)
-    finally:
-        if saved is None:
-            os.environ.pop("AURORA_IMAGES")
-        else:
-            os.environ["AURORA_IMAGES"] = saved
-    assert built.path.parent != images_dir()
+    built = build(load_spec(overlay), replace(paths, images=work / "images"), progress=False)
+    assert built.path.parent != paths.images
     now = time.time()
     tests = {"tests/release/test_release.py::stand-in for a passing smoke run": "passed"}
     write_attestation(built.path, passed=True, tests=tests, started=now, finished=now)

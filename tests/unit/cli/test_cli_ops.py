@@ -53,7 +53,8 @@ def test_no_running_vm_is_a_one_line_error(
 def test_stale_state_is_dropped(cache: Path) -> None:
     finished = subprocess.Popen([sys.executable, "-c", "pass"])
     finished.wait()
-    path = vm_session.state_path(TAG)
+    vms = vm_session.vms_dir(cache / "cache")  # where the CLI looks, AURORA_CACHE being that
+    path = vm_session.state_path(vms, TAG)
     path.parent.mkdir(parents=True)
     state = {
         "tag": TAG,
@@ -66,11 +67,11 @@ def test_stale_state_is_dropped(cache: Path) -> None:
         "started": 0.0,
     }
     path.write_text(json.dumps(state))
-    assert vm_session.running() == []
+    assert vm_session.running(vms) == []
     assert not path.exists()
     # A live pid that is not a keeper does not count either (pids are reused).
     path.write_text(json.dumps({**state, "pid": os.getpid()}))
-    assert vm_session.read_state(TAG) is None
+    assert vm_session.read_state(vms, TAG) is None
 
 
 @pytest.mark.skipif(bool(missing_tools()), reason=f"needs {missing_tools()}")

@@ -10,6 +10,7 @@ import yaml
 
 from builder.errors import BuildError
 from builder.image.build import _stage_app
+from builder.paths import Paths
 from builder.spec.model import load_spec
 from tests.paths import REPO_ROOT
 
@@ -31,9 +32,8 @@ def _spec_with_app(tmp_path: Path, app: dict[str, str]) -> Path:
     return path
 
 
-def _origin(tmp_path: Path, monkeypatch) -> Path:
-    """A git repository with one commit of app.py, and a private build cache."""
-    monkeypatch.setenv("AURORA_CACHE", str(tmp_path / "cache"))
+def _origin(tmp_path: Path) -> Path:
+    """A git repository with one commit of app.py (its mirror goes to tmp_path/cache)."""
     origin = tmp_path / "origin"
     origin.mkdir()
     _git("init", "-q", "-b", "main", cwd=origin)
@@ -43,8 +43,8 @@ def _origin(tmp_path: Path, monkeypatch) -> Path:
     return origin
 
 
-def test_git_app_is_checked_out_at_the_pinned_commit(tmp_path: Path, monkeypatch) -> None:
-    origin = _origin(tmp_path, monkeypatch)
+def test_git_app_is_checked_out_at_the_pinned_commit(tmp_path: Path) -> None:
+    origin = _origin(tmp_path)
     pinned = _git("rev-parse", "HEAD", cwd=origin)
     (origin / "app.py").write_text("VERSION = 2\n")
     _git("commit", "-qam", "two", cwd=origin)
@@ -53,19 +53,19 @@ def test_git_app_is_checked_out_at_the_pinned_commit(tmp_path: Path, monkeypatch
     lock = tmp_path / "requirements.txt"
     lock.write_text("# lock\n")
     stage = tmp_path / "stage"
-    _stage_app(load_spec(spec_path), stage, lock)
+    _stage_app(load_spec(spec_path), stage, lock, Paths.under(tmp_path))
     assert (stage / "app" / "app.py").read_text() == "VERSION = 1\n"
     assert not (stage / "app" / ".git").exists()
     assert (stage / "requirements.txt").read_text() == "# lock\n"
 
 
-def test_unknown_commit_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
-    origin = _origin(tmp_path, monkeypatch)
+def test_unknown_commit_is_a_clear_error(tmp_path: Path) -> None:
+    origin = _origin(tmp_path)
     spec_path = _spec_with_app(tmp_path, {"git": f"file://{origin}", "ref": "0" * 40})
     lock = tmp_path / "requirements.txt"
     lock.write_text("")
     with pytest.raises(BuildError, match=r"spec\.yml: dashboard\.app: git checkout of file://"):
-        _stage_app(load_spec(spec_path), tmp_path / "stage", lock)
+        _stage_app(load_spec(spec_path), tmp_path / "stage", lock, Paths.under(tmp_path))
 
 
 def test_git_app_needs_a_ref(tmp_path: Path) -> None:
@@ -93,7 +93,7 @@ def test_local_app_is_staged_without_git_and_dotfiles(tmp_path: Path) -> None:
     spec_path = _spec_with_app(tmp_path, {"path": str(app)})
     lock = tmp_path / "requirements.txt"
     lock.write_text("# lock\n")
-    _stage_app(load_spec(spec_path), tmp_path / "stage", lock)
+    _stage_app(load_spec(spec_path), tmp_path / "stage", lock, Paths.under(tmp_path))
     staged = sorted(
         p.relative_to(tmp_path / "stage" / "app").as_posix()
         for p in (tmp_path / "stage" / "app").rglob("*")
@@ -101,8 +101,8 @@ def test_local_app_is_staged_without_git_and_dotfiles(tmp_path: Path) -> None:
     assert staged == ["app.py", "sub", "sub/job.py"]
 
 
-def test_git_app_drops_committed_dotfiles(tmp_path: Path, monkeypatch) -> None:
-    origin = _origin(tmp_path, monkeypatch)
+def test_git_app_drops_committed_dotfiles(tmp_path: Path) -> None:
+    origin = _origin(tmp_path)
     (origin / ".env").write_text("TOKEN=x\n")
     _git("add", ".env", cwd=origin)
     _git("commit", "-qm", "env", cwd=origin)
@@ -111,7 +111,7 @@ def test_git_app_drops_committed_dotfiles(tmp_path: Path, monkeypatch) -> None:
     )
     lock = tmp_path / "requirements.txt"
     lock.write_text("# lock\n")
-    _stage_app(load_spec(spec_path), tmp_path / "stage", lock)
+    _stage_app(load_spec(spec_path), tmp_path / "stage", lock, Paths.under(tmp_path))
     assert sorted(p.name for p in (tmp_path / "stage" / "app").iterdir()) == ["app.py"]
 
 

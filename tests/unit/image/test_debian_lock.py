@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from builder.image.debian_lock import compare, read_debian_lock, warning, write_debian_lock
+from builder.image.manifest import Manifest
+from builder.image.store import write_manifest
 
 
 def _image(tmp_path: Path, packages: dict[str, str]) -> Path:
     image = tmp_path / "2026.11-abc"
     image.mkdir()
-    manifest = {"tag": image.name, "debian_packages": packages}
-    (image / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(image, Manifest(tag=image.name, debian_packages=packages))
     return image
 
 

@@ -3,15 +3,16 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from builder.cli.main import main
 from builder.image import debian_lock, debstore
+from builder.image.store import read_manifest, write_manifest
 from tests.fake_images import make_image
 
 
@@ -87,9 +88,7 @@ def test_lock_with_digests_pins_files(tmp_path: Path, archives: Path) -> None:
     store = tmp_path / "store"
     kept = debstore.keep(PACKAGES, archives, store)
     image = make_image(tmp_path / "images", "2026.11-aaaa", built_at=1.0, debian=PACKAGES)
-    manifest = json.loads((image / "manifest.json").read_text())
-    manifest["debian_debs"] = kept.digests
-    (image / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(image, replace(read_manifest(image), debian_debs=kept.digests))
     lock = tmp_path / "debian-packages.txt"
     debian_lock.write_debian_lock(image, lock)
     assert debian_lock.read_debian_lock(lock) == PACKAGES
@@ -109,15 +108,15 @@ def test_cli_export_and_verify(
 ) -> None:  # fmt: skip
     monkeypatch.setenv("AURORA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("AURORA_IMAGES", str(tmp_path / "images"))
-    kept = debstore.keep(PACKAGES, archives)
+    root = debstore.store_dir(tmp_path / "cache")  # where the CLI looks, AURORA_CACHE being that
+    kept = debstore.keep(PACKAGES, archives, root)
     image = make_image(tmp_path / "images", "2026.11-aaaa", built_at=1.0, debian=PACKAGES)
-    manifest = json.loads((image / "manifest.json").read_text())
-    (image / "manifest.json").write_text(json.dumps(manifest | {"debian_debs": kept.digests}))
+    write_manifest(image, replace(read_manifest(image), debian_debs=kept.digests))
     assert main(["debstore", "verify", "2026.11-aaaa"]) == 0
     tar = tmp_path / "out.tar"
     assert main(["debstore", "export", "2026.11-aaaa", "--to", str(tar), "--json"]) == 0
     assert '"debs": 3' in capsys.readouterr().out
-    debstore.blob(kept.digests["libfoo"]).unlink()
+    debstore.blob(kept.digests["libfoo"], root).unlink()
     assert main(["debstore", "verify", "2026.11-aaaa"]) == 1
     assert "libfoo" in capsys.readouterr().err
     assert main(["debstore", "import", str(tar)]) == 0

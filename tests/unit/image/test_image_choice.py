@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from builder.errors import UnknownTag
-from builder.image.build import newest_image
 from builder.image.inputs import REPO
-from builder.image.store import write_attestation
+from builder.image.store import newest_image, write_attestation
 from tests.fake_images import make_image
 from tests.image_choice import IMAGE_ENV, SINCE_ENV, attestation_problem, chosen_image
 
@@ -33,7 +32,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for tag, age in ((BUILT, 600), (NEWER, 0)):
         path = make_image(root, tag, built_at=now - age)
         os.utime(path / "manifest.json", (now - age, now - age))
-    assert newest_image() == root / NEWER  # the trap: "the newest" is the untested one
+    assert newest_image(root) == root / NEWER  # the trap: "the newest" is the untested one
     return root
 
 

@@ -70,7 +70,7 @@ def test_list_is_newest_first_and_ignores_dot_dirs(store: Path) -> None:
     make_image(store, "2026.11-ccc", built_at=NOW - 200)
     make_image(store, ".2026.11-ddd.partial", built_at=NOW)
     (store / "not-an-image").mkdir()
-    records = list_images()
+    records = list_images(store)
     assert [r.tag for r in records] == ["2026.11-bbb", "2026.11-ccc", "2026.11-aaa"]
     assert records[0].path == store / "2026.11-bbb"
     assert records[0].built_at == pytest.approx(NOW - 100)
@@ -86,7 +86,7 @@ def test_size_is_allocated_space_not_apparent_size(store: Path) -> None:
     path = make_image(store, "2026.11-sparse", built_at=NOW)
     with (path / "aurora.raw").open("r+b") as disk:
         disk.truncate(256 << 20)  # a sparse 256 MiB disk, like mkosi's
-    (record,) = list_images()
+    (record,) = list_images(store)
     assert record.size_bytes < 1 << 20
     blocks = sum(os.lstat(p).st_blocks * 512 for p in [path, *path.rglob("*")])
     assert record.size_bytes == blocks
@@ -97,12 +97,12 @@ def test_size_is_allocated_space_not_apparent_size(store: Path) -> None:
 
 def test_resolve_finds_tags_and_directories(store: Path, tmp_path: Path) -> None:
     (tag,) = images(store, 1)
-    assert resolve_image(tag) == store / tag
-    assert resolve_image(str(store / tag)) == store / tag
+    assert resolve_image(tag, store) == store / tag
+    assert resolve_image(str(store / tag), store) == store / tag
     with pytest.raises(UnknownTag, match=f"unknown image 'nope'.*it holds {re.escape(tag)}"):
-        resolve_image("nope")
+        resolve_image("nope", store)
     with pytest.raises(UnknownTag, match=r"holds no manifest\.json"):
-        resolve_image(str(tmp_path))
+        resolve_image(str(tmp_path), store)
 
 
 # -- attestation ---------------------------------------------------------------
@@ -125,7 +125,7 @@ def test_attestation_records_the_verified_disk_digest(store: Path) -> None:
     assert record.started.endswith("+00:00") and record.seconds == 90.0
     assert record.accel == "tcg"
     assert is_attested(path) and is_attested(path, verify=True)
-    assert list_images()[0].attested
+    assert list_images(store)[0].attested
     assert not list(path.glob(f".{ATTESTATION}.*")), "no temp file left behind"
 
 
@@ -136,7 +136,7 @@ def test_tampered_disk_is_not_attested(store: Path) -> None:
     with (path / "aurora.raw").open("ab") as disk:
         disk.write(b"rootkit")
     assert not is_attested(path)
-    assert not list_images()[0].attested
+    assert not list_images(store)[0].attested
 
 
 def test_same_size_tamper_with_restored_mtime_needs_verify(store: Path) -> None:
@@ -197,16 +197,16 @@ def remaining(store: Path) -> list[str]:
 
 def test_prune_keeps_the_newest(store: Path) -> None:
     tags = images(store, 5)
-    removed = prune(2)
+    removed = prune(2, store=store)
     assert sorted(removed) == tags[:3]
     assert remaining(store) == tags[3:]
-    assert prune(2) == []
+    assert prune(2, store=store) == []
 
 
 def test_prune_never_removes_live_or_its_rollback_target(store: Path) -> None:
     i1, i2, i3, i4, i5, i6 = images(store, 6)
     attest(store / i1)  # i2 is untested, so i1 is where a rollback from i3 goes
-    removed = prune(1, {i3})
+    removed = prune(1, {i3}, store=store)
     assert sorted(removed) == [i2, i4, i5]
     assert remaining(store) == [i1, i3, i6]
 
@@ -215,7 +215,7 @@ def test_prune_protects_only_the_nearest_attested_predecessor(store: Path) -> No
     i1, i2, i3, i4 = images(store, 4)
     attest(store / i1)
     attest(store / i2)
-    assert sorted(prune(0, {i3})) == [i1, i4]
+    assert sorted(prune(0, {i3}, store=store)) == [i1, i4]
     assert remaining(store) == [i2, i3]
 
 
@@ -223,17 +223,17 @@ def test_prune_ignores_a_failed_or_tampered_predecessor(store: Path) -> None:
     i1, i2, i3 = images(store, 3)
     attest(store / i1)
     attest(store / i2, passed=False)
-    assert sorted(prune(0, {i3})) == [i2]
+    assert sorted(prune(0, {i3}, store=store)) == [i2]
     with (store / i1 / "aurora.raw").open("ab") as disk:
         disk.write(b"x")
-    assert prune(0, {i3}) == [i1]
+    assert prune(0, {i3}, store=store) == [i1]
     assert remaining(store) == [i3]
 
 
 def test_prune_with_an_unknown_live_tag_removes_nothing(store: Path) -> None:
     tags = images(store, 3)
     with pytest.raises(UnknownTag, match=r"live image 2026\.11-typo is not in"):
-        prune(0, {"2026.11-typo"})
+        prune(0, {"2026.11-typo"}, store=store)
     assert remaining(store) == tags
 
 
@@ -248,13 +248,13 @@ def test_prune_removes_stale_partials_only(store: Path) -> None:
     (fresh / "build.log").write_text("mkosi running\n")
     leftover = store / ".2026.11-gone.removing"
     leftover.mkdir()
-    assert prune(5) == [".2026.11-old.partial"]
+    assert prune(5, store=store) == [".2026.11-old.partial"]
     assert remaining(store) == [".2026.11-new.partial", tag]
 
 
 def test_prune_rejects_a_negative_keep(store: Path) -> None:
     with pytest.raises(StoreError, match="keep must be 0 or more"):
-        prune(-1)
+        prune(-1, store=store)
 
 
 # -- CLI -----------------------------------------------------------------------

@@ -124,15 +124,16 @@ def test_credential_store_is_on_the_data_volume() -> None:
     assert "ImportCredential=ssh.authorized_keys.root" in unit
 
 
-def test_missing_apt_key_is_a_clear_spec_error_before_a_build() -> None:
+def test_missing_apt_key_is_a_clear_spec_error_before_a_build(tmp_path: Path) -> None:
     import pytest
 
     from builder.errors import SpecError
     from builder.image.build import build
+    from builder.paths import Paths
 
     spec = load_spec(REPO / "hosts" / "aurora-jasmin.yml")  # keys/ is not in the repository
     with pytest.raises(SpecError, match=r"apt_repositories\[0\]\.key: .* does not exist"):
-        build(spec)
+        build(spec, Paths.under(tmp_path))
 
 
 def test_switched_off_parts_ship_their_units_but_not_enabled(tmp_path: Path) -> None:
