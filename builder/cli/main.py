@@ -179,7 +179,8 @@ def _verdict(image: ImageRecord) -> str:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from builder.image.store import execute_prune, list_images, plan_prune
+    from builder.image.prune import execute_prune, plan_prune
+    from builder.image.store import list_images
 
     store = args.paths.images
     plan = plan_prune(args.keep, set(args.live), store=store)

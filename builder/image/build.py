@@ -39,7 +39,6 @@ from builder.image.store import (
     sha256_file,
     write_manifest,
 )
-from builder.image.store import file_digest as file_digest  # re-export, see the board
 from builder.paths import Paths
 from builder.render.engine import File, Tree, render
 from builder.render.tree import atomic_write, carried_manifest, write_tree

@@ -8,8 +8,7 @@ test's outcome. An image counts as attested only while that digest is still
 the manifest's, so a rebuilt or edited disk never inherits an old verdict.
 Listing, "newest", resolving a tag and reading/writing the two records happen
 here only; a dot-directory (`.<tag>.partial`, `.<tag>.removing`) is never an
-image. Pruning keeps the newest images, every live image and the attested
-image before each live one, which is where a rollback would go.
+image. What may go is builder.image.prune's.
 """
 
 from __future__ import annotations
@@ -17,19 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import time
 from collections import Counter
-from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from builder.errors import BuildError, StoreError, UnknownTag
 from builder.image.manifest import Attestation, DiskFingerprint, Manifest
 from builder.paths import Paths
-from builder.plan import Plan, Step
 from builder.render.tree import atomic_write
 
 # What an image directory holds (builder.image.logs names the logs beside them).
@@ -40,9 +34,6 @@ ARTIFACTS = (DISK, "aurora.vmlinuz", "aurora.initrd")
 CMDLINE = "cmdline"
 RENDERED_TAR = "rendered.tar"
 BUILD_LOG = "build.log"
-# A build streams mkosi's output into its partial dir's build.log, so a
-# partial untouched for this long has no build behind it any more.
-STALE_PARTIAL_SECONDS = 3600.0
 FAILING = frozenset({"failed", "error"})
 
 
@@ -55,6 +46,22 @@ def _root(store: Path | None) -> Path:
 def partial_dir(store: Path, tag: str) -> Path:
     """Where a build of `tag` assembles its files before the rename that stores it."""
     return store / f".{tag}.partial"
+
+
+def removing_dir(image_dir: Path) -> Path:
+    """Where an image goes out of sight while it is removed (see builder.image.prune)."""
+    return image_dir.with_name(f".{image_dir.name}.removing")
+
+
+def partial_dirs(store: Path) -> list[Path]:
+    """Partial builds in the store (live or abandoned), by name."""
+    found = store.glob(partial_dir(store, "*").name) if store.is_dir() else []
+    return sorted(p for p in found if p.is_dir())
+
+
+def removing_dirs(store: Path) -> list[Path]:
+    """Images an interrupted removal left half-removed, by name."""
+    return sorted(store.glob(removing_dir(store / "*").name)) if store.is_dir() else []
 
 
 def file_digest(path: Path, algorithm: str = "sha256") -> str:
@@ -158,7 +165,7 @@ def is_image(path: Path) -> bool:
     return (path / MANIFEST).is_file()
 
 
-def _image_dirs(store: Path) -> list[Path]:
+def image_dirs(store: Path) -> list[Path]:
     """Stored images, newest first; dot-dirs are partial or half-removed builds."""
     if not store.is_dir():
         return []
@@ -169,7 +176,7 @@ def _image_dirs(store: Path) -> list[Path]:
 def newest_image(store: Path | None = None) -> Path:
     """The most recently stored image directory (what `make smoke` tests), never a partial."""
     root = _root(store)
-    dirs = _image_dirs(root)
+    dirs = image_dirs(root)
     if not dirs:
         raise BuildError(f"no image in {root}; run `make image` first")
     return dirs[0]
@@ -178,7 +185,7 @@ def newest_image(store: Path | None = None) -> Path:
 def list_images(store: Path | None = None) -> list[ImageRecord]:
     """Every stored image, newest build first."""
     records = []
-    for path in _image_dirs(_root(store)):
+    for path in image_dirs(_root(store)):
         attestation = read_attestation(path)
         records.append(
             ImageRecord(
@@ -203,7 +210,7 @@ def resolve_image(ref: str, store: Path | None = None) -> Path:
         return path
     if path.is_dir():
         raise UnknownTag(f"{ref}: the directory holds no {MANIFEST}, so it is not a built image")
-    tags = [d.name for d in _image_dirs(root)]
+    tags = [d.name for d in image_dirs(root)]
     held = f"it holds {', '.join(tags)}" if tags else "it holds no images"
     raise UnknownTag(f"unknown image {ref!r}: no such tag or directory in {root} ({held})")
 
@@ -282,145 +289,3 @@ def _attested(image_dir: Path, attestation: Attestation | None, *, verify: bool)
         return sha256_file(disk) == expected
     except OSError:
         return False
-
-
-def _newest_mtime(path: Path) -> float:
-    newest = path.stat().st_mtime
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
-            except FileNotFoundError:
-                continue
-    return newest
-
-
-def _remove(path: Path) -> None:
-    """Rename out of sight first, so an interrupted removal never looks like an image."""
-    doomed = path.with_name(f".{path.name}.removing")
-    shutil.rmtree(doomed, ignore_errors=True)
-    path.rename(doomed)
-    shutil.rmtree(doomed)
-
-
-@dataclass(frozen=True)
-class PrunePlan:
-    """What `prune` removes and why, and what it keeps because it must."""
-
-    store: Path
-    images: tuple[Path, ...]  # older than the newest `keep`, not protected
-    partials: tuple[Path, ...]  # partial builds no build has touched for a while
-    leftovers: tuple[Path, ...]  # half-removed images of an interrupted prune
-    protected: dict[str, str]  # tag -> why it stays although older than `keep`
-    kept: tuple[str, ...]
-
-    def to_json(self, keep: int) -> dict[str, Any]:
-        """The plan for --dry-run --json, with the same keys a real prune reports."""
-        removed = [p.name for p in (*self.images, *self.partials)]
-        return {
-            **self.to_plan(keep).to_json(),
-            "store": str(self.store),
-            "removed": removed,
-            "kept": list(self.kept),
-        }
-
-    def to_plan(self, keep: int) -> Plan:
-        steps = [
-            Step(
-                "remove",
-                path.name,
-                f"not among the {keep} newest; {human_size(allocated_bytes(path))}",
-                {"path": str(path), "bytes": allocated_bytes(path)},
-            )
-            for path in self.images
-        ]
-        steps += [
-            Step("remove", p.name, "partial build untouched for an hour", {"path": str(p)})
-            for p in self.partials
-        ]
-        steps += [
-            Step("remove", p.name, "left by an interrupted removal", {"path": str(p)})
-            for p in self.leftovers
-        ]
-        steps += [Step("keep", tag, why) for tag, why in self.protected.items()]
-        n = len(self.kept)
-        return Plan(
-            command=f"prune --keep {keep}",
-            target=f"the image store {self.store}",
-            steps=tuple(steps),
-            summary=f"then {n} image{' is' if n == 1 else 's are'} left",
-        )
-
-
-def plan_prune(
-    keep: int,
-    live: Collection[str] = frozenset(),
-    *,
-    store: Path | None = None,
-    stale_after: float = STALE_PARTIAL_SECONDS,
-) -> PrunePlan:
-    """Which images go: those older than the `keep` newest. Reads only.
-
-    Never removed: a live image, and the newest attested image older than
-    each live one (its rollback target). Partial builds untouched for
-    `stale_after` seconds and leftovers of interrupted removals go too.
-    """
-    if keep < 0:
-        raise StoreError(f"--keep {keep}: keep must be 0 or more")
-    root = _root(store)
-    dirs = _image_dirs(root)
-    tags = [d.name for d in dirs]
-    unknown = sorted(set(live) - set(tags))
-    if unknown:
-        held = ", ".join(tags) or "no images"
-        raise UnknownTag(
-            f"live image {', '.join(unknown)} is not in {root} (it holds {held}); "
-            "refusing to prune without knowing what is live"
-        )
-    protected = {tag: "live (--live)" for tag in live}
-    for index, path in enumerate(dirs):
-        if path.name in live:
-            target = next((d for d in dirs[index + 1 :] if is_attested(d)), None)
-            if target is not None:
-                protected.setdefault(target.name, f"rollback target of live {path.name}")
-    doomed = tuple(p for p in dirs[keep:] if p.name not in protected)
-    now = time.time()
-    exists = root.is_dir()
-    partials = tuple(
-        p
-        for p in (sorted(root.glob(partial_dir(root, "*").name)) if exists else [])
-        if p.is_dir() and now - _newest_mtime(p) > stale_after
-    )
-    return PrunePlan(
-        store=root,
-        images=doomed,
-        partials=partials,
-        leftovers=tuple(sorted(root.glob(".*.removing")) if exists else []),
-        protected={t: w for t, w in protected.items() if t in {d.name for d in dirs[keep:]}},
-        kept=tuple(d.name for d in dirs if d not in doomed),
-    )
-
-
-def prune(
-    keep: int,
-    live: Collection[str] = frozenset(),
-    *,
-    store: Path | None = None,
-    stale_after: float = STALE_PARTIAL_SECONDS,
-) -> list[str]:
-    """Remove what `plan_prune` picks; return the names removed."""
-    plan = plan_prune(keep, live, store=store, stale_after=stale_after)
-    return execute_prune(plan)
-
-
-def execute_prune(plan: PrunePlan) -> list[str]:
-    removed = []
-    for path in plan.images:
-        _remove(path)
-        removed.append(path.name)
-    for path in plan.partials:
-        shutil.rmtree(path)
-        removed.append(path.name)
-    for path in plan.leftovers:
-        shutil.rmtree(path, ignore_errors=True)
-    return removed

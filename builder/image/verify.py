@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import AuroraError
-from builder.image.build import build, sha256_file
+from builder.image.build import build
 from builder.image.gpt import Partition, copy_partition, filesystem, partition_digest, partitions
 from builder.image.inputs import collect
-from builder.image.store import DISK, read_manifest, resolve_image
+from builder.image.store import DISK, read_manifest, resolve_image, sha256_file
 from builder.paths import Paths
 from builder.spec.model import load_spec
 

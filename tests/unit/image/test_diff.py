@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.image.build import RENDERED_TAR, rendered_tar
+from builder.image.build import rendered_tar
 from builder.image.diff import diff_images, format_text, to_json
+from builder.image.store import RENDERED_TAR
 from builder.render.engine import File
 from tests.fake_images import BASE_DEBIAN, BASE_PYTHON, BASE_TREE, UNIT, make_image
 

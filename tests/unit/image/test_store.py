@@ -18,11 +18,11 @@ import pytest
 from builder.cli.main import main
 from builder.errors import StoreError, UnknownTag
 from builder.image.manifest import Attestation
+from builder.image.prune import prune
 from builder.image.store import (
     ATTESTATION,
     is_attested,
     list_images,
-    prune,
     read_attestation,
     read_manifest,
     resolve_image,
