@@ -108,8 +108,9 @@ class Manifest:
     # The package set against locks/debian-packages.txt (builder.image.debian_lock.compare).
     debian_lock: dict[str, Any] | None = None
 
-    def disk_sha256(self, disk: str = "aurora.raw") -> str | None:
-        """The disk's digest recorded at build time (None: no such artifact)."""
+    def disk_sha256(self, disk: str) -> str | None:
+        """The digest of artifact `disk` (builder.image.store.DISK) recorded at build
+        time (None: no such artifact)."""
         artifact = self.artifacts.get(disk)
         return artifact.sha256 if artifact else None
 

@@ -6,15 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.image.store import ARTIFACTS, CMDLINE
+
 DEFAULT_CMDLINE = (
     "root=PARTLABEL=root-x86-64 ro console=ttyS0 systemd.firstboot=off systemd.machine_id=firmware"
 )
-DISK_NAME, KERNEL_NAME, INITRD_NAME, CMDLINE_NAME = (
-    "aurora.raw",
-    "aurora.vmlinuz",
-    "aurora.initrd",
-    "cmdline",
-)
+# An image directory's names are builder.image.store's.
+(DISK_NAME, KERNEL_NAME, INITRD_NAME), CMDLINE_NAME = ARTIFACTS, CMDLINE
 # UEFI firmware (Debian's ``ovmf``): the 4M pair, code read-only and shared, vars
 # copied per machine because the firmware writes its boot entries there. Not the
 # secure-boot build: the image's UKI is not signed with Microsoft's keys.

@@ -15,6 +15,7 @@ import pytest
 from builder.errors import StoreError
 from builder.image.manifest import Attestation, Manifest
 from builder.image.store import (
+    DISK,
     MANIFEST,
     manifest_bytes,
     newest_image,
@@ -50,7 +51,7 @@ def test_an_older_manifest_keeps_its_shape() -> None:
     old = {"tag": "2025.01-aaaa", "release": "2025.01", "artifacts": {}}
     manifest = Manifest.from_json(old)
     assert manifest.sizes is None and manifest.root_hash is None and manifest.rendered == {}
-    assert manifest.disk_sha256() is None
+    assert manifest.disk_sha256(DISK) is None
     empty = {"rendered": {}, "debian_packages": {}, "python_packages": {}}
     assert manifest.to_json() == {"tag": old["tag"], "release": old["release"], **empty}
 
