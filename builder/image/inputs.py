@@ -37,6 +37,10 @@ REPO_INPUTS = (
 # and the release tooling do not, so changing them does not force a rebuild).
 BUILDER_INPUTS = (
     "spec/model.py",
+    "spec/validators.py",
+    "spec/host.py",
+    "spec/flows.py",
+    "spec/deploy.py",
     "spec/yaml_lines.py",
     "spec/systemd_values.py",
     "render/carried.py",
