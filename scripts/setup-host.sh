@@ -19,6 +19,8 @@ programs='
 python3                              python3-minimal         mkosi, the uv bootstrap below
 -                                    python3-venv            the uv bootstrap below (python3 -m venv)
 apt-get                              apt                     mkosi (tools tree, packages)
+apt-cache                            apt                     tests/unit/image/test_debrepo.py (the locked repository, read by apt)
+dpkg-deb                             dpkg                    builder/image/debstore.py, builder/image/debrepo.py, tests
 /usr/share/keyrings/debian-archive-keyring.gpg debian-archive-keyring mkosi, the trixie apt list below
 zstd                                 zstd                    mkosi
 cpio                                 cpio                    mkosi (initrd)
