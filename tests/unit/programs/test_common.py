@@ -89,7 +89,8 @@ def test_programs_run_from_a_copy_of_the_tree_write_no_bytecode(tmp_path: Path) 
     developer's run would be carried into the next image."""
     copy = tmp_path / "aurora"
     shutil.copytree(PROGRAMS, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    unset = ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     for name in ("aurora-source-sync", "aurora-gws-push", "aurora-mirror-verify"):
         result = subprocess.run(
             ["/usr/bin/python3", str(copy / name), "--help"],
