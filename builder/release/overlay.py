@@ -42,8 +42,8 @@ def overlay_keys(path: Path) -> tuple[Path, list[str]]:
     data, _ = load_yaml_with_lines(path)
     if not isinstance(data, dict) or "base" not in data:
         raise OverlayError(f"{path}: not an overlay (no `base:` naming the spec it changes)")
-    base = (path.parent / str(data.pop("base"))).resolve()
-    return base, sorted(_flatten(data))
+    del data["base"]
+    return load_spec(path).source.bases[0], sorted(_flatten(data))
 
 
 def _covered(path: str, keys: list[str]) -> bool:

@@ -25,7 +25,7 @@ from typing import Any
 from builder.errors import AuroraError
 from builder.render.tree import Provenance, Tree
 from builder.render.unitfile import UNIT_SUFFIXES
-from builder.spec.model import HostSpec
+from builder.spec.model import HostSpec, SpecSource
 from builder.spec.yaml_lines import KeyPath, SpecSyntaxError, load_yaml_with_lines
 
 
@@ -99,24 +99,23 @@ def _get(data: Any, key: KeyPath) -> Any:
     return data
 
 
-def key_origins(spec_path: Path, display: Path | None = None) -> dict[KeyPath, tuple[str, int]]:
+def key_origins(source: SpecSource, display: Path | None = None) -> dict[KeyPath, tuple[str, int]]:
     """Key path -> (file, line) of the file that set it last, as spec loading merges
-    (mappings merge key by key; a list or scalar in an overlay replaces the base's)."""
-    try:
-        data, lines = load_yaml_with_lines(spec_path)
-    except (OSError, SpecSyntaxError) as exc:
-        raise ExplainError(f"{spec_path}: cannot read the spec ({exc})") from None
-    name = _display(spec_path, display)
+    (mappings merge key by key; a list or scalar in an overlay replaces the base's).
+    The files are the ones the spec was loaded from: its `base:` chain, then itself."""
     origins: dict[KeyPath, tuple[str, int]] = {}
-    base = data.get("base") if isinstance(data, dict) else None
-    if base is not None:
-        origins = key_origins((spec_path.parent / str(base)).resolve(), display)
-    for key, line in sorted(lines.items(), key=lambda item: len(item[0])):
-        if not key or key[0] == "base":
-            continue
-        if not isinstance(_get(data, key), dict):
-            origins = {k: v for k, v in origins.items() if k[: len(key)] != key or k == key}
-        origins[key] = (name, line)
+    for path in reversed((source.path, *source.bases)):
+        try:
+            data, lines = load_yaml_with_lines(path)
+        except (OSError, SpecSyntaxError) as exc:
+            raise ExplainError(f"{path}: cannot read the spec ({exc})") from None
+        name = _display(path, display)
+        for key, line in sorted(lines.items(), key=lambda item: len(item[0])):
+            if not key or key[0] == "base":
+                continue
+            if not isinstance(_get(data, key), dict):
+                origins = {k: v for k, v in origins.items() if k[: len(key)] != key or k == key}
+            origins[key] = (name, line)
     return origins
 
 
@@ -272,7 +271,7 @@ def explain(spec: HostSpec, tree: Tree, name: str, *, root: Path | None = None) 
         text = tree[path].content.decode()
     except UnicodeDecodeError:
         raise ExplainError(f"{path} is not a text file; nothing to explain") from None
-    sources = declared(spec_sources(spec, key_origins(spec_path, root)), record.keys)
+    sources = declared(spec_sources(spec, key_origins(spec.source, root)), record.keys)
     confirmer = Confirmer(spec, record)
     shaped = [(s, confirmer.changed_lines(s.key)) for s in sources]
     lines = tuple(

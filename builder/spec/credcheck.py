@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 # --------------------------------------------------------------------------- values
 # The spec holds names of secrets, never values. These checks run on every string
-# of the spec (builder.spec.model.Model), so a value pasted in by mistake is refused at
+# of the spec (builder.spec.validators.Model), so a value pasted in by mistake is refused at
 # validation, before it can reach an image, a manifest or a log.
 
 SECRET_FIX = (
