@@ -186,7 +186,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
     from builder.release import signing
     from builder.release.convert import check_attested
 
-    image_dir = check_attested(args.tag)
+    image_dir = check_attested(args.tag, args.paths.images)
     statement = signing.sign(image_dir, signing.signing_key(args.key))
     if args.json:
         print(json.dumps({"tag": image_dir.name, "statement": statement,

@@ -34,6 +34,7 @@ def image_finder(args: argparse.Namespace, scratch: Path) -> ImageFinder:
 
     return ImageFinder(
         scratch,
+        args.paths.images,
         connect=lambda: _cloud(args, _spec(args)),
         server=lambda: args.server or _spec(args).deploy.server,
     )
@@ -79,6 +80,7 @@ def _target(args: argparse.Namespace) -> Target:
         cloud=_cloud(args, spec),
         server=args.server or deploy.server,
         hostname=spec.hostname,
+        store=args.paths.images,
         address=args.address or deploy.address,
         ssh_user=deploy.ssh_user,
         ssh_port=args.ssh_port or deploy.ssh_port,
@@ -154,7 +156,7 @@ def cmd_releases(args: argparse.Namespace) -> int:
 
     spec = _spec(args)
     cli_gates.apply_target(args, spec)
-    result = releases(_cloud(args, spec), args.server or spec.deploy.server)
+    result = releases(_cloud(args, spec), args.server or spec.deploy.server, args.paths.images)
     if args.json:
         print(json.dumps(result.to_json()))
     else:

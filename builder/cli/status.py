@@ -29,7 +29,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not args.local:
         spec = load_spec(args.spec)
         for target, name, cloud in _servers(args, spec):
-            servers.append(status.server_status(_connect(args, spec, cloud), name, target))
+            servers.append(
+                status.server_status(
+                    _connect(args, spec, cloud), name, target, store=args.paths.images
+                )
+            )
     store = args.paths.images
     kept = vm_session.running(vm_session.vms_dir(args.paths.cache))
     newest, vms = status.local_status(list_images(store), kept, servers)

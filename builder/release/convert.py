@@ -53,7 +53,7 @@ def builder_version() -> str:
         return "unknown"
 
 
-def check_attested(ref: str, store: Path | None = None) -> Path:
+def check_attested(ref: str, store: Path) -> Path:
     """The image directory for `ref`, if the smoke suite passed on exactly its disk."""
     path = resolve_image(ref, store)
     record = read_attestation(path)

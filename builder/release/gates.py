@@ -178,7 +178,7 @@ def _image_for(cloud: Cloud, tag: str) -> GlanceImage | None:
 def guarded_promote(target: Target, ref: str, gates: Gates, run: Callable[[], Outcome]) -> Outcome:
     """Signature, policy, approvals, lease; then `run` (builder.release.promote's plan and execute,
     planned under the lease so the plan is not stale); then the records."""
-    image_dir = check_attested(ref)
+    image_dir = check_attested(ref, target.store)
     tag = image_dir.name
     verified = _verify_local(gates, image_dir)
     records = _policy(gates, tag)

@@ -139,7 +139,7 @@ class Releases:
         }
 
 
-def releases(cloud: Cloud, server_name: str, *, store: Path | None = None) -> Releases:
+def releases(cloud: Cloud, server_name: str, store: Path) -> Releases:
     """Local and Glance tags, what is live (Nova), who promoted what when."""
     server = cloud.server(server_name)
     images = ours(glance_images(cloud))

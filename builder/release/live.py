@@ -43,9 +43,9 @@ class ImageFinder:
     """Resolves image references; connects to the cloud only when a reference needs it."""
 
     scratch: Path
+    store: Path  # the local image store, asked first
     connect: Callable[[], Cloud] | None = None  # None: the local store only
     server: Callable[[], str] | None = None  # the deploy server's name, asked for `live`
-    store: Path | None = None
     _cloud: Cloud | None = field(default=None, repr=False)
 
     def cloud(self) -> Cloud:

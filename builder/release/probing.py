@@ -33,14 +33,14 @@ from builder.release.errors import ReleaseError
 from builder.release.target import Target
 
 
-def release_manifest(cloud: Cloud, image: GlanceImage) -> Manifest | None:
-    """The image's manifest for the probe's audit: the local store's, else the one
+def release_manifest(cloud: Cloud, image: GlanceImage, store: Path) -> Manifest | None:
+    """The image's manifest for the probe's audit: the local `store`'s, else the one
     that travelled with the release in Glance (a rollback from any clone)."""
     tag = image.prop("aurora_tag")
     if not tag:
         return None
     try:
-        return read_manifest(resolve_image(tag))
+        return read_manifest(resolve_image(tag, store))
     except (AuroraError, OSError, ValueError):
         pass
     with tempfile.TemporaryDirectory(prefix="aurora-meta-") as scratch:
@@ -87,7 +87,7 @@ def run_probe(target: Target, server: Server, image: GlanceImage) -> ProbeReport
         _pin_from_console(target, server, remote, known_hosts)
     except HostKeyError as exc:
         return ProbeReport(remote.name, (Check("host key", False, str(exc)),))
-    manifest = release_manifest(target.cloud, image)
+    manifest = release_manifest(target.cloud, image, target.store)
     with progress.step(f"probe {server.name} on {image.name}") as step:
         step.note(f"ssh {remote.name}, http {endpoint.address}:{endpoint.http_port}")
         return probe(

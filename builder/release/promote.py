@@ -11,7 +11,6 @@ anything changes, so an unreachable service leaves the server untouched.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from builder.release.cloud import Cloud, GlanceImage, ImageNotFound, Server
 from builder.release.convert import check_attested
@@ -66,9 +65,9 @@ def _running(images: list[GlanceImage], server: Server) -> str:
     return names.get(server.image_id or "", server.image_id or "no image")
 
 
-def plan_promote(target: Target, ref: str, *, store: Path | None = None) -> ReleasePlan:
+def plan_promote(target: Target, ref: str) -> ReleasePlan:
     """Read-only: refuse what promote would refuse, decide what it would do."""
-    image_dir = check_attested(ref, store)
+    image_dir = check_attested(ref, target.store)
     cloud = target.cloud
     server = cloud.server(target.server)
     images = glance_images(cloud)  # Glance answers before anything is converted or changed
@@ -174,9 +173,9 @@ def _probe_only(target: Target, server: Server, image: GlanceImage, outcome: Out
     return outcome
 
 
-def promote(target: Target, ref: str, *, store: Path | None = None) -> Outcome:
+def promote(target: Target, ref: str) -> Outcome:
     """Attested image -> Glance -> rebuild -> probe (-> automatic rollback)."""
-    return execute(target, plan_promote(target, ref, store=store))
+    return execute(target, plan_promote(target, ref))
 
 
 def rollback(target: Target, tag: str | None = None) -> Outcome:

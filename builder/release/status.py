@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from builder.errors import AuroraError
@@ -80,14 +81,15 @@ class Status:
 
 
 def server_status(
-    connect: Callable[[], Cloud], name: str, target: str | None = None
+    connect: Callable[[], Cloud], name: str, target: str | None = None, *, store: Path
 ) -> ServerStatus:
-    """Ask Nova and Glance about ``name``; a failure becomes the entry's error."""
+    """Ask Nova and Glance about ``name`` (and `store` whether its images are attested
+    here); a failure becomes the entry's error."""
     from builder.release.history import releases
 
     try:
         cloud = connect()
-        result = releases(cloud, name)
+        result = releases(cloud, name, store)
     except AuroraError as exc:
         return ServerStatus(server=name, target=target, error=str(exc))
     server = result.server

@@ -23,11 +23,13 @@ def silent(text: str) -> None:
 
 @dataclass(frozen=True)
 class Target:
-    """The server a release goes to, and how the probe reaches it."""
+    """The server a release goes to, how the probe reaches it, and the local image store."""
 
     cloud: Cloud
     server: str
     hostname: str
+    # images/<tag>/ as the CLI resolved it (Paths.images): promote's image, the probe's manifest.
+    store: Path
     address: str | None = None
     ssh_user: str = "root"
     ssh_port: int = 22

@@ -121,7 +121,8 @@ def test_promote_dry_run_of_an_uploaded_image_says_reuse(
     path = attested(store, "2026.11-aaaa")
     image = ensure_upload(cloud, path).image
     (path / QCOW).unlink()
-    shown = preview(target(cloud, nova), plan_promote(target(cloud, nova), "2026.11-aaaa"))
+    aimed = target(cloud, nova, store)
+    shown = preview(aimed, plan_promote(aimed, "2026.11-aaaa"))
     kinds = [s.kind for s in shown.steps]
     assert kinds[0] == "reuse" and "upload" not in kinds and "convert" not in kinds
     assert image.id in shown.steps[0].what
@@ -133,7 +134,8 @@ def test_promote_dry_run_of_the_running_image_probes_only(
 ) -> None:
     image = ensure_upload(cloud, attested(store, "2026.11-aaaa")).image
     nova.server.image_id = image.id
-    shown = preview(target(cloud, nova), plan_promote(target(cloud, nova), "2026.11-aaaa"))
+    aimed = target(cloud, nova, store)
+    shown = preview(aimed, plan_promote(aimed, "2026.11-aaaa"))
     assert "rebuild" not in [s.kind for s in shown.steps]
     assert "already runs it: not rebuilt" in shown.format_text()
 
@@ -243,8 +245,8 @@ def test_prune_dry_run_removes_nothing_and_lists_what_would_go(
 def test_a_plan_executed_does_what_it_showed(store: Path, cloud: Cloud, nova: NovaDouble) -> None:
     """The upload the preview describes is the upload execute makes (name, size, props)."""
     path = attested(store, "2026.11-aaaa")
-    plan = plan_promote(target(cloud, nova), "2026.11-aaaa")
-    [shown] = [s for s in preview(target(cloud, nova), plan).steps
+    plan = plan_promote(target(cloud, nova, store), "2026.11-aaaa")
+    [shown] = [s for s in preview(target(cloud, nova, store), plan).steps
                if s.kind == "upload" and s.what == "aurora-2026.11-aaaa"]  # fmt: skip
     assert plan.upload is not None
     done = execute_upload(cloud, plan.upload, note=lambda _t: None)

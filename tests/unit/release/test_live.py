@@ -256,4 +256,4 @@ def test_a_rollback_from_another_clone_probes_against_the_manifest_in_glance(
     """The probe's drift check needs the manifest too; an empty store gets it from Glance."""
     tag, path = released
     [image] = [i for i in glance_images(cloud) if i.name == f"aurora-{tag}"]
-    assert release_manifest(cloud, image) == read_manifest(path)
+    assert release_manifest(cloud, image, empty) == read_manifest(path)

@@ -50,8 +50,8 @@ def attested(store: Path, tag: str, *, age: float = 0.0, disk: bytes = b"disk") 
     return path
 
 
-def target(cloud: Cloud, nova: NovaDouble) -> Target:
-    return Target(cloud=cloud, server=nova.server.name, hostname="data.gamb2le.co.uk")
+def target(cloud: Cloud, nova: NovaDouble, store: Path) -> Target:
+    return Target(cloud=cloud, server=nova.server.name, hostname="data.gamb2le.co.uk", store=store)
 
 
 def untouched(nova: NovaDouble) -> bool:
@@ -66,7 +66,7 @@ def test_promote_refuses_an_image_without_attestation(
 ) -> None:
     make_image(store, "2026.11-aaaa", built_at=NOW)
     with pytest.raises(NotAttested, match=r"2026.11-aaaa: not tested.*make smoke AURORA_IMAGE="):
-        promote(target(cloud, nova), "2026.11-aaaa")
+        promote(target(cloud, nova, store), "2026.11-aaaa")
     assert cloud.images(MARK) == []
     assert untouched(nova)
 
@@ -75,7 +75,7 @@ def test_promote_refuses_a_failed_smoke_run(store: Path, cloud: Cloud, nova: Nov
     path = make_image(store, "2026.11-aaaa", built_at=NOW)
     write_attestation(path, passed=False, tests={"t": "failed"}, started=NOW, finished=NOW)
     with pytest.raises(NotAttested, match="the smoke suite failed on it"):
-        promote(target(cloud, nova), "2026.11-aaaa")
+        promote(target(cloud, nova, store), "2026.11-aaaa")
     assert cloud.images(MARK) == []
 
 
@@ -86,7 +86,7 @@ def test_promote_refuses_a_disk_changed_after_its_attestation(
     with (path / "aurora.raw").open("r+b") as disk:
         disk.write(b"X")  # same size; the digest no longer matches
     with pytest.raises(NotAttested, match=r"the attestation is for disk [0-9a-f]{16}"):
-        promote(target(cloud, nova), "2026.11-aaaa")
+        promote(target(cloud, nova, store), "2026.11-aaaa")
     assert cloud.images(MARK) == []
     assert untouched(nova)
 
@@ -94,7 +94,7 @@ def test_promote_refuses_a_disk_changed_after_its_attestation(
 def test_promote_refuses_an_unknown_tag(store: Path, cloud: Cloud, nova: NovaDouble) -> None:
     attested(store, "2026.11-aaaa")
     with pytest.raises(UnknownTag, match=r"unknown image '2026.11-nope'.*holds 2026.11-aaaa"):
-        promote(target(cloud, nova), "2026.11-nope")
+        promote(target(cloud, nova, store), "2026.11-nope")
     assert untouched(nova)
 
 
@@ -104,7 +104,7 @@ def test_glance_down_is_one_clear_error_and_the_server_is_untouched(
     attested(store, "2026.11-aaaa")
     glance.stop()
     with pytest.raises(CloudUnreachable) as caught:
-        promote(target(cloud, nova), "2026.11-aaaa")
+        promote(target(cloud, nova, store), "2026.11-aaaa")
     message = str(caught.value)
     assert "\n" not in message
     assert f"image at http://127.0.0.1:{glance.port}" in message
@@ -119,13 +119,13 @@ def test_nova_down_is_one_clear_error_before_any_upload(
     attested(store, "2026.11-aaaa")
     nova.down()
     with pytest.raises(CloudUnreachable, match=rf"compute at {nova.endpoint}.*unreachable"):
-        promote(target(cloud, nova), "2026.11-aaaa")
+        promote(target(cloud, nova, store), "2026.11-aaaa")
     assert cloud.images(MARK) == []
 
 
 def test_unknown_server_names_the_spec_key(store: Path, cloud: Cloud, nova: NovaDouble) -> None:
     attested(store, "2026.11-aaaa")
-    wrong = Target(cloud=cloud, server="no-such-server", hostname="h")
+    wrong = Target(cloud=cloud, server="no-such-server", hostname="h", store=store)
     with pytest.raises(Exception, match=r"no server named 'no-such-server'.*deploy.server"):
         promote(wrong, "2026.11-aaaa")
     assert cloud.images(MARK) == []
@@ -210,7 +210,7 @@ def test_an_interrupted_upload_is_never_used_and_is_replaced(
     broken = interrupted_upload(cloud, "2026.11-aaaa")
     assert not is_ready(cloud.image(broken))
     with pytest.raises(ImageNotFound, match=r"no ready image aurora-2026.11-aaaa"):
-        rollback(target(cloud, nova), "2026.11-aaaa")
+        rollback(target(cloud, nova, store), "2026.11-aaaa")
     assert untouched(nova)
     notes: list[str] = []
     upload = ensure_upload(cloud, path, note=notes.append)
@@ -338,7 +338,7 @@ def test_rollback_without_history_names_the_fix(
 ) -> None:
     ensure_upload(cloud, attested(store, "2026.11-aaaa"))
     with pytest.raises(ReleaseError, match=r"no image was live on .*aurora-image rollback TAG"):
-        rollback(target(cloud, nova))
+        rollback(target(cloud, nova, store))
     assert untouched(nova)
 
 
@@ -376,7 +376,7 @@ def test_a_rebuild_nova_does_not_take_leaves_the_server_and_says_so(
     nova.down()  # between the checks and the rebuild request
     outcome = Outcome("promote", "2026.11-aaaa", server.name)
     with pytest.raises(ReleaseError, match=r"unreachable.*the server was not rebuilt"):
-        deploy(target(cloud, nova), server, image, action="promote", outcome=outcome,
+        deploy(target(cloud, nova, store), server, image, action="promote", outcome=outcome,
                        fallback=None)  # fmt: skip
     assert untouched(nova)
     props = cloud.image(image.id).properties

@@ -132,8 +132,8 @@ def never() -> None:
     raise AssertionError("the release ran although a gate should have refused it")
 
 
-def target_of(cloud: Cloud, nova: NovaDouble) -> Target:
-    return Target(cloud=cloud, server=nova.server.name, hostname="data.gamb2le.co.uk")
+def target_of(cloud: Cloud, nova: NovaDouble, store: Path) -> Target:
+    return Target(cloud=cloud, server=nova.server.name, hostname="data.gamb2le.co.uk", store=store)
 
 
 # -- 5. one operator at a time -------------------------------------------------------
@@ -150,12 +150,12 @@ def test_a_second_operator_is_refused_with_holder_and_expiry(
                     ttl=600) as mine:  # fmt: skip
         meta = production.server.metadata
         assert meta["aurora_lease_holder"] == "alice@ops"
-        shown = releases(cloud, server.name).to_json()["server"]["lease"]
+        shown = releases(cloud, server.name, store).to_json()["server"]["lease"]
         assert shown.startswith("alice@ops for promote x since")
         assert meta["aurora_lease_action"] == "promote x"
         monkeypatch.setenv("AURORA_OPERATOR", "bob@ops")
         with pytest.raises(lease.LeaseHeld) as caught:
-            gates.guarded_promote(target_of(cloud, production), "2026.11-aaaa",
+            gates.guarded_promote(target_of(cloud, production, store), "2026.11-aaaa",
                                   gates.Gates(), never)  # fmt: skip
         message = str(caught.value)
         until = mine.lease.expires.strftime(lease.STAMP)
@@ -252,7 +252,7 @@ def test_unsigned_or_foreign_key_refused_before_any_upload(
 ) -> None:  # fmt: skip
     _, allowed = signer
     path = attested(store, "2026.11-aaaa")
-    target = target_of(clouds["production"], production)
+    target = target_of(clouds["production"], production, store)
     rules = gates.Gates(allowed_signers=allowed)
     with pytest.raises(SignatureError, match=r"2026.11-aaaa: unsigned: .*aurora-image sign"):
         gates.guarded_promote(target, "2026.11-aaaa", rules, never)
@@ -269,7 +269,7 @@ def test_production_without_allowed_signers_refuses(
 ) -> None:
     attested(store, "2026.11-aaaa")
     with pytest.raises(SignatureError, match=r"production target takes only signed images"):
-        gates.guarded_promote(target_of(clouds["production"], production), "2026.11-aaaa",
+        gates.guarded_promote(target_of(clouds["production"], production, store), "2026.11-aaaa",
                               gates.Gates(role="production"), never)  # fmt: skip
     assert untouched(production)
 
@@ -302,7 +302,7 @@ def test_signature_travels_with_the_glance_image_for_rollback(
     rules = gates.Gates(allowed_signers=allowed)
     record(cloud, image.id, production.server.name, "promote", "live")
     with pytest.raises(SignatureError, match=r"Glance's disk_sha256 differ from what alice@ops"):
-        gates.guarded_rollback(target_of(cloud, production), "2026.11-aaaa", rules, never)
+        gates.guarded_rollback(target_of(cloud, production, store), "2026.11-aaaa", rules, never)
     assert untouched(production)
 
 
@@ -329,7 +329,7 @@ def test_production_refuses_a_tag_staging_has_not_soaked(
     live_on(clouds["staging"], staging, staged.id, hours_ago=2)
     stagings = [StagingServer("staging", clouds["staging"], staging.server.name)]
     rules = gates.Gates(role="production", allowed_signers=allowed, stagings=stagings)
-    target = target_of(clouds["production"], production)
+    target = target_of(clouds["production"], production, store)
     with pytest.raises(PolicyRefused) as caught:
         gates.guarded_promote(target, "2026.11-pppp", rules, never)
     text = str(caught.value)
@@ -356,7 +356,7 @@ def test_force_with_reason_overrides_and_is_recorded(
     path = attested(store, "2026.11-pppp")
     signing.sign(path, key)
     cloud = clouds["production"]
-    target = target_of(cloud, production)
+    target = target_of(cloud, production, store)
     with pytest.raises(PolicyRefused, match="--force needs --reason"):
         gates.guarded_promote(target, "2026.11-pppp", gates.Gates(
             role="production", allowed_signers=allowed, force_reason=" "), never)  # fmt: skip
@@ -424,7 +424,7 @@ def test_production_needs_approval_for_marked_categories_and_records_who(
         role="production", allowed_signers=allowed, force_reason="staging soak tested elsewhere",
         needs_approval=("firewall", "credentials"), fingerprint=lambda d: after,
     )  # fmt: skip
-    target = target_of(cloud, production)
+    target = target_of(cloud, production, store)
     with pytest.raises(PolicyRefused) as caught:
         gates.guarded_promote(target, "2026.11-pppp", rules, never)
     text = str(caught.value)
@@ -495,7 +495,7 @@ def test_soak_failure_rolls_back_by_itself_and_keeps_evidence(
     attested(store, "2026.11-nnnn")
     seen, prober = stub_prober("aurora-2026.11-nnnn", after=2)
     target = Target(
-        cloud=cloud, server=production.server.name, hostname="data.gamb2le.co.uk",
+        cloud=cloud, server=production.server.name, hostname="data.gamb2le.co.uk", store=store,
         address="127.0.0.1", ssh_port=free_port(), rebuild_timeout=120,
         prober=prober, before_rollback=gates.keep_evidence,  # type: ignore[arg-type]
     )  # fmt: skip
@@ -540,8 +540,8 @@ def test_a_soak_that_passes_records_its_verdict(
     seen, prober = stub_prober("none", after=1)
     from builder.vm.process import free_port
 
-    target = Target(cloud=cloud, server=production.server.name, hostname="h", address="127.0.0.1",
-                    ssh_port=free_port(), prober=prober)  # type: ignore[arg-type]  # fmt: skip
+    target = Target(cloud=cloud, server=production.server.name, hostname="h", store=store,
+                    address="127.0.0.1", ssh_port=free_port(), prober=prober)  # type: ignore[arg-type]  # fmt: skip
     run = lambda: execute(target, plan_promote(target, "2026.11-nnnn"))  # noqa: E731
     outcome = gates.guarded_promote(target, "2026.11-nnnn", virtual_soak(1.2, 0.5), run)
     # The promote's own probe, then the soak's at 0.5, 1.0 and 1.2 s.
@@ -549,7 +549,7 @@ def test_a_soak_that_passes_records_its_verdict(
     props = cloud.image(production.server.image_id).properties
     assert props["aurora_soak_verdict"] == "passed"
     assert props["aurora_soak_detail"].startswith("soak passed:")
-    rows = {r["tag"]: r for r in releases(cloud, production.server.name).to_json()[
+    rows = {r["tag"]: r for r in releases(cloud, production.server.name, store).to_json()[
         "releases"]}  # fmt: skip
     assert rows["2026.11-nnnn"]["soak"] == "passed" and rows["2026.11-nnnn"]["live"]
 
@@ -566,8 +566,8 @@ def test_a_release_tells_the_operator_only_through_target_note(
     image = ensure_upload(cloud, attested(store, "2026.11-nnnn")).image
     _, prober = stub_prober("none", after=1)
     notes: list[str] = []
-    target = Target(cloud=cloud, server=production.server.name, hostname="h", address="127.0.0.1",
-                    ssh_port=free_port(), prober=prober, note=notes.append)  # type: ignore[arg-type]  # fmt: skip
+    target = Target(cloud=cloud, server=production.server.name, hostname="h", store=store,
+                    address="127.0.0.1", ssh_port=free_port(), prober=prober, note=notes.append)  # type: ignore[arg-type]  # fmt: skip
     capsys.readouterr()
     outcome = execute(target, plan_promote(target, "2026.11-nnnn"))
     assert outcome.upload_reused is True and outcome.final_image == "aurora-2026.11-nnnn"
