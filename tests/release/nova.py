@@ -148,7 +148,11 @@ class NovaDouble:
         self.ssh_key = ssh_key
         self.memory_mb = memory_mb
         self.boot = boot
-        self.port, self.ssh_port, self.http_port, self.https_port = free_ports(4)
+        # The API port is the one the first bind gets (port 0), never a port picked
+        # free and bound later: another server could take it in between, and the
+        # client would then ask a stranger for Nova's version document.
+        self.port = 0
+        self.ssh_port, self.http_port, self.https_port = free_ports(3)
         #: Every request seen, as (method, path with query), for assertions.
         self.requests: list[tuple[str, str]] = []
         #: Image ids of accepted rebuilds, in order.
@@ -198,6 +202,7 @@ class NovaDouble:
         if self._httpd is not None:
             return
         self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler_class())
+        self.port = self._httpd.server_address[1]  # again after down(): the same port
         self._httpd.daemon_threads = True
         threading.Thread(target=self._httpd.serve_forever, name="nova-double", daemon=True).start()
 
