@@ -210,3 +210,18 @@ def test_tail_keeps_the_last_lines_on_one_line() -> None:
     c = common()
     assert c.tail(b"one\n\ntwo\nthree\n", lines=2) == "two | three"
     assert c.tail("", lines=3) == "no message"
+
+
+@pytest.mark.parametrize(
+    ("name", "what"), [("aurora-source-sync", "cl61"), ("aurora-gws-push", "raw")]
+)
+def test_a_negative_max_delete_is_refused_before_the_config_is_read(
+    tmp_path: Path, name: str, what: str
+) -> None:
+    result = subprocess.run(
+        [str(PROGRAMS / name), "--config-dir", str(tmp_path), "--max-delete", "-1", what],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == f"{name}: --max-delete must be >= 0\n"
+    assert list(tmp_path.iterdir()) == []

@@ -169,6 +169,20 @@ def test_lookback_excludes_files_older_than_n_days_on_first_run(make_stream) -> 
     assert s.pulled() == {f"{CL61}recent.nc"}
 
 
+def test_a_source_directory_that_is_a_symlink_is_listed_through(make_stream) -> None:
+    """An instrument's data directory may be a link to its disk: find starts through it
+    (-H), as the mirror verifier's listing of the same directory does."""
+    s = make_stream()
+    s.put(f"{CL61}20260502_1200.nc")
+    link = s.remote.parent / "data-link"
+    link.symlink_to(s.remote)
+    s.write_config(source_dir=str(link))
+
+    assert_ok(s.run())
+
+    assert s.pulled() == {f"{CL61}20260502_1200.nc"}
+
+
 def test_non_matching_names_subdirs_and_symlinks_are_not_pulled(make_stream) -> None:
     s = make_stream(name="rpgfmcw94", patterns=["*LV1.NC", "*LV0.NC"])
     s.put("260502_120000_P07_ZEN.LV1.NC", age=400 * DAY)  # no lookback: whole history

@@ -15,6 +15,7 @@ hand-edited file, an injected ssh option, a relative path, a negative bound).
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -323,6 +324,16 @@ def run_bounded(
         return subprocess.CompletedProcess(argv, SSH_FAILED, empty, said)
 
 
+def find_files(path: str, patterns: list[str]) -> list[str]:
+    """``find`` of the regular files directly in ``path`` whose names match any of
+    ``patterns`` (``-H``: ``path`` itself may be a symlink); callers add their own
+    tests and ``-printf``. Run here and, over ssh, on the peers."""
+    names: list[str] = []
+    for pattern in patterns:
+        names += ["-o", "-name", pattern] if names else ["-name", pattern]
+    return ["find", "-H", path, "-maxdepth", "1", "-type", "f", "(", *names, ")"]
+
+
 # --------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------
@@ -336,6 +347,29 @@ def config_dir_option(parser: Any, env: str, default: str, what: str) -> None:
         default=Path(os.environ.get(env) or default),
         help=f"directory of <{what}>.json (default: ${env} or {default})",
     )
+
+
+def max_delete_option(parser: Any, help: str) -> None:
+    """``--max-delete N``: an operator's one-run raise of the config's deletion bound."""
+    parser.add_argument("--max-delete", type=int, metavar="N", help=help)
+
+
+def load_instance(
+    prog: Program, args: Any, given: str | None, link: re.Pattern[str], what: str, load: Any
+) -> tuple[str, Any]:
+    """(name, config) of the stream or job to run: its name (``instance_name``), its
+    config from ``load(args.config_dir, name)``, then ``--max-delete`` applied for this
+    run. Any usage or config error is one line and exit 2, before anything is touched."""
+    name = instance_name(prog, given, sys.argv[0], link, what)
+    if args.max_delete is not None and args.max_delete < 0:
+        prog.fail("--max-delete must be >= 0", EXIT_USAGE)
+    try:
+        cfg = load(args.config_dir, name)
+    except ConfigError as exc:
+        prog.fail(str(exc), EXIT_USAGE)
+    if args.max_delete is not None:
+        cfg = dataclasses.replace(cfg, max_delete=args.max_delete)
+    return name, cfg
 
 
 def instance_name(
