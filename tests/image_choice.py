@@ -18,6 +18,7 @@ from pathlib import Path
 from builder.errors import UnknownTag
 from builder.image.inputs import REPO
 from builder.image.store import is_attested, iso, read_attestation, resolve_image
+from builder.paths import Paths
 
 IMAGE_ENV = "AURORA_IMAGE"
 SINCE_ENV = "AURORA_ATTESTED_SINCE"
@@ -27,7 +28,8 @@ LAST_TAG = REPO / "build" / "last-tag"
 def chosen_image(
     env: Mapping[str, str] = os.environ, last_tag: Path = LAST_TAG, store: Path | None = None
 ) -> Path:
-    """AURORA_IMAGE (a tag or an image directory), else the tag `make image` recorded."""
+    """AURORA_IMAGE (a tag or an image directory), else the tag `make image` recorded,
+    in `store` (default: the store the CLI would use; the suites' edge resolves it)."""
     ref = env.get(IMAGE_ENV, "").strip()
     if not ref:
         try:
@@ -39,7 +41,7 @@ def chosen_image(
             f"no image to test: set {IMAGE_ENV}=<tag or directory>, or run `make image` "
             f"(it records the tag it built in {last_tag})"
         )
-    return resolve_image(ref, store)
+    return resolve_image(ref, store or Paths.from_env().images)
 
 
 def attestation_problem(image_dir: Path, env: Mapping[str, str] = os.environ) -> str | None:

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from builder.errors import BuildError, StoreError, UnknownTag
 from builder.image.manifest import Attestation, DiskFingerprint, Manifest
-from builder.paths import Paths
 from builder.render.tree import atomic_write
 
 # What an image directory holds (builder.image.logs names the logs beside them).
@@ -35,12 +34,6 @@ CMDLINE = "cmdline"
 RENDERED_TAR = "rendered.tar"
 BUILD_LOG = "build.log"
 FAILING = frozenset({"failed", "error"})
-
-
-def _root(store: Path | None) -> Path:
-    """The store the caller passed. None is transitional, for builder/release callers
-    that do not pass theirs yet: the CLI's default store (builder.paths)."""
-    return store if store is not None else Paths.from_env().images
 
 
 def partial_dir(store: Path, tag: str) -> Path:
@@ -173,19 +166,18 @@ def image_dirs(store: Path) -> list[Path]:
     return sorted(dirs, key=lambda d: ((d / MANIFEST).stat().st_mtime, d.name), reverse=True)
 
 
-def newest_image(store: Path | None = None) -> Path:
+def newest_image(store: Path) -> Path:
     """The most recently stored image directory (what `make smoke` tests), never a partial."""
-    root = _root(store)
-    dirs = image_dirs(root)
+    dirs = image_dirs(store)
     if not dirs:
-        raise BuildError(f"no image in {root}; run `make image` first")
+        raise BuildError(f"no image in {store}; run `make image` first")
     return dirs[0]
 
 
-def list_images(store: Path | None = None) -> list[ImageRecord]:
+def list_images(store: Path) -> list[ImageRecord]:
     """Every stored image, newest build first."""
     records = []
-    for path in image_dirs(_root(store)):
+    for path in image_dirs(store):
         attestation = read_attestation(path)
         records.append(
             ImageRecord(
@@ -200,9 +192,9 @@ def list_images(store: Path | None = None) -> list[ImageRecord]:
     return records
 
 
-def resolve_image(ref: str, store: Path | None = None) -> Path:
+def resolve_image(ref: str, store: Path) -> Path:
     """A tag in the store, or a directory holding a built image."""
-    root = _root(store)
+    root = store
     if "/" not in ref and ref not in (".", "..") and is_image(root / ref):
         return root / ref
     path = Path(ref)
