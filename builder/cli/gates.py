@@ -139,7 +139,7 @@ def fingerprinter(spec_path: Path) -> Callable[[Path], dict[str, str]]:
         spec = load_spec(spec_path)
         if collect(spec).tag != image_dir.name:
             return {}
-        return fingerprints(spec, read_manifest(image_dir).to_json())
+        return fingerprints(spec, read_manifest(image_dir))
 
     return fingerprint
 

@@ -231,7 +231,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 f"{remote.name} runs {tag}, whose manifest neither this store nor Glance "
                 f"gives ({exc}); pass --image or --os-cloud"
             ) from None
-        manifest = read_manifest(found.path).to_json()
+        manifest = read_manifest(found.path)
     # Live progress on a terminal only: in a pipe an error stays the one line it is.
     label = f"auditing {remote.name} against {found.tag} ({found.origin})"
     with progress.step(label) if progress.enabled() else contextlib.nullcontext():

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from builder.errors import AuroraError
+from builder.image.manifest import Manifest
 
 MARK = "@@audit:"
 SECTIONS = (
@@ -167,16 +168,16 @@ class Observation:
 # --------------------------------------------------------------------------
 
 
-def rendered_units(manifest: Mapping[str, Any]) -> list[str]:
+def rendered_units(manifest: Manifest) -> list[str]:
     """Units the image renders, as its build recorded them (the manifest's ``carried``
     record, builder.render.carried); templates excluded: only instances run."""
-    carried = manifest.get("carried") or {}
+    carried = manifest.carried or {}
     units = {str(e["unit"]) for e in carried.values() if isinstance(e, dict) and e.get("unit")}
     return sorted(u for u in units if "@." not in u)
 
 
-def preset_paths(manifest: Mapping[str, Any]) -> list[str]:
-    return sorted(p for p in manifest.get("rendered", {}) if "/system-preset/" in p)
+def preset_paths(manifest: Manifest) -> list[str]:
+    return sorted(p for p in manifest.rendered if "/system-preset/" in p)
 
 
 def preset_enabled(text: str) -> list[str]:
@@ -194,8 +195,8 @@ def preset_enabled(text: str) -> list[str]:
     return units
 
 
-def venv_of(manifest: Mapping[str, Any]) -> str | None:
-    venv = manifest.get("python_venv")
+def venv_of(manifest: Manifest) -> str | None:
+    venv = manifest.python_venv
     return venv if isinstance(venv, str) and venv.startswith("/") else None
 
 
@@ -204,9 +205,9 @@ def venv_of(manifest: Mapping[str, Any]) -> str | None:
 # --------------------------------------------------------------------------
 
 
-def script(manifest: Mapping[str, Any]) -> str:
+def script(manifest: Manifest) -> str:
     """The shell script that gathers everything in one ssh call; observes, never changes."""
-    rendered = manifest.get("rendered", {})
+    rendered = manifest.rendered
     paths = " ".join(shlex.quote(p) for p in sorted(rendered))
     regular = " ".join(shlex.quote(p) for p, e in sorted(rendered.items()) if "sha256" in e)
     presets = " ".join(shlex.quote(p) for p in preset_paths(manifest))
@@ -472,9 +473,9 @@ def compare_packages(kind: str, expected: Mapping[str, str], found: Mapping[str,
     return rows
 
 
-def compare(manifest: Mapping[str, Any], seen: Observation) -> list[Row]:
+def compare(manifest: Manifest, seen: Observation) -> list[Row]:
     """Every check as a row, in a stable order: image, files, units, failed, packages."""
-    tag = str(manifest.get("tag", "?"))
+    tag = manifest.tag
     claimed = claimed_image(seen)
     rows = [
         Row(
@@ -485,7 +486,7 @@ def compare(manifest: Mapping[str, Any], seen: Observation) -> list[Row]:
             "unknown" if claimed is None else "ok" if claimed == tag else "changed",
         )
     ]
-    root_hash = manifest.get("root_hash")
+    root_hash = manifest.root_hash
     if root_hash:
         booted = next(
             (w.partition("=")[2] for w in seen.cmdline.split() if w.startswith("roothash=")), ""
@@ -499,7 +500,7 @@ def compare(manifest: Mapping[str, Any], seen: Observation) -> list[Row]:
                 "ok" if booted == root_hash else "changed",
             )
         )
-    for path, entry in sorted(manifest.get("rendered", {}).items()):
+    for path, entry in sorted(manifest.rendered.items()):
         rows.append(compare_file(path, entry, seen.files.get(path)))
     wanted = set(preset_enabled(seen.presets))
     for name in sorted(wanted | set(rendered_units(manifest))):
@@ -507,8 +508,8 @@ def compare(manifest: Mapping[str, Any], seen: Observation) -> list[Row]:
     checked = {row.what for row in rows if row.kind == "unit"}
     for name in sorted(set(seen.failed) - checked):
         rows.append(Row("unit", name, "not failed", "failed", "failed"))
-    rows += compare_packages("debian", manifest.get("debian_packages", {}), seen.dpkg)
-    expected_py = {normalise(k): v for k, v in manifest.get("python_packages", {}).items()}
+    rows += compare_packages("debian", manifest.debian_packages, seen.dpkg)
+    expected_py = {normalise(k): v for k, v in manifest.python_packages.items()}
     if seen.python is None:
         rows.append(Row("python", "dashboard venv", "present", seen.python_error, "missing"))
     else:
@@ -525,7 +526,7 @@ class AuditError(AuroraError):
     """The audit could not observe the host (not drift: nothing was compared)."""
 
 
-def observe(remote: Runner, manifest: Mapping[str, Any], *, timeout: float = 120) -> Observation:
+def observe(remote: Runner, manifest: Manifest, *, timeout: float = 120) -> Observation:
     """Run the script on the host (one ssh round trip) and parse what it printed."""
     output = remote.run(script(manifest), timeout=timeout, check=False)
     try:
@@ -546,12 +547,12 @@ def identify(remote: Runner, *, timeout: float = 60) -> str | None:
     )
 
 
-def audit(remote: Runner, manifest: Mapping[str, Any], *, timeout: float = 120) -> AuditReport:
+def audit(remote: Runner, manifest: Manifest, *, timeout: float = 120) -> AuditReport:
     """Compare the host behind ``remote`` with ``manifest``; observe only."""
     seen = observe(remote, manifest, timeout=timeout)
     return AuditReport(
         host=remote.name,
-        image=str(manifest.get("tag", "?")),
+        image=manifest.tag,
         claimed=claimed_image(seen),
         rows=tuple(compare(manifest, seen)),
     )

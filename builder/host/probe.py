@@ -40,7 +40,7 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from urllib.parse import urljoin, urlsplit
 from builder.errors import AuroraError
 from builder.host import health
 from builder.host.remote import Remote, RemoteError
+from builder.image.manifest import Manifest
 
 DASHBOARD_GRACE = 180.0
 RESTART_LOOP = 3
@@ -189,7 +190,7 @@ def forget_host_keys(path: Path) -> None:
 def probe(
     remote: Remote,
     endpoint: Endpoint,
-    manifest: Mapping[str, Any] | None,
+    manifest: Manifest | None,
     *,
     timeout: float,
     dashboard_grace: float = DASHBOARD_GRACE,
@@ -373,7 +374,7 @@ class _SNIConnection(http.client.HTTPSConnection):
         self.sock = self._ctx.wrap_socket(sock, server_hostname=self._hostname)
 
 
-def _audit(run: _Run, manifest: Mapping[str, Any] | None, audit: Callable[..., Any] | None) -> bool:
+def _audit(run: _Run, manifest: Manifest | None, audit: Callable[..., Any] | None) -> bool:
     if manifest is None:
         return run.add("audit", True, "skipped: no local manifest for this image")
     if audit is None:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from builder.image.diff import ImageDiff
+    from builder.image.manifest import Manifest
     from builder.spec.model import HostSpec
 
 CATEGORIES = (
@@ -42,11 +43,11 @@ def _alerting(spec: HostSpec) -> dict[str, Any]:
     return {"jobs": jobs, "environment": env}
 
 
-def _sections(spec: HostSpec, manifest: Mapping[str, Any] | None) -> dict[str, Any]:
+def _sections(spec: HostSpec, manifest: Manifest | None) -> dict[str, Any]:
     dump = spec.model_dump(mode="json")
-    inputs = (manifest or {}).get("inputs", {})
-    app_inputs = {k: v for k, v in {**inputs.get("files", {}), **inputs.get("extra", {})}.items()
-                  if k == "app" or k.startswith(("app/", "app."))}  # fmt: skip
+    inputs = manifest.inputs if manifest else None
+    recorded = {**inputs.files, **inputs.extra} if inputs else {}
+    app_inputs = {k: v for k, v in recorded.items() if k == "app" or k.startswith(("app/", "app."))}
     return {
         "source-sync": dump["source_sync"],
         "gws": [dump["gws"], dump["mirror_verify"]],
@@ -54,17 +55,24 @@ def _sections(spec: HostSpec, manifest: Mapping[str, Any] | None) -> dict[str, A
         "firewall": dump["firewall"],
         "credentials": [dump["secrets"], dump["credential_store"]],
         "alerting": _alerting(spec),
-        "app": [dump["dashboard"], app_inputs, (manifest or {}).get("python_packages")],
+        "app": [dump["dashboard"], app_inputs, _packages(manifest, "python")],
         "packages": [
             dump["packages"],
             dump["debian"],
             dump["apt_repositories"],
-            (manifest or {}).get("debian_packages"),
+            _packages(manifest, "debian"),
         ],
     }
 
 
-def fingerprints(spec: HostSpec, manifest: Mapping[str, Any] | None = None) -> dict[str, str]:
+def _packages(manifest: Manifest | None, kind: str) -> dict[str, str] | None:
+    """The manifest's package set (None without a manifest, as the digests always had)."""
+    if manifest is None:
+        return None
+    return manifest.python_packages if kind == "python" else manifest.debian_packages
+
+
+def fingerprints(spec: HostSpec, manifest: Manifest | None = None) -> dict[str, str]:
     """category -> 10 hex digits of what decides it (fits one Glance property)."""
     out = {}
     for name, value in _sections(spec, manifest).items():

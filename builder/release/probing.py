@@ -93,7 +93,7 @@ def run_probe(target: Target, server: Server, image: GlanceImage) -> ProbeReport
         return probe(
             remote,
             endpoint,
-            manifest.to_json() if manifest else None,
+            manifest,
             timeout=target.probe_timeout,
             dashboard_grace=target.dashboard_grace,
             before=health.load_record(failing_record(target, server)),

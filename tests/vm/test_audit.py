@@ -15,6 +15,7 @@ import pytest
 
 from builder.cli.main import main
 from builder.host.audit import audit, format_table
+from builder.image.manifest import Manifest
 from builder.image.store import read_manifest
 from builder.vm.argv import SSH_HOST
 from builder.vm.machine import Machine
@@ -39,8 +40,8 @@ systemctl start {TIMER}
 
 
 @pytest.fixture(scope="module")
-def manifest(image_dir: Path) -> dict:
-    return read_manifest(image_dir).to_json()
+def manifest(image_dir: Path) -> Manifest:
+    return read_manifest(image_dir)
 
 
 @pytest.fixture
@@ -59,14 +60,14 @@ def cli_audit(machine: Machine, *extra: str) -> int:
     )
 
 
-def test_clean_host_matches_its_manifest(booted: Machine, manifest: dict) -> None:
+def test_clean_host_matches_its_manifest(booted: Machine, manifest: Manifest) -> None:
     report = audit(booted.remote(), manifest)
     assert report.ok, format_table(report)
-    assert report.claimed == manifest["tag"]
-    assert len(report.rows) > len(manifest["rendered"]) + len(manifest["debian_packages"])
+    assert report.claimed == manifest.tag
+    assert len(report.rows) > len(manifest.rendered) + len(manifest.debian_packages)
 
 
-def test_runtime_drift_is_reported(drifted: Machine, manifest: dict, capsys) -> None:
+def test_runtime_drift_is_reported(drifted: Machine, manifest: Manifest, capsys) -> None:
     report = audit(drifted.remote(), manifest)
     rows = {row.what: row for row in report.drifted}
     assert set(rows) == {TIMER, "aurora-dashboard.service", PROBE}, format_table(report)
@@ -76,7 +77,7 @@ def test_runtime_drift_is_reported(drifted: Machine, manifest: dict, capsys) -> 
     assert json.loads(capsys.readouterr().out)["drift"] == 3
 
 
-def test_restored_host_is_clean_again(booted: Machine, manifest: dict, capsys) -> None:
+def test_restored_host_is_clean_again(booted: Machine, manifest: Manifest, capsys) -> None:
     """Runs after the drift test has undone its changes; the CLI exits 0."""
     assert cli_audit(booted) == 0
     assert "no drift" in capsys.readouterr().out

@@ -310,7 +310,7 @@ def test_probe_passes_on_an_empty_host_with_the_failing_job_reported(
     endpoint = Endpoint(
         "127.0.0.1", spec.hostname, booted.forwarded_port("http"), booted.forwarded_port("https")
     )
-    manifest = read_manifest(image_dir).to_json()
+    manifest = read_manifest(image_dir)
     before = health.observe_before(remote)  # what release.py records before it rebuilds
     assert before.failing[job] == "exit-code (status 1)"
     report = probe(remote, endpoint, manifest, timeout=300, before=before)

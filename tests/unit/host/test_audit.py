@@ -14,19 +14,22 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from builder.host import audit
+from builder.image.manifest import Manifest
+from builder.image.store import read_manifest
 from tests.paths import REPO_ROOT
 
 DATA = REPO_ROOT / "tests" / "data" / "audit"
 
 
 @pytest.fixture(scope="module")
-def manifest() -> dict:
-    return json.loads((DATA / "manifest.json").read_text())
+def manifest() -> Manifest:
+    return read_manifest(DATA)
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +37,9 @@ def clean() -> str:
     return (DATA / "clean.txt").read_text()
 
 
-def report(manifest: dict, output: str) -> audit.AuditReport:
+def report(manifest: Manifest, output: str) -> audit.AuditReport:
     seen = audit.parse(output)
-    return audit.AuditReport("vm", manifest["tag"], None, tuple(audit.compare(manifest, seen)))
+    return audit.AuditReport("vm", manifest.tag, None, tuple(audit.compare(manifest, seen)))
 
 
 def drifted(rep: audit.AuditReport) -> dict[str, audit.Row]:
@@ -51,17 +54,17 @@ def edit_section(output: str, section: str, old: str, new: str) -> str:
     return head + marker + body.replace(old, new, 1) + nxt + tail
 
 
-def test_clean_host_matches(manifest: dict, clean: str) -> None:
+def test_clean_host_matches(manifest: Manifest, clean: str) -> None:
     rep = report(manifest, clean)
     assert rep.ok, audit.format_table(rep)
     kinds = {row.kind for row in rep.rows}
     assert kinds == {"image", "file", "unit", "debian", "python"}
-    assert len([r for r in rep.rows if r.kind == "file"]) == len(manifest["rendered"])
-    assert len([r for r in rep.rows if r.kind == "debian"]) == len(manifest["debian_packages"])
+    assert len([r for r in rep.rows if r.kind == "file"]) == len(manifest.rendered)
+    assert len([r for r in rep.rows if r.kind == "debian"]) == len(manifest.debian_packages)
     assert "no drift" in rep.summary()
 
 
-def test_recorded_drift_is_reported(manifest: dict) -> None:
+def test_recorded_drift_is_reported(manifest: Manifest) -> None:
     rep = report(manifest, (DATA / "drift.txt").read_text())
     rows = drifted(rep)
     assert set(rows) == {
@@ -85,7 +88,7 @@ def test_recorded_drift_is_reported(manifest: dict) -> None:
     assert json.loads(json.dumps(data)) == data
 
 
-def test_package_drift(manifest: dict, clean: str) -> None:
+def test_package_drift(manifest: Manifest, clean: str) -> None:
     out = edit_section(clean, "dpkg", "\tnginx\t", "\tnginx-XX\t")
     out = edit_section(out, "dpkg", "\trsync\t3.5.0+ds1-0+deb13u2", "\trsync\t3.5.0+ds1-1")
     out = edit_section(out, "python", "panel\t1.8.2", "panel\t1.8.3\ntyping_extensions2\t0.1")
@@ -96,21 +99,21 @@ def test_package_drift(manifest: dict, clean: str) -> None:
     assert rows["typing-extensions2"].verdict == "extra"
 
 
-def test_python_names_are_normalised(manifest: dict, clean: str) -> None:
+def test_python_names_are_normalised(manifest: Manifest, clean: str) -> None:
     """uv lists `pyyaml`, the venv's metadata says `PyYAML`: the same package."""
     assert "PyYAML\t6.0.3" in clean
-    assert "pyyaml" in manifest["python_packages"]
+    assert "pyyaml" in manifest.python_packages
     assert "pyyaml" not in drifted(report(manifest, clean))
 
 
-def test_missing_venv_is_drift(manifest: dict, clean: str) -> None:
+def test_missing_venv_is_drift(manifest: Manifest, clean: str) -> None:
     head, _, _ = clean.partition(f"{audit.MARK}python\n")
     out = head + f"{audit.MARK}python\nerror: no Python venv at /opt/x\n{audit.MARK}end\n"
     rows = drifted(report(manifest, out))
     assert rows["dashboard venv"].found == "no Python venv at /opt/x"
 
 
-def test_file_drift_kinds(manifest: dict, clean: str) -> None:
+def test_file_drift_kinds(manifest: Manifest, clean: str) -> None:
     out = edit_section(clean, "files", "f\t/etc/fstab\t644", "f\t/etc/fstab\t664")
     out = edit_section(out, "files", "../sites-available/aurora.conf", "/tmp/evil.conf")
     out = edit_section(out, "files", "d\t/project\t755\t\n", "")
@@ -126,7 +129,7 @@ def test_truncated_output_is_an_error_not_drift(clean: str) -> None:
         audit.parse(cut)
 
 
-def test_units_to_check(manifest: dict, clean: str) -> None:
+def test_units_to_check(manifest: Manifest, clean: str) -> None:
     units = audit.rendered_units(manifest)
     assert "aurora-dashboard.service" in units
     assert not [u for u in units if "@." in u]
@@ -190,7 +193,7 @@ def test_unit_rules(name: str, wanted: bool, show: dict[str, str], verdict: str,
     assert says in row.found
 
 
-def test_identity_decides_the_claimed_image(manifest: dict, clean: str) -> None:
+def test_identity_decides_the_claimed_image(manifest: Manifest, clean: str) -> None:
     """Images carry /usr/lib/aurora/image.json; one claiming another tag is drift."""
     head, mark, rest = clean.partition(f"{audit.MARK}os-release\n")
     with_id = f"{audit.MARK}identity\n" + json.dumps({"tag": "2026.11-other"}) + "\n" + head
@@ -216,7 +219,7 @@ def test_script_observes_real_files(tmp_path: Path) -> None:
         str(tmp_path / "gone"): {"sha256": "0" * 64, "mode": "0644"},
     }
     (tmp_path / "empty").chmod(0o755)
-    manifest = {"tag": "t", "rendered": rendered}
+    manifest = Manifest(tag="t", rendered=rendered)
     assert subprocess.run(["sh", "-n", "-c", audit.script(manifest)]).returncode == 0
     run = subprocess.run(["sh", "-c", audit.script(manifest)], capture_output=True, text=True)
     seen = audit.parse(run.stdout)
@@ -229,7 +232,7 @@ def test_script_observes_real_files(tmp_path: Path) -> None:
     assert audit.compare_file(str(conf), rendered[str(conf)], seen.files[str(conf)]).drift
 
 
-def test_table_shows_drift_only_unless_asked(manifest: dict) -> None:
+def test_table_shows_drift_only_unless_asked(manifest: Manifest) -> None:
     rep = report(manifest, (DATA / "drift.txt").read_text())
     table = audit.format_table(rep)
     assert len(table.splitlines()) == 1 + 5 + 1
@@ -237,9 +240,9 @@ def test_table_shows_drift_only_unless_asked(manifest: dict) -> None:
     assert len(audit.format_table(rep, everything=True).splitlines()) == len(rep.rows) + 2
 
 
-def test_verity_root_hash_is_compared(manifest: dict, clean: str) -> None:
+def test_verity_root_hash_is_compared(manifest: Manifest, clean: str) -> None:
     """Images with a dm-verity root record its hash; the host's kernel must boot it."""
-    verity = {**manifest, "root_hash": "ab" * 32}
+    verity = replace(manifest, root_hash="ab" * 32)
     head, mark, rest = clean.partition(f"{audit.MARK}files\n")
     booted = head + f"{audit.MARK}cmdline\nroot=/dev/mapper/root roothash={'ab' * 32} ro\n"
     assert report(verity, booted + mark + rest).ok
