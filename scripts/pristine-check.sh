@@ -26,7 +26,8 @@ suite=bookworm
 mirror=http://deb.debian.org
 base_packages="make,git,ca-certificates"
 # Caches that hold downloads and mkosi's incremental state, never installed tools.
-carried="mkosi-cache mkosi-pkgs uv git apt-trixie/archives"
+# debstore: the .debs by sha256 that a locked build installs from (builder.image.debrepo).
+carried="mkosi-cache mkosi-pkgs uv git apt-trixie/archives debstore"
 
 # The machine's network settings (proxies, the CA bundle its TLS egress needs)
 # are the machine's, not installed software: the root gets them as a new

@@ -289,10 +289,20 @@ GROUPS: tuple[Group, ...] = (
                         metavar="PATH",
                         help="also write the built tag into PATH",
                     ),
+                    arg(
+                        "--update-debian",
+                        action="store_true",
+                        help="resolve Debian packages from the mirror, not the Debian lock "
+                        "(then `lock --debian` pins the new set)",
+                    ),
                 ),
                 usage={
                     "build [--progress]": (
                         "builds the image into `images/<tag>/`, or says it is already built"
+                    ),
+                    "build --update-debian": (
+                        "takes the mirror's Debian packages instead of the lock's files "
+                        "(a tag of its own); `lock --debian TAG` then pins them"
                     ),
                 },
             ),

@@ -92,7 +92,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     from builder.spec.model import load_spec
 
     progress = (not args.json and sys.stderr.isatty()) or args.progress
-    result = build(load_spec(args.spec), args.paths, progress=progress)
+    result = build(
+        load_spec(args.spec), args.paths, progress=progress, update_debian=args.update_debian
+    )
     if args.tag_file is not None:
         from builder.render.tree import atomic_write
 

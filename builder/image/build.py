@@ -23,7 +23,7 @@ from io import BytesIO
 from pathlib import Path
 
 from builder.errors import BuildError
-from builder.image import debian_lock, debstore, mkosi, uki
+from builder.image import debian_lock, debrepo, debstore, mkosi, uki
 from builder.image.app_lock import check_lock
 from builder.image.gpt import partition, partition_digest, partitions
 from builder.image.inputs import APP_IGNORE, REPO, Inputs, app_file, collect
@@ -144,15 +144,20 @@ def _checkout_git(spec: HostSpec, dest: Path, cache: Path) -> None:
 
 
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+# mkosi.conf's Release=: the suite the locked repository names.
+DEBIAN_RELEASE = "trixie"
 
 
-def apt_sandbox(spec: HostSpec, dest: Path) -> Path:
+def apt_sandbox(spec: HostSpec, dest: Path, *, locked: bool = False) -> Path:
     """The package manager's view for the image: Debian (mirror or snapshot) and
     the spec's extra repositories. Replaces mkosi's own list (whose debug
-    repository the mirrors here refuse)."""
+    repository the mirrors here refuse). A locked build lists nothing here:
+    mkosi's list then names only the locked repository."""
     shutil.rmtree(dest, ignore_errors=True)
     (dest / "etc/apt/sources.list.d").mkdir(parents=True)
     (dest / "usr/share/keyrings").mkdir(parents=True)
+    if locked:
+        return dest
     main, security = spec.debian.urls()
     valid = "Check-Valid-Until: no\n" if spec.debian.snapshot else ""
     (dest / "etc/apt/sources.list.d/mkosi.sources").write_text(
@@ -172,6 +177,24 @@ def apt_sandbox(spec: HostSpec, dest: Path) -> Path:
     return dest
 
 
+def locked_repository(spec: HostSpec, paths: Paths, lock: Path | None = None) -> Path | None:
+    """The repository of the Debian lock's exact files, when the lock names a file for
+    every package and the store holds them all: then the build installs those files
+    whatever the mirror has today (one tag, one image). Otherwise None: the build
+    resolves against the mirror and the lock is checked afterwards."""
+    lock = lock or debian_lock.DEBIAN_LOCK
+    locked, versions = debian_lock.read_debian_digests(lock), debian_lock.read_debian_lock(lock)
+    if not locked or versions is None or set(locked) != set(versions):
+        return None
+    if any(package not in locked for package in spec.packages):
+        return None  # a package the lock does not know: resolve it, the check says what moved
+    store = debstore.store_dir(paths.cache)
+    if debstore.verify({p: d for p, (_, d) in locked.items()}, store):
+        return None
+    # Beside the store: the pool is hard links into it (same file system, no copies).
+    return debrepo.write_repo(locked, store, store / "repos", DEBIAN_RELEASE)
+
+
 def _read_json(path: Path) -> object:
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -187,13 +210,17 @@ def python_packages(listing: Path) -> dict[str, str]:
     return {p["name"]: p["version"] for p in sorted(data, key=lambda p: p["name"].lower())}
 
 
-def build(spec: HostSpec, paths: Paths, *, progress: bool = True) -> BuiltImage:
+def build(
+    spec: HostSpec, paths: Paths, *, progress: bool = True, update_debian: bool = False
+) -> BuiltImage:
     """Build the image the spec describes into `paths.images`, or reuse the stored
-    one of the same tag."""
+    one of the same tag. Debian packages come from the Debian lock's own files when
+    the store has them (builder.image.debrepo), else from the mirror, checked against
+    the lock; `update_debian` takes the mirror's current set instead (a tag of its own)."""
     spec.source.require_files()
     lock = check_lock(spec)
     tree = render(spec)
-    inputs = collect(spec)
+    inputs = collect(spec, update_debian=update_debian)
     final = paths.images / inputs.tag
     if is_image(final):
         return BuiltImage(inputs.tag, final, reused=True, seconds=0.0)
@@ -201,7 +228,9 @@ def build(spec: HostSpec, paths: Paths, *, progress: bool = True) -> BuiltImage:
         if is_image(final):
             return BuiltImage(inputs.tag, final, reused=True, seconds=0.0)
         tree = {**tree, **identity(inputs)}
-        return _build(spec, lock, tree, inputs, final, paths, progress=progress)
+        return _build(
+            spec, lock, tree, inputs, final, paths, progress=progress, update_debian=update_debian
+        )
 
 
 @contextmanager
@@ -231,12 +260,15 @@ def _build(
     paths: Paths,
     *,
     progress: bool,
+    update_debian: bool,
 ) -> BuiltImage:
     store = final.parent
     work = paths.build_cache / "work" / inputs.tag
     tree_dir = write_tree(tree, work / "tree")
     _stage_app(spec, work / "stage", lock, paths)
-    sandbox = apt_sandbox(spec, work / "sandbox")
+    locked = debian_lock.read_debian_digests()
+    mirror = None if update_debian else locked_repository(spec, paths)
+    sandbox = apt_sandbox(spec, work / "sandbox", locked=mirror is not None)
     output = paths.build_cache / "out"
     partial = partial_dir(store, inputs.tag)
     shutil.rmtree(partial, ignore_errors=True)
@@ -256,10 +288,13 @@ def _build(
         cache=paths.cache,
         build_cache=paths.build_cache,
         sandbox_trees=(sandbox,),
+        local_mirror=mirror,
     )
-    # The lock's exact .debs, from the content-addressed store: apt installs those files.
     archives, debs_root = debstore.archives_dir(paths.cache), debstore.store_dir(paths.cache)
-    debstore.seed(debian_lock.read_debian_digests(), archives, debs_root)
+    if mirror is None:
+        # The lock's .debs the store has go into apt's cache: apt installs those files
+        # if the live index still names their versions.
+        debstore.seed(locked, archives, debs_root)
     seconds = mkosi.run(job, partial / BUILD_LOG, progress=progress)
     for name in ARTIFACTS:
         if not (output / name).exists():
@@ -268,19 +303,23 @@ def _build(
     atomic_write(partial / CMDLINE, (uki.cmdline(output / UKI) + "\n").encode())
     atomic_write(partial / RENDERED_TAR, rendered_tar(tree))
     manifest = _manifest(spec, inputs, tree, output, partial)
-    debs = _keep_debs(manifest.debian_packages, archives, debs_root)
-    locked = debian_lock.compare(manifest.debian_packages, debs=debs)
-    manifest = replace(manifest, debian_debs=debs, debian_lock=locked)
-    if locked["pinned"] and not locked["matches"]:
+    if mirror is None:
+        debs = _keep_debs(manifest.debian_packages, archives, debs_root)
+    else:  # installed from the locked repository: the lock's files, already in the store
+        debs = {p: locked[p][1] for p in manifest.debian_packages if p in locked}
+    result = debian_lock.compare(manifest.debian_packages, debs=debs)
+    manifest = replace(manifest, debian_debs=debs, debian_lock=result)
+    if result["pinned"] and not result["matches"] and not update_debian:
         # One tag, one image: the lock is an input of the tag and names exact files.
-        changed = list(locked["changed"])  # type: ignore[call-overload]
+        changed = list(result["changed"])  # type: ignore[call-overload]
         raise BuildError(
             f"Debian packages differ from locks/debian-packages.txt, which is part of tag "
             f"{inputs.tag} ({'; '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}); "
-            "pin `debian.snapshot` in the spec, import the store (`aurora-image debstore "
-            "import`), or accept the new set with `aurora-image lock --debian` (a new tag)"
+            "import the store that has the lock's files (`aurora-image debstore import "
+            "FILE`, made by `debstore export` where they were built), or take the new set: "
+            "`aurora-image build --update-debian`, test it, `aurora-image lock --debian TAG`"
         )
-    note = debian_lock.warning(locked)
+    note = debian_lock.warning(result)
     if note:
         print(f"aurora-image: warning: {note}", file=sys.stderr)
     write_manifest(partial, manifest)

@@ -9,14 +9,13 @@ so they outlive the Debian mirror moving on:
   archive cache (mkosi's package cache) into the store and returns
   {package: sha256}, which the manifest records (`debian_debs`) and
   `aurora-image lock --debian` writes into the lock beside each version;
-- before a build, `seed` puts the locked .debs back into apt's archive
-  cache, so apt installs those very files instead of downloading (with a
-  `debian.snapshot` in the spec the archive index cannot move either);
+- a build whose lock names a file for every package installs from a
+  repository made of those files (builder.image.debrepo), so a rebuild of an
+  old tag gets the same packages after the mirror moved on;
+- otherwise, before a build, `seed` puts the locked .debs the store has into
+  apt's archive cache, so apt installs those very files where the live index
+  still names their versions;
 - `export`/`import_` carry the store to another machine as one tar.
-
-Not done here: rebuilding an old tag with no snapshot after the mirror moved
-(apt then resolves the newer versions from the live index; the lock check
-refuses that build instead of storing a second image under the tag).
 """
 
 from __future__ import annotations

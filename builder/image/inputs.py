@@ -125,9 +125,10 @@ class Inputs:
         return int(datetime(year, month, day, tzinfo=UTC).timestamp())
 
 
-def collect(spec: HostSpec) -> Inputs:
+def collect(spec: HostSpec, *, update_debian: bool = False) -> Inputs:
     """Digest the spec (the files it was loaded from), the repo's build inputs and the
-    app source."""
+    app source. A build that takes the mirror's Debian packages instead of the lock's
+    files (`update_debian`) gets a tag of its own: it is not the image the lock names."""
     source = spec.source
     paths = [("spec", source.path)]
     # An overlay's bytes depend on its base too (staging.yml on aurora.yml).
@@ -143,4 +144,6 @@ def collect(spec: HostSpec) -> Inputs:
     extra = {}
     if spec.dashboard.app.git is not None:
         extra = {"app.git": spec.dashboard.app.git, "app.ref": spec.dashboard.app.ref or ""}
+    if update_debian:
+        extra["debian"] = "resolved from the mirror, not the lock"
     return Inputs(release=spec.release, files=digest_paths(paths), extra=extra)

@@ -31,6 +31,8 @@ class MkosiJob:
     cache: Path
     build_cache: Path
     sandbox_trees: tuple[Path, ...] = ()
+    # The locked build's repository (builder.image.debrepo): apt sees only it.
+    local_mirror: Path | None = None
 
     def argv(self) -> list[str]:
         cache, build_cache = self.cache, self.build_cache
@@ -54,6 +56,8 @@ class MkosiJob:
         ]  # fmt: skip
         for tree in self.sandbox_trees:
             argv += ["--sandbox-tree", str(tree)]
+        if self.local_mirror is not None:
+            argv += ["--local-mirror", f"file://{self.local_mirror}"]
         if self.packages:
             argv += ["--package", ",".join(self.packages)]
         # mkosi hands systemd-repart only its configured environment, split at spaces:

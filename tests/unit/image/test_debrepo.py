@@ -10,8 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from builder.image.build import locked_repository
 from builder.image.debrepo import write_repo
-from builder.image.debstore import DebStoreError, blob
+from builder.image.debstore import DebStoreError, blob, store_dir
+from builder.image.inputs import collect
+from builder.image.mkosi import MkosiJob
+from builder.paths import Paths
+from builder.spec.model import load_spec
+from tests.paths import REPO_ROOT
 
 SUITE = "trixie"
 
@@ -133,3 +139,47 @@ def test_a_file_that_is_another_version_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DebStoreError, match=r"is not aurora-base 1.0 \(the lock says it is\)"):
         write_repo({"aurora-base": ("1.0", digest)}, store, tmp_path / "repos", SUITE)
     assert list((tmp_path / "repos").iterdir()) == []  # the half-made repository is gone
+
+
+def _lock_file(path: Path, entries: dict[str, tuple[str, str | None]]) -> Path:
+    lines = ["# aurora-image Debian lock: package version, from image 2026.11-test"]
+    lines += [f"{p} {v} {d}" if d else f"{p} {v}" for p, (v, d) in sorted(entries.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_build_installs_from_the_lock_only_when_the_lock_and_the_store_are_complete(
+    tmp_path: Path,
+) -> None:
+    spec = load_spec(REPO_ROOT / "hosts" / "aurora.yml")
+    paths = Paths.under(tmp_path)
+    store = store_dir(paths.cache)
+    work = tmp_path / "debs"
+    work.mkdir()
+    entries = {p: ("1.0", _stored(_deb(work, p, "1.0"), store)) for p in spec.packages}
+    entries["aurora-base"] = ("1.0", _stored(_deb(work, "aurora-base", "1.0"), store))
+    lock = _lock_file(tmp_path / "lock.txt", dict(entries))
+
+    repo = locked_repository(spec, paths, lock)
+    assert repo is not None and repo.parent == store / "repos"
+    (paths.cache / "uvboot" / "bin").mkdir(parents=True)
+    (paths.cache / "uvboot" / "bin" / "uv").touch()  # mkosi's argv names it; never run here
+    job = MkosiJob(repo=REPO_ROOT, extra_tree=tmp_path, stage=tmp_path, output_dir=tmp_path,
+                   packages=(), environment={}, seed="s", source_date_epoch=0,
+                   cache=paths.cache, build_cache=paths.build_cache, local_mirror=repo)  # fmt: skip
+    argv = job.argv()
+    assert argv[argv.index("--local-mirror") + 1] == f"file://{repo}"
+
+    # Any doubt, and the build resolves against the mirror (then checked against the lock):
+    unpinned = _lock_file(tmp_path / "unpinned.txt", {**entries, "aurora-base": ("1.0", None)})
+    assert locked_repository(spec, paths, unpinned) is None  # a line without its file
+    without = {p: e for p, e in entries.items() if p != spec.packages[0]}
+    assert locked_repository(spec, paths, _lock_file(tmp_path / "new.txt", without)) is None
+    blob(entries["aurora-base"][1], store).unlink()
+    assert locked_repository(spec, paths, lock) is None  # the store lacks a file
+
+
+def test_a_build_from_the_mirror_has_a_tag_of_its_own() -> None:
+    spec = load_spec(REPO_ROOT / "hosts" / "aurora.yml")
+    assert collect(spec).tag != collect(spec, update_debian=True).tag
+    assert collect(spec).tag == collect(spec).tag
