@@ -20,7 +20,7 @@ from pathlib import Path
 
 from builder.cli.commands import GROUPS, PROG, build_parser
 from builder.errors import EXIT_STATUS
-from builder.generated import write_or_check
+from builder.generated import page_main
 from builder.image.inputs import REPO
 
 PAGE = REPO / "docs" / "reference" / "commands.md"
@@ -172,13 +172,9 @@ def render_page(makefile: Path = MAKEFILE) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cli = argparse.ArgumentParser(
-        prog="python -m builder.cli.reference", description=__doc__.splitlines()[0]
+    return page_main(
+        argv, module="builder.cli.reference", doc=__doc__ or "", page=PAGE, render=render_page
     )
-    cli.add_argument("--out", type=Path, default=PAGE, help="page to write")
-    cli.add_argument("--check", action="store_true", help="exit 1 if the page is stale")
-    args = cli.parse_args(argv)
-    return write_or_check(args.out, render_page(), check=args.check, who="cli_reference")
 
 
 if __name__ == "__main__":

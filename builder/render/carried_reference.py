@@ -4,11 +4,10 @@ producer and the spec keys it depends on. `--check` says when the page is stale.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from builder.generated import write_or_check
+from builder.generated import page_main
 from builder.render.carried import PACKAGE_UNITS, TABLE, Carried
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "reference" / "carried.md"
@@ -70,13 +69,13 @@ def render_page() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m builder.render.carried_reference", description=__doc__.splitlines()[0]
+    return page_main(
+        argv,
+        module="builder.render.carried_reference",
+        doc=__doc__ or "",
+        page=PAGE,
+        render=render_page,
     )
-    parser.add_argument("--out", type=Path, default=PAGE, help="page to write")
-    parser.add_argument("--check", action="store_true", help="exit 1 if the page is stale")
-    args = parser.parse_args(argv)
-    return write_or_check(args.out, render_page(), check=args.check, who="carried_reference")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ hosts/aurora-jasmin.yml.
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import re
 import sys
@@ -30,7 +29,7 @@ from pydantic import AfterValidator, BaseModel
 from pydantic.fields import FieldInfo
 
 from builder.errors import AuroraError
-from builder.generated import write_or_check
+from builder.generated import page_main
 from builder.spec import validators
 from builder.spec.model import HostSpec
 
@@ -361,17 +360,9 @@ def render_page() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m builder.spec.reference", description=__doc__.splitlines()[0]
+    return page_main(
+        argv, module="builder.spec.reference", doc=__doc__ or "", page=PAGE, render=render_page
     )
-    parser.add_argument("--out", type=Path, default=PAGE, help="page to write")
-    parser.add_argument("--check", action="store_true", help="exit 1 if the page is stale")
-    args = parser.parse_args(argv)
-    try:
-        return write_or_check(args.out, render_page(), check=args.check, who="spec_reference")
-    except AuroraError as exc:
-        print(f"spec_reference: {exc}", file=sys.stderr)
-        return 1
 
 
 if __name__ == "__main__":
