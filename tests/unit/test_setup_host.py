@@ -51,7 +51,10 @@ def _sources() -> Iterator[Path]:
     for folder in SCANNED:
         yield from sorted((REPO / folder).rglob("*.py"))
     for path in sorted(PROGRAMS_DIR.iterdir()):
-        if path.is_file() and path.read_text(errors="replace").startswith("#!/usr/bin/python3"):
+        python = path.suffix == ".py"  # the programs' shared module (aurora_common.py)
+        if path.is_file() and (
+            python or path.read_text(errors="replace").startswith("#!/usr/bin/python3")
+        ):
             yield path
 
 
