@@ -1,6 +1,6 @@
 """The drift audit's rules, on output recorded from a real VM.
 
-`data/audit/clean.txt` and `drift.txt` are what `builder.host.audit.script` printed
+`data/audit/clean.txt` and `drift.txt` are what `builder.host.observation.script` printed
 on image 2026.11-c735078397ed booted under QEMU (`manifest.json` is that
 image's manifest, cut to the keys the audit reads): once untouched, once
 after `systemctl stop` of a timer, a runtime drop-in, `mask --runtime` of
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.host import audit
+from builder.host import audit, observation
 from builder.image.manifest import Manifest
 from builder.image.store import read_manifest
 from tests.paths import REPO_ROOT
@@ -38,7 +38,7 @@ def clean() -> str:
 
 
 def report(manifest: Manifest, output: str) -> audit.AuditReport:
-    seen = audit.parse(output)
+    seen = observation.parse(output)
     return audit.AuditReport("vm", manifest.tag, None, tuple(audit.compare(manifest, seen)))
 
 
@@ -48,8 +48,8 @@ def drifted(rep: audit.AuditReport) -> dict[str, audit.Row]:
 
 def edit_section(output: str, section: str, old: str, new: str) -> str:
     """Replace text inside one section only, failing loudly if it is not there."""
-    head, marker, rest = output.partition(f"{audit.MARK}{section}\n")
-    body, nxt, tail = rest.partition(audit.MARK)
+    head, marker, rest = output.partition(f"{observation.MARK}{section}\n")
+    body, nxt, tail = rest.partition(observation.MARK)
     assert old in body, f"{old!r} not in section {section}"
     return head + marker + body.replace(old, new, 1) + nxt + tail
 
@@ -107,8 +107,10 @@ def test_python_names_are_normalised(manifest: Manifest, clean: str) -> None:
 
 
 def test_missing_venv_is_drift(manifest: Manifest, clean: str) -> None:
-    head, _, _ = clean.partition(f"{audit.MARK}python\n")
-    out = head + f"{audit.MARK}python\nerror: no Python venv at /opt/x\n{audit.MARK}end\n"
+    head, _, _ = clean.partition(f"{observation.MARK}python\n")
+    out = (
+        head + f"{observation.MARK}python\nerror: no Python venv at /opt/x\n{observation.MARK}end\n"
+    )
     rows = drifted(report(manifest, out))
     assert rows["dashboard venv"].found == "no Python venv at /opt/x"
 
@@ -124,17 +126,17 @@ def test_file_drift_kinds(manifest: Manifest, clean: str) -> None:
 
 
 def test_truncated_output_is_an_error_not_drift(clean: str) -> None:
-    cut = clean.partition(f"{audit.MARK}dpkg")[0]
+    cut = clean.partition(f"{observation.MARK}dpkg")[0]
     with pytest.raises(ValueError, match="stopped early"):
-        audit.parse(cut)
+        observation.parse(cut)
 
 
 def test_units_to_check(manifest: Manifest, clean: str) -> None:
-    units = audit.rendered_units(manifest)
+    units = observation.rendered_units(manifest)
     assert "aurora-dashboard.service" in units
     assert not [u for u in units if "@." in u]
-    presets = audit.parse(clean).presets
-    enabled = audit.preset_enabled(presets)
+    presets = observation.parse(clean).presets
+    enabled = observation.preset_enabled(presets)
     assert {"aurora-storage@data.service", "aurora-storage@project.service"} <= set(enabled)
     assert "aurora-storage@.service" not in enabled
 
@@ -195,8 +197,8 @@ def test_unit_rules(name: str, wanted: bool, show: dict[str, str], verdict: str,
 
 def test_identity_decides_the_claimed_image(manifest: Manifest, clean: str) -> None:
     """Images carry /usr/lib/aurora/image.json; one claiming another tag is drift."""
-    head, mark, rest = clean.partition(f"{audit.MARK}os-release\n")
-    with_id = f"{audit.MARK}identity\n" + json.dumps({"tag": "2026.11-other"}) + "\n" + head
+    head, mark, rest = clean.partition(f"{observation.MARK}os-release\n")
+    with_id = f"{observation.MARK}identity\n" + json.dumps({"tag": "2026.11-other"}) + "\n" + head
     rep = report(manifest, with_id + mark + rest)
     row = next(r for r in rep.rows if r.kind == "image")
     assert (row.found, row.verdict) == ("2026.11-other", "changed")
@@ -220,14 +222,16 @@ def test_script_observes_real_files(tmp_path: Path) -> None:
     }
     (tmp_path / "empty").chmod(0o755)
     manifest = Manifest(tag="t", rendered=rendered)
-    assert subprocess.run(["sh", "-n", "-c", audit.script(manifest)]).returncode == 0
-    run = subprocess.run(["sh", "-c", audit.script(manifest)], capture_output=True, text=True)
-    seen = audit.parse(run.stdout)
+    assert subprocess.run(["sh", "-n", "-c", observation.script(manifest)]).returncode == 0
+    run = subprocess.run(["sh", "-c", observation.script(manifest)], capture_output=True, text=True)
+    seen = observation.parse(run.stdout)
     rows = {r.what: r for r in audit.compare(manifest, seen) if r.kind == "file"}
     assert [rows[p].verdict for p in rendered] == ["ok", "ok", "ok", "missing"]
     conf.write_bytes(b"x = 2\n")
-    seen = audit.parse(
-        subprocess.run(["sh", "-c", audit.script(manifest)], capture_output=True, text=True).stdout
+    seen = observation.parse(
+        subprocess.run(
+            ["sh", "-c", observation.script(manifest)], capture_output=True, text=True
+        ).stdout
     )
     assert audit.compare_file(str(conf), rendered[str(conf)], seen.files[str(conf)]).drift
 
@@ -243,8 +247,8 @@ def test_table_shows_drift_only_unless_asked(manifest: Manifest) -> None:
 def test_verity_root_hash_is_compared(manifest: Manifest, clean: str) -> None:
     """Images with a dm-verity root record its hash; the host's kernel must boot it."""
     verity = replace(manifest, root_hash="ab" * 32)
-    head, mark, rest = clean.partition(f"{audit.MARK}files\n")
-    booted = head + f"{audit.MARK}cmdline\nroot=/dev/mapper/root roothash={'ab' * 32} ro\n"
+    head, mark, rest = clean.partition(f"{observation.MARK}files\n")
+    booted = head + f"{observation.MARK}cmdline\nroot=/dev/mapper/root roothash={'ab' * 32} ro\n"
     assert report(verity, booted + mark + rest).ok
     other = booted.replace("ab" * 32, "cd" * 32)
     row = drifted(report(verity, other + mark + rest))[

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.host import audit
+from builder.host import observation
 from builder.image.manifest import Manifest
 from builder.render import carried, carried_reference
 from builder.render.engine import render
@@ -71,7 +71,7 @@ def test_preset_and_audit_read_the_record() -> None:
     assert enabled == carried.enabled_units(spec)
     # Static units the table enables, and the packages' units, are in it too.
     assert {"aurora-health.timer", "aurora-nginx-tls.service", "ufw.service"} <= set(enabled)
-    units = audit.rendered_units(Manifest(tag="t", carried=carried_manifest(tree)))
+    units = observation.rendered_units(Manifest(tag="t", carried=carried_manifest(tree)))
     assert units == sorted(e.provenance.unit for e in tree.values() if e.provenance.unit)
     assert "aurora-dashboard.service" in units and "aurora-cl61-source-sync.timer" in units
     # Drop-ins are not units of their own.
