@@ -217,7 +217,7 @@ def test_audit_live_from_an_empty_store_reads_the_manifest_from_glance(
     """A real sshd on loopback stands in for the host: this machine is not the image,
     so it drifts; the point is which manifest the audit compared it with."""
     tag, path = released
-    manifest = json.loads((path / MANIFEST).read_text())
+    manifest = read_manifest(path)
     clouds = clouds_yaml(empty, cloud, nova)
     with running_sshd(tmp_path / "ssh") as (server,):
         config = tmp_path / "ssh_config"
@@ -235,9 +235,9 @@ def test_audit_live_from_an_empty_store_reads_the_manifest_from_glance(
     report = json.loads(out)
     assert report["image"] == tag
     files = {r["what"] for r in report["rows"] if r["kind"] == "file"}
-    assert files == set(manifest["rendered"])
+    assert files == set(manifest.rendered)
     debian = {r["what"] for r in report["rows"] if r["kind"] == "debian"}
-    assert set(manifest["debian_packages"]) <= debian
+    assert set(manifest.debian_packages) <= debian
     assert list(empty.iterdir()) == []
 
 

@@ -20,7 +20,7 @@ from openstack.image.v2.image import Image
 
 from builder.cli.main import main
 from builder.errors import UnknownTag
-from builder.image.store import file_digest, write_attestation
+from builder.image.store import DISK, file_digest, read_manifest, write_attestation
 from builder.release.cloud import Cloud, CloudUnreachable, GlanceImage, ImageNotFound, Server
 from builder.release.convert import QCOW, QCOW_META, STFC_PROPERTIES, convert
 from builder.release.deploy import deploy
@@ -147,9 +147,8 @@ def test_upload_is_private_tagged_verified_and_carries_the_properties(
     qcow = path / QCOW
     assert image.size == qcow.stat().st_size
     assert image.hash_value == file_digest(qcow, image.hash_algo or "sha512")
-    manifest = json.loads((path / "manifest.json").read_text())
     props = image.properties
-    assert props["aurora_image_sha256"] == manifest["artifacts"]["aurora.raw"]["sha256"]
+    assert props["aurora_image_sha256"] == read_manifest(path).disk_sha256(DISK)
     assert len(props["aurora_manifest_sha256"]) == 64
     assert props["aurora_attestation"].startswith("passed 1 smoke tests")
     assert props["aurora_builder_version"]

@@ -23,7 +23,7 @@ import openstack
 import pytest
 
 from builder.cli.main import main
-from builder.image.store import write_attestation
+from builder.image.store import DISK, read_manifest, write_attestation
 from builder.release import gates, lease, signing
 from builder.release.cloud import Cloud, GlanceImage
 from builder.release.errors import ReleaseFailed
@@ -213,8 +213,7 @@ def test_signed_image_verifies_and_names_the_signer(store: Path, signer: tuple[P
     key, allowed = signer
     path = attested(store, "2026.11-aaaa")
     statement = signing.sign(path, key)
-    assert statement["disk_sha256"] == json.loads((path / "manifest.json").read_text())[
-        "artifacts"]["aurora.raw"]["sha256"]  # fmt: skip
+    assert statement["disk_sha256"] == read_manifest(path).disk_sha256(DISK)
     assert (path / signing.SIGNATURE).read_text().startswith("-----BEGIN SSH SIGNATURE-----")
     verified = signing.verify_local(path, allowed)
     assert verified.signer == "alice@ops" and verified.statement == statement

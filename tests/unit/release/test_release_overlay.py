@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from builder.cli.main import main
 from builder.image.inputs import REPO, collect
+from builder.image.store import read_manifest, write_manifest
 from builder.release.overlay import OverlayError, prove
 from builder.render.engine import enabled_units, render
 from builder.spec.model import load_spec
@@ -60,9 +62,8 @@ def test_not_an_overlay_is_said(tmp_path: Path) -> None:
 
 def _image(store: Path, tag: str, files: dict[str, str]) -> Path:
     path = make_image(store, tag, built_at=1.0)
-    manifest = json.loads((path / "manifest.json").read_text())
-    manifest["inputs"]["files"] = files
-    (path / "manifest.json").write_text(json.dumps(manifest))
+    manifest = read_manifest(path)
+    write_manifest(path, replace(manifest, inputs=replace(manifest.inputs, files=files)))
     return path
 
 
