@@ -31,7 +31,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from builder.image import mkosi, uki  # noqa: E402
-from builder.image.build import allocated, apt_sandbox, build  # noqa: E402
+from builder.image.build import build  # noqa: E402
+from builder.image.debian import apt_sandbox  # noqa: E402
+from builder.image.sizes import allocated  # noqa: E402
 from builder.image.store import DISK, read_manifest  # noqa: E402
 from builder.paths import Paths  # noqa: E402
 from builder.render.engine import render  # noqa: E402

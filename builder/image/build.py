@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -23,11 +22,19 @@ from io import BytesIO
 from pathlib import Path
 
 from builder.errors import BuildError
-from builder.image import debian_lock, debrepo, debstore, mkosi, uki
+from builder.image import debian_lock, debstore, mkosi, uki
 from builder.image.app_lock import check_lock
-from builder.image.gpt import partition, partition_digest, partitions
+from builder.image.debian import (
+    apt_sandbox,
+    debian_packages,
+    keep_debs,
+    locked_repository,
+    python_packages,
+)
+from builder.image.gpt import partition, partition_digest
 from builder.image.inputs import APP_IGNORE, REPO, Inputs, app_file, collect
 from builder.image.manifest import Artifact, Entry, InputsRecord, Manifest
+from builder.image.sizes import format_sizes, image_sizes
 from builder.image.store import (
     ARTIFACTS,
     BUILD_LOG,
@@ -143,73 +150,6 @@ def _checkout_git(spec: HostSpec, dest: Path, cache: Path) -> None:
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
-DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
-# mkosi.conf's Release=: the suite the locked repository names.
-DEBIAN_RELEASE = "trixie"
-
-
-def apt_sandbox(spec: HostSpec, dest: Path, *, locked: bool = False) -> Path:
-    """The package manager's view for the image: Debian (mirror or snapshot) and
-    the spec's extra repositories. Replaces mkosi's own list (whose debug
-    repository the mirrors here refuse). A locked build lists nothing here:
-    mkosi's list then names only the locked repository."""
-    shutil.rmtree(dest, ignore_errors=True)
-    (dest / "etc/apt/sources.list.d").mkdir(parents=True)
-    (dest / "usr/share/keyrings").mkdir(parents=True)
-    if locked:
-        return dest
-    main, security = spec.debian.urls()
-    valid = "Check-Valid-Until: no\n" if spec.debian.snapshot else ""
-    (dest / "etc/apt/sources.list.d/mkosi.sources").write_text(
-        f"Types: deb\nURIs: {main}\nSuites: trixie trixie-updates\nComponents: main\n"
-        f"Signed-By: {DEBIAN_KEYRING}\n{valid}\n"
-        f"Types: deb\nURIs: {security}\nSuites: trixie-security\nComponents: main\n"
-        f"Signed-By: {DEBIAN_KEYRING}\n{valid}"
-    )
-    for repo in spec.apt_repositories:
-        key = spec.source.apt_keys[repo.name]  # checked by SpecSource.require_files
-        keyring = f"/usr/share/keyrings/aurora-{repo.name}.gpg"
-        shutil.copy2(key, dest / keyring.lstrip("/"))
-        (dest / f"etc/apt/sources.list.d/{repo.name}.sources").write_text(
-            f"Types: deb\nURIs: {repo.url}\nSuites: {repo.suite}\n"
-            f"Components: {' '.join(repo.components)}\nSigned-By: {keyring}\n"
-        )
-    return dest
-
-
-def locked_repository(spec: HostSpec, paths: Paths, lock: Path | None = None) -> Path | None:
-    """The repository of the Debian lock's exact files, when the lock names a file for
-    every package and the store holds them all: then the build installs those files
-    whatever the mirror has today (one tag, one image). Otherwise None: the build
-    resolves against the mirror and the lock is checked afterwards."""
-    lock = lock or debian_lock.DEBIAN_LOCK
-    locked, versions = debian_lock.read_debian_digests(lock), debian_lock.read_debian_lock(lock)
-    if not locked or versions is None or set(locked) != set(versions):
-        return None
-    if any(package not in locked for package in spec.packages):
-        return None  # a package the lock does not know: resolve it, the check says what moved
-    store = debstore.store_dir(paths.cache)
-    if debstore.verify({p: d for p, (_, d) in locked.items()}, store):
-        return None
-    # Beside the store: the pool is hard links into it (same file system, no copies).
-    return debrepo.write_repo(locked, store, store / "repos", DEBIAN_RELEASE)
-
-
-def _read_json(path: Path) -> object:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def debian_packages(mkosi_manifest: Path) -> dict[str, str]:
-    data = _read_json(mkosi_manifest) or {}
-    packages = data.get("packages", []) if isinstance(data, dict) else []
-    return {p["name"]: p["version"] for p in sorted(packages, key=lambda p: p["name"])}
-
-
-def python_packages(listing: Path) -> dict[str, str]:
-    data = _read_json(listing) or []
-    return {p["name"]: p["version"] for p in sorted(data, key=lambda p: p["name"].lower())}
-
-
 def build(
     spec: HostSpec, paths: Paths, *, progress: bool = True, update_debian: bool = False
 ) -> BuiltImage:
@@ -304,7 +244,7 @@ def _build(
     atomic_write(partial / RENDERED_TAR, rendered_tar(tree))
     manifest = _manifest(spec, inputs, tree, output, partial)
     if mirror is None:
-        debs = _keep_debs(manifest.debian_packages, archives, debs_root)
+        debs = keep_debs(manifest.debian_packages, archives, debs_root)
     else:  # installed from the locked repository: the lock's files, already in the store
         debs = {p: locked[p][1] for p in manifest.debian_packages if p in locked}
     result = debian_lock.compare(manifest.debian_packages, debs=debs)
@@ -327,68 +267,6 @@ def _build(
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
     return BuiltImage(inputs.tag, final, reused=False, seconds=seconds)
-
-
-def _keep_debs(packages: dict[str, str], archives: Path, root: Path) -> dict[str, str] | None:
-    """The installed .debs into the content-addressed store; {package: sha256}."""
-    try:
-        return debstore.keep(packages, archives, root).digests
-    except debstore.DebStoreError as exc:
-        print(f"aurora-image: warning: .debs not kept: {exc}", file=sys.stderr)
-        return None
-
-
-def allocated(path: Path, start: int = 0, end: int | None = None) -> int:
-    """Bytes of a sparse file (or a range of it) that hold data, as SEEK_DATA sees them."""
-    end = path.stat().st_size if end is None else end
-    total, pos = 0, start
-    with path.open("rb") as handle:
-        fd = handle.fileno()
-        while pos < end:
-            try:
-                data = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:  # ENXIO: no data after pos
-                break
-            if data >= end:
-                break
-            pos = min(os.lseek(fd, data, os.SEEK_HOLE), end)
-            total += pos - data
-    return total
-
-
-def image_sizes(output: Path, image_dir: Path) -> dict[str, dict[str, int]]:
-    """What the image is made of: the root's parts (from the postinst's count),
-    each partition and artifact, and the disk's apparent and allocated size."""
-    disk = image_dir / DISK
-    parts = _read_json(output / "aurora-sizes.json")
-    return {
-        "root_files": parts if isinstance(parts, dict) else {},
-        "partitions": {
-            part.label: {"size": part.size, "allocated": allocated(disk, part.offset, part.end)}
-            for part in partitions(disk)
-        },
-        "artifacts": {name: {"size": (image_dir / name).stat().st_size} for name in ARTIFACTS},
-        "disk": {"size": disk.stat().st_size, "allocated": allocated(disk)},
-    }
-
-
-def format_sizes(sizes: dict[str, dict[str, object]]) -> str:
-    """One line for the build log: the root's parts, then the disk."""
-
-    def mb(value: object) -> str:
-        return f"{int(value) / 1e6:.0f} MB"  # type: ignore[call-overload]
-
-    files = sizes.get("root_files", {})
-    shown = [
-        f"{name} {mb(files[name])}"
-        for name in ("packages", "kernel", "venv", "app")
-        if name in files
-    ]
-    disk = sizes["disk"]
-    return (
-        f"root files: {', '.join(shown) or 'not counted'}; disk {mb(disk['size'])} "
-        f"apparent, {mb(disk['allocated'])} allocated"
-    )
 
 
 def root_digest(disk: Path) -> str:

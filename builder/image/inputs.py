@@ -55,6 +55,9 @@ BUILDER_INPUTS = (
     "image/app_lock.py",
     "image/mkosi.py",
     "image/build.py",
+    "image/debian.py",
+    "image/debrepo.py",
+    "image/sizes.py",
     "image/uki.py",
 )
 

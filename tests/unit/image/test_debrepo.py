@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.image.build import locked_repository
+from builder.image.debian import locked_repository
 from builder.image.debrepo import write_repo
 from builder.image.debstore import DebStoreError, blob, store_dir
 from builder.image.inputs import collect

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from builder.image.build import allocated, format_sizes
+from builder.image.sizes import allocated, format_sizes
 
 
 def test_allocated_counts_data_not_holes(tmp_path: Path) -> None:
