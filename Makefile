@@ -54,10 +54,11 @@ test: image ## everything, on the image this run built: lint, unit tests, the sm
 pristine: ## what CI runs: `make image` then `make test` in a fresh Debian 12 root (mmdebstrap; only build caches carried in; about 45 min warm)
 	scripts/pristine-check.sh
 
-docs: setup ## regenerate the spec and command references and the spec's JSON Schema, build the MkDocs site into build/site/
+docs: setup ## regenerate the spec, command and carried-files references and the spec's JSON Schema, build the MkDocs site into build/site/
 	$(RUN) python -m builder.spec.reference
 	$(CLI) schema --out docs/reference/spec.schema.json
 	$(RUN) python -m builder.cli.reference
+	$(RUN) python -m builder.render.carried_reference
 	$(RUN) mkdocs build --strict --site-dir build/site
 
 promote: setup ## upload attested image TAG=… to Glance, rebuild the JASMIN server from it, probe it (rolls back by itself on failure)

@@ -112,7 +112,8 @@ def mirror_verify_config(spec: HostSpec) -> dict[str, object]:
                     "host": stream.host,
                     "user": stream.user or spec.user.name,
                     "path": stream.path,
-                    "ssh": _ssh(stream.identity, spec),
+                    # Verified on the port it is synced on (sync_config's).
+                    "ssh": {**_ssh(stream.identity, spec), "port": stream.port},
                 },
                 "local": f"{s.raw_root}/{stream.dest}",
                 "gws": raw_dest.rstrip("/") + f"/{stream.dest}",

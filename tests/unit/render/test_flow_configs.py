@@ -169,3 +169,23 @@ def test_tailscale_off_renders_no_state_link() -> None:
     tree = render(load_spec(SPEC))
     assert "tailscale" not in tree["/usr/lib/tmpfiles.d/aurora.conf"].content.decode()
     assert f"{SYSTEM_UNITS}/tailscaled.service.d/aurora-state.conf" not in tree
+
+
+def test_a_stream_is_verified_on_the_port_it_is_synced_on(tmp_path: Path) -> None:
+    import yaml
+
+    from builder.render.names import MIRROR_VERIFY_CONFIG, SYNC_CONFIG_DIR
+
+    data = yaml.safe_load((REPO_ROOT / "hosts" / "aurora.yml").read_text())
+    data["dashboard"]["app"]["path"] = str(REPO_ROOT / "app")
+    stream = next(
+        s for s in data["source_sync"]["streams"] if s.get("mode", "incremental") == "incremental"
+    )
+    stream["port"] = 2222
+    path = tmp_path / "spec.yml"
+    path.write_text(yaml.safe_dump(data))
+    tree = render(load_spec(path))
+    verify = json.loads(tree[MIRROR_VERIFY_CONFIG].content)
+    sync = json.loads(tree[f"{SYNC_CONFIG_DIR}/{stream['name']}.json"].content)
+    checked = next(s for s in verify["streams"] if s["name"] == stream["name"])
+    assert checked["source"]["ssh"]["port"] == sync["ssh"]["port"] == 2222
