@@ -61,6 +61,23 @@ BUILDER_INPUTS = (
     "image/uki.py",
 )
 
+# The modules the build imports that are not inputs, each with why it cannot change
+# an image's bytes (tests/unit/image/test_tag_inputs.py: every module the build
+# imports is in one of the two tables).
+NOT_BUILDER_INPUTS = {
+    "errors.py": "error messages and exit statuses",
+    "paths.py": "where images and caches live",
+    "progress.py": "progress output",
+    "tools.py": "where the build tools live (mkosi's version is pinned in scripts/setup-host.sh)",
+    "host/remote.py": "ssh to a running host (secrets check), not used by a build",
+    "spec/credcheck.py": "refuses secrets in a spec; never changes a value",
+    "spec/errors.py": "how spec mistakes are reported",
+    "image/debian_lock.py": "reads and compares the Debian lock, itself an input (locks/)",
+    "image/debstore.py": ".debs by sha256: a file is used only if it has the digest the lock names",
+    "image/gpt.py": "reads a built disk's partition table",
+    "image/manifest.py": "the record that describes an image, not the image",
+    "image/store.py": "where a built image is kept",
+}
 
 # Never part of the app in the image: VCS metadata and dotfiles (.git, .env, editor
 # state) may hold credentials, and caches are not source.
