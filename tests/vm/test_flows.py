@@ -34,6 +34,7 @@ from builder.host import health
 from builder.host.probe import Endpoint, probe
 from builder.image.store import read_manifest
 from builder.render.engine import GWS_CONFIG_DIR, gws_unit, sync_unit
+from builder.retry import retry
 from builder.spec.model import GwsJob, HostSpec, Stream
 from builder.vm.machine import Machine
 from tests.peers import (
@@ -397,7 +398,9 @@ def test_raw_push_sends_contents_and_fails_over_past_the_refusing_host(
         for name in inst.wanted:
             assert (gws / inst.stream.dest / name).read_bytes() == (local / name).read_bytes()
     refusing, first_ok, spare = peers.gws
-    assert f"Connection closed by authenticating user {spec.gws.user}" in refusing.log
+    closed = f"Connection closed by authenticating user {spec.gws.user}"
+    # sshd logs the refusal after the client has moved on: wait for it, bounded.
+    retry(lambda: closed in refusing.log, timeout=10, interval=0.1, what="sshd's log line")
     assert f"Accepted publickey for {spec.gws.user}" in first_ok.log
     assert "Accepted" not in spare.log  # tried in order: the second host took the push
     logs = sh(flows, f"ls {spec.gws.log_dir}").split()
