@@ -51,7 +51,7 @@ test: image ## everything, on the image this run built: lint, unit tests, the sm
 	AURORA_IMAGE=$$tag $(RUN) pytest tests/unit tests/vm -v && \
 	AURORA_IMAGE=$$tag AURORA_ATTESTED_SINCE=$$since $(RUN) pytest tests/release -v
 
-pristine: ## what CI runs: `make image` then `make test` in a fresh Debian 12 root (mmdebstrap; only build caches carried in; about 45 min warm)
+pristine: ## what CI runs: `make image` then `make test` in a fresh Debian 12 root (mmdebstrap; only build caches carried in; about 30 min warm on 2 cores)
 	scripts/pristine-check.sh
 
 docs: setup ## regenerate the spec, command and carried-files references and the spec's JSON Schema, build the MkDocs site into build/site/
