@@ -63,10 +63,16 @@ def locked_repository(spec: HostSpec, paths: Paths, lock: Path | None = None) ->
     if any(package not in locked for package in spec.packages):
         return None  # a package the lock does not know: resolve it, the check says what moved
     store = debstore.store_dir(paths.cache)
+    # Beside the store: the pool is hard links into it (same file system, no copies).
+    repos = store / "repos"
+    if any(not debstore.blob(digest, store).is_file() for _, digest in locked.values()):
+        return None
+    made = debrepo.written(locked, repos, DEBIAN_RELEASE)
+    if made is not None:
+        return made  # made before from checked files: no hashing the store on every build
     if debstore.verify({p: d for p, (_, d) in locked.items()}, store):
         return None
-    # Beside the store: the pool is hard links into it (same file system, no copies).
-    return debrepo.write_repo(locked, store, store / "repos", DEBIAN_RELEASE)
+    return debrepo.write_repo(locked, store, repos, DEBIAN_RELEASE)
 
 
 def _read_json(path: Path) -> object:

@@ -57,14 +57,23 @@ def _release(suite: str, index: bytes, date: str) -> str:
     )
 
 
+def written(locked: Mapping[str, tuple[str, str]], parent: Path, suite: str) -> Path | None:
+    """The repository of this lock if it was made already (it is only ever renamed
+    into place whole). Its files need no hashing again: apt checks each one against
+    the index, which carries the lock's SHA256."""
+    dest = parent / lock_digest(locked)
+    return dest if (dest / "dists" / suite / "Release").is_file() else None
+
+
 def write_repo(
     locked: Mapping[str, tuple[str, str]], store: Path, parent: Path, suite: str
 ) -> Path:
     """The repository of these locked packages ({package: (version, sha256)}), made
     from the store once and reused; refused if the store lacks or garbles a file."""
+    done = written(locked, parent, suite)
+    if done is not None:
+        return done
     dest = parent / lock_digest(locked)
-    if (dest / "dists" / suite / "Release").is_file():
-        return dest
     bad = verify({p: d for p, (_, d) in locked.items()}, store)
     if bad:
         shown = ", ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
