@@ -14,7 +14,7 @@ CLI := $(RUN) aurora-image
 LAST_TAG ?= build/last-tag
 
 .DEFAULT_GOAL := help
-.PHONY: help setup render image smoke test unit lint bench docs promote rollback releases pristine clean
+.PHONY: help setup render image smoke container test unit lint bench docs promote rollback releases pristine clean
 
 # The `##` comment on a target's line is its one description: `make help` prints
 # it, and docs/reference/commands.md is generated from it (builder/cli/reference.py).
@@ -38,6 +38,9 @@ unit: setup ## fast tests, no VM: spec, render, CLI, docs, the on-host programs 
 lint: setup ## ruff over the Python code
 	$(RUN) ruff check builder tests bench
 
+container: setup ## check the image `make image` built last (or TAG=…) in seconds, no boot: its unit files, configs and on-host programs in its own root under systemd-nspawn
+	$(if $(TAG),AURORA_IMAGE=$(TAG)) $(RUN) pytest tests/container -v
+
 smoke: setup ## boot the image `make image` built last (or TAG=…) under QEMU, run the smoke suite; it writes the attestation
 	$(if $(TAG),AURORA_IMAGE=$(TAG)) $(RUN) pytest tests/vm -v
 
@@ -45,10 +48,10 @@ smoke: setup ## boot the image `make image` built last (or TAG=…) under QEMU, 
 # $(LAST_TAG)), never the newest in the store (tests/image_choice.py). The release
 # suite runs after the smoke suite has attested it (the attestation is written
 # when that pytest session ends) and refuses an attestation older than this run.
-test: image ## everything, on the image this run built: lint, unit tests, the smoke suite, then the release suite (a real Glance, a Nova double)
+test: image ## everything, on the image this run built: lint, unit tests, the container tier, the smoke suite, then the release suite (a real Glance, a Nova double)
 	$(RUN) ruff check builder tests bench
 	@tag=$$(cat $(LAST_TAG)) && since=$$(date +%s) && echo "make test: testing image $$tag" && \
-	AURORA_IMAGE=$$tag $(RUN) pytest tests/unit tests/vm -v && \
+	AURORA_IMAGE=$$tag $(RUN) pytest tests/unit tests/container tests/vm -v && \
 	AURORA_IMAGE=$$tag AURORA_ATTESTED_SINCE=$$since $(RUN) pytest tests/release -v
 
 pristine: ## what CI runs: `make image` then `make test` in a fresh Debian 12 root (mmdebstrap; only build caches carried in; about 30 min warm on 2 cores)

@@ -16,6 +16,7 @@ test, tests/unit/cli/test_errors.py, compares this drawing with the classes;
     ├── UnknownTag                          builder/errors.py
     ├── StoreError                          builder/errors.py
     ├── DebStoreError                       builder/image/debstore.py
+    ├── ContainerError                      builder/image/root.py
     ├── RetryTimeout (TimeoutError)         builder/retry.py
     ├── MachineError                        builder/vm/errors.py
     │   ├── QemuExited                      builder/vm/errors.py

@@ -46,6 +46,9 @@ rsync                                rsync                   on-host programs an
 nginx                                nginx                   tests/unit/host/test_release_probe.py
 openssl                              openssl                 tests/unit/host/test_release_probe.py
 systemd-analyze                      systemd                 tests/unit/spec/test_systemd_values.py, test_least_privilege.py
+systemd-nspawn                       systemd-container       builder/image/root.py (the container tier, tests/container)
+mount                                mount                   builder/image/root.py (the image tree, read-only loop mounts)
+umount                               mount                   builder/image/root.py
 chromium                             chromium                tests/vm/test_security.py (the Panel page under its CSP)
 chromedriver                         chromium-driver         tests/vm/test_security.py (WebDriver for that browser)
 make                                 make                    the entry points, tests/unit/image/test_image_choice.py

@@ -12,4 +12,6 @@ Where each part lives:
                  ``manifest``: the typed Manifest and Attestation it reads and writes
 - ``sizes``, ``logs``, ``diff``, ``verify``, ``prune``   what a stored image is made of,
                  its logs, what changed between two, a bit-for-bit rebuild, what may go
+- ``root``       an image's tree mounted read-only as its host sees it (``image_root``),
+                 and its programs run in it under systemd-nspawn (tests/container)
 """

@@ -24,8 +24,6 @@ from pathlib import Path
 
 import pytest
 import testinfra
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import Envelope
 
 from builder.errors import AuroraError
 from builder.image.logs import write_smoke_log
@@ -36,8 +34,8 @@ from builder.vm import accel as accel_mod
 from builder.vm.disks import scratch_volumes
 from builder.vm.image import BootImage
 from builder.vm.machine import Machine, boot
-from builder.vm.process import free_port
 from tests.image_choice import chosen_image
+from tests.mailbox import Mailbox, running_mailbox
 
 SPEC = Path(__file__).resolve().parents[2] / "hosts" / "aurora.yml"
 BOOT_FINISHED = (
@@ -163,25 +161,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         say(f"attestation: {_run.image.name} {signed}")
 
 
-class Mailbox:
-    """A real SMTP server on the host's loopback (aiosmtpd) collecting messages."""
-
-    def __init__(self) -> None:
-        self.messages: list[Envelope] = []
-
-    async def handle_DATA(self, server, session, envelope: Envelope) -> str:
-        self.messages.append(envelope)
-        return "250 Message accepted for delivery"
-
-
 @pytest.fixture(scope="session")
 def mailbox() -> Iterator[tuple[Mailbox, int]]:
-    box = Mailbox()
-    port = free_port()
-    controller = Controller(box, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield box, port
-    controller.stop()
+    with running_mailbox() as relay:
+        yield relay
 
 
 @pytest.fixture(scope="session")

@@ -102,7 +102,10 @@ def test_make_test_hands_both_suites_the_image_make_image_built(
     assert done.returncode == 0, done.stdout + done.stderr
     assert last_tag.read_text() == f"{BUILT}\n"
     runs = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [r["suites"] for r in runs] == [["tests/unit", "tests/vm"], ["tests/release"]]
+    assert [r["suites"] for r in runs] == [
+        ["tests/unit", "tests/container", "tests/vm"],
+        ["tests/release"],
+    ]
     assert {r["image"] for r in runs} == {str(store / BUILT)}
     assert runs[0]["since"] is None and runs[1]["since"] is not None
     assert f"testing image {BUILT}" in done.stdout
