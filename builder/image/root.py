@@ -147,7 +147,9 @@ class Container:
     """Commands in the image's tree under systemd-nspawn, over a writable scratch layer.
 
     The layer lives as long as the ``with`` block: commands run in one block see each
-    other's writes, the next block starts from the image again."""
+    other's writes, the next block starts from the image again. /run and /tmp are
+    nspawn's own tmpfs, fresh for each command: what a program leaves there is read
+    in the same command."""
 
     def __init__(self, root: Path, *, network: bool = True) -> None:
         self.root = root

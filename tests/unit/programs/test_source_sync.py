@@ -400,6 +400,22 @@ def test_concurrent_run_is_refused(make_stream) -> None:
     assert not s.state.exists()
 
 
+def test_state_directory_missing_is_one_line_naming_the_fix(make_stream, tmp_path: Path) -> None:
+    """/data not mounted: the state directory (a link onto it) dangles; no traceback,
+    nothing pulled."""
+    s = make_stream()
+    s.put(f"{CL61}new.nc")
+    s.lock.parent.parent.mkdir(parents=True, exist_ok=True)
+    s.lock.parent.symlink_to(tmp_path / "unmounted" / "state")
+
+    result = s.run()
+
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "cannot open lock file" in result.stderr and "data volume is mounted" in result.stderr
+    assert s.pulled() == set()
+
+
 def test_stream_name_is_derived_from_symlink_name(make_stream, tmp_path: Path) -> None:
     s = make_stream(
         name="asfs-fast-sonic", patterns=["aurora_asfs_data_fast_sonic_????????????.dat"]
