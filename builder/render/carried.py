@@ -219,8 +219,10 @@ TABLE: tuple[Carried, ...] = (
     Carried(f"{UNITS}/aurora-storage@.service", S, "mkosi.extra", ("mounts",), enable=True,
             instances="mounts", role="service"),
     Carried(f"{UNITS}/certbot.service.d/aurora-tls.conf", S, "mkosi.extra"),
+    Carried(f"{UNITS}/fail2ban.service.d/aurora-after-ssh.conf", S, "mkosi.extra"),
     Carried(f"{UNITS}/ssh.service.d/aurora-hostkeys.conf", S, "mkosi.extra"),
     Carried(f"{UNITS}/systemd-resolved.service.d/aurora-var.conf", S, "mkosi.extra"),
+    Carried(f"{UNITS}/ufw.service", S, "mkosi.extra"),
     Carried("/usr/lib/aurora/*", S, "mkosi.extra (the on-host programs)"),
     # Made by the image build from its inputs.
     Carried(IDENTITY, B, "builder.image.build.identity", ("release",)),
