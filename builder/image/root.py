@@ -6,7 +6,8 @@ programs against files) is checked in seconds instead of a QEMU boot.
 ``image_root`` is THE one way to get an image's tree through mounts: every caller
 (tests/container) goes through it, so a change of the image's layout (partitions,
 a configuration layer overlaid at boot) is adapted here only. It mounts the root
-partition, then what the image's own /etc/fstab mounts from the disk (its /var
+partition (with the config layer laid over it, as the initrd lays it, when the
+image has one), then what the image's own /etc/fstab mounts from the disk (its /var
 partition, by PARTLABEL) and binds (/home, /root from /var), each read-only; the
 data volumes (LABEL=) are not part of an image and stay empty mount points.
 The root is mounted without dm-verity: the tree is read, never trusted for a release.
@@ -30,10 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import AuroraError
-from builder.image.gpt import Partition, filesystem, partition
+from builder.image.gpt import Partition, filesystem, partition, partitions
 from builder.image.store import DISK
 
 ROOT_LABEL = "root-x86-64"
+# The config layer's slot (builder.image.layer); empty in an image without one.
+CONFIG_LABEL = "aurora-config"
 FSTAB = "etc/fstab"
 
 
@@ -90,22 +93,46 @@ def _inside(root: Path, path: str) -> Path:
     return inner
 
 
+def _unmount_all(mounted: list[Path]) -> bool:
+    """Unmount in reverse order; True when every one came off."""
+    ok = True
+    for target in reversed(mounted):
+        ok &= subprocess.run(["umount", str(target)], capture_output=True).returncode == 0
+    return ok
+
+
 @contextmanager
 def image_root(image_dir: Path) -> Iterator[Path]:
-    """The image's tree, read-only, at a scratch directory (unmounted on exit)."""
+    """The image's tree, read-only, at a scratch directory (unmounted on exit).
+
+    An image with a config layer (a filesystem in its ``aurora-config`` partition,
+    builder.image.layer) gets it laid over the root as its initrd lays it
+    (overlayfs, ``lowerdir=config:root``, read-only); an empty slot is skipped."""
     disk = image_dir / DISK
     if not disk.is_file():
         raise ContainerError(f"{image_dir} holds no {DISK}: build it first (make image)")
     if shutil.which("mount") is None:
         raise ContainerError("mount is missing (util-linux)")
-    top = Path(tempfile.mkdtemp(prefix=f"aurora-root-{image_dir.name}-"))
+    scratch = Path(tempfile.mkdtemp(prefix=f"aurora-root-{image_dir.name}-"))
+    top = scratch / "tree"
     mounted: list[Path] = []
     try:
         try:
             root_part = partition(disk, ROOT_LABEL)
         except KeyError as exc:
             raise ContainerError(str(exc).strip("'\"")) from None
-        _mount_partition(disk, root_part, top)
+        config = next((p for p in partitions(disk) if p.label == CONFIG_LABEL), None)
+        top.mkdir()
+        if config is not None and filesystem(disk, config) is not None:
+            base, layer = scratch / "base", scratch / "config"
+            for where, part in ((base, root_part), (layer, config)):
+                where.mkdir()
+                _mount_partition(disk, part, where)
+                mounted.append(where)
+            _run(["mount", "-t", "overlay", "-o", f"ro,lowerdir={layer}:{base}", "overlay",
+                  str(top)], "laying the config layer over the root")  # fmt: skip
+        else:
+            _mount_partition(disk, root_part, top)
         mounted.append(top)
         fstab = top / FSTAB
         for entry in disk_mounts(fstab.read_text() if fstab.is_file() else ""):
@@ -125,10 +152,9 @@ def image_root(image_dir: Path) -> Iterator[Path]:
             mounted.append(target)
         yield top
     finally:
-        for target in reversed(mounted):
-            subprocess.run(["umount", str(target)], capture_output=True)
-        if not mounted or subprocess.run(["mountpoint", "-q", str(top)]).returncode != 0:
-            shutil.rmtree(top, ignore_errors=True)
+        # A mount that would not come off keeps its directory (never delete through it).
+        if _unmount_all(mounted):
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def mounts_under(root: Path, mountinfo: str | None = None) -> list[Path]:

@@ -36,9 +36,10 @@ def image_dir() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def root(image_dir: Path) -> Iterator[Path]:
-    """The image's tree as its booted host mounts it (read-only)."""
+    """The image's tree as its booted host mounts it (read-only), unmounted when this
+    tier's tests are done (not held through a VM suite in the same session)."""
     with image_root(image_dir) as tree:
         yield tree
 
