@@ -31,13 +31,14 @@ qemu-system-x86_64                   qemu-system-x86         builder/vm/machine.
 qemu-img                             qemu-utils              builder/vm/disks.py, release (qcow2)
 qemu-io                              qemu-utils              tests/release
 /usr/share/OVMF/OVMF_CODE_4M.fd      ovmf                    builder/vm/image.py (UEFI firmware)
-mkfs.ext4                            e2fsprogs               builder/vm/disks.py (scratch volumes), verify
+mkfs.ext4                            e2fsprogs               builder/image/layer.py (/var), builder/vm/disks.py (scratch volumes), verify
 debugfs                              e2fsprogs               builder/image/verify.py, tests
 dumpe2fs                             e2fsprogs               builder/image/verify.py
 e2label                              e2fsprogs               tests/unit/vm/test_vm_disks.py
 fsck.erofs                           erofs-utils             builder/image/verify.py (the EROFS root)
 dump.erofs                           erofs-utils             builder/image/verify.py, tests/vm/test_smoke.py
-mkfs.erofs                           erofs-utils             tests/unit/image/test_verify.py
+mkfs.erofs                           erofs-utils             builder/image/layer.py (the config layer), tests/unit/image/test_verify.py
+veritysetup                          cryptsetup-bin          builder/image/layer.py (the config layer's dm-verity hash tree)
 ssh                                  openssh-client          builder/host/remote.py, on-host programs, tests
 ssh-keygen                           openssh-client          builder/vm/machine.py, builder/release/signing.py, tests
 ssh-keyscan                          openssh-client          builder/host/probe.py (host keys on the console)

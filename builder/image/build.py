@@ -11,10 +11,12 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -22,7 +24,8 @@ from io import BytesIO
 from pathlib import Path
 
 from builder.errors import BuildError
-from builder.image import debian_lock, debstore, mkosi, uki
+from builder.image import base as base_image
+from builder.image import debian_lock, debstore, layer, mkosi, uki
 from builder.image.app_lock import check_lock
 from builder.image.debian import (
     apt_sandbox,
@@ -206,6 +209,9 @@ def _build(
     work = paths.build_cache / "work" / inputs.tag
     tree_dir = write_tree(tree, work / "tree")
     _stage_app(spec, work / "stage", lock, paths)
+    # mkosi builds the base without the rendered tree; the config layer carries it.
+    no_tree = work / "no-tree"
+    no_tree.mkdir(parents=True, exist_ok=True)
     locked = debian_lock.read_debian_digests()
     mirror = None if update_debian else locked_repository(spec, paths)
     sandbox = apt_sandbox(spec, work / "sandbox", locked=mirror is not None)
@@ -216,33 +222,57 @@ def _build(
 
     job = mkosi.MkosiJob(
         repo=paths.repo,
-        extra_tree=tree_dir,
+        extra_tree=no_tree,
         stage=work / "stage",
         output_dir=output,
         packages=tuple(spec.packages),
         environment={
             "AURORA_APP_DIR": spec.dashboard.checkout,
         },
-        seed=inputs.seed,
+        seed="",
         source_date_epoch=inputs.source_date_epoch,
         cache=paths.cache,
         build_cache=paths.build_cache,
         sandbox_trees=(sandbox,),
         local_mirror=mirror,
     )
+    key = base_image.base_key(inputs, job, spec.release)
+    job = replace(job, seed=base_image.seed_of(key))
     archives, debs_root = debstore.archives_dir(paths.cache), debstore.store_dir(paths.cache)
     if mirror is None:
         # The lock's .debs the store has go into apt's cache: apt installs those files
         # if the live index still names their versions.
         debstore.seed(locked, archives, debs_root)
-    seconds = mkosi.run(job, partial / BUILD_LOG, progress=progress)
+    started = time.monotonic()
+    base = base_image.ensure(job, key, paths.build_cache / "bases", progress=progress)
+    layer_started = time.monotonic()
+    layer_work = work / "layer"
+    upper, var = layer.compute(tree, tree_dir, base.disk, layer_work, inputs.source_date_epoch)
+    made = layer.make_partitions(
+        upper, var, base.disk, layer_work, inputs.seed, inputs.source_date_epoch
+    )
+    layer.assemble(base.disk, partial / DISK, made)
     for name in ARTIFACTS:
-        if not (output / name).exists():
-            raise BuildError(f"mkosi finished but {output / name} is missing; see build.log")
-        (output / name).replace(partial / name)
-    atomic_write(partial / CMDLINE, (uki.cmdline(output / UKI) + "\n").encode())
+        if name != DISK:
+            _link_or_copy(base.path / name, partial / name)
+    uki_file = layer_work / UKI
+    atomic_write(uki_file, layer.patch_hash((base.path / UKI).read_bytes(), made.root_hash, UKI))
+    atomic_write(partial / CMDLINE, (uki.cmdline(uki_file) + "\n").encode())
     atomic_write(partial / RENDERED_TAR, rendered_tar(tree))
-    manifest = _manifest(spec, inputs, tree, output, partial)
+    how = "reused" if base.reused else "built by mkosi"
+    layer_seconds = time.monotonic() - layer_started
+    log = (base.path / base_image.LOG).read_text(errors="replace")
+    log += (
+        f"aurora-image: base {key[:16]} {how}; config layer {made.root_hash[:16]} "
+        f"made in {layer_seconds:.1f} s\n"
+    )
+    atomic_write(partial / BUILD_LOG, log.encode())
+    if progress:
+        print(
+            f"aurora-image: base {how}; config layer made in {layer_seconds:.1f} s", file=sys.stderr
+        )
+    manifest = _manifest(spec, inputs, tree, base, partial)
+    manifest = replace(manifest, config_hash=made.root_hash, base=key)
     if mirror is None:
         debs = keep_debs(manifest.debian_packages, archives, debs_root)
     else:  # installed from the locked repository: the lock's files, already in the store
@@ -266,7 +296,16 @@ def _build(
     print(f"aurora-image: {format_sizes(manifest.sizes or {})}", file=sys.stderr)
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
-    return BuiltImage(inputs.tag, final, reused=False, seconds=seconds)
+    return BuiltImage(inputs.tag, final, reused=False, seconds=time.monotonic() - started)
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    """The base's kernel and initrd, shared by every image of that base (never
+    written in place, so a hard link is as good as a copy)."""
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copy2(source, dest)
 
 
 def root_digest(disk: Path) -> str:
@@ -283,7 +322,7 @@ def _manifest(
     spec: HostSpec,
     inputs: Inputs,
     tree: Tree,
-    output: Path,
+    base: base_image.Base,
     image_dir: Path,
 ) -> Manifest:
     command_line = (image_dir / CMDLINE).read_text().strip()
@@ -301,11 +340,11 @@ def _manifest(
             name: Artifact(sha256_file(image_dir / name), (image_dir / name).stat().st_size)
             for name in ARTIFACTS
         },
-        root_partition_sha256=root_digest(image_dir / DISK),
+        root_partition_sha256=base_image.root_sha256(base),
         rendered=rendered_manifest(tree),
         carried=carried_manifest(tree),
-        debian_packages=debian_packages(output / "aurora.manifest"),
-        python_packages=python_packages(output / "python-packages.json"),
-        sizes=image_sizes(output, image_dir),
+        debian_packages=debian_packages(base.path / "aurora.manifest"),
+        python_packages=python_packages(base.path / "python-packages.json"),
+        sizes=image_sizes(base.path, image_dir),
         python_venv=spec.dashboard.venv,
     )

@@ -55,6 +55,8 @@ BUILDER_INPUTS = (
     "image/app_lock.py",
     "image/mkosi.py",
     "image/build.py",
+    "image/base.py",
+    "image/layer.py",
     "image/debian.py",
     "image/debrepo.py",
     "image/sizes.py",

@@ -90,6 +90,10 @@ class Manifest:
     cmdline: str | None = None
     # dm-verity's root hash: the kernel refuses any root block that does not match it.
     root_hash: str | None = None
+    # The config layer's dm-verity root hash (aurora.config_hash= on the cmdline).
+    config_hash: str | None = None
+    # The base image's key (builder.image.base): equal keys, equal base partitions.
+    base: str | None = None
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     # The read-only root as shipped: a changed bit anywhere in it changes this.
     root_partition_sha256: str | None = None
@@ -125,6 +129,8 @@ class Manifest:
             "seed": self.seed,
             "cmdline": self.cmdline,
             "root_hash": self.root_hash,
+            "config_hash": self.config_hash,
+            "base": self.base,
             "artifacts": {name: a.to_json() for name, a in self.artifacts.items()} or None,
             "root_partition_sha256": self.root_partition_sha256,
             "rendered": self.rendered,
@@ -162,6 +168,8 @@ class Manifest:
             seed=_optional_str(data, "seed"),
             cmdline=_optional_str(data, "cmdline"),
             root_hash=_optional_str(data, "root_hash"),
+            config_hash=_optional_str(data, "config_hash"),
+            base=_optional_str(data, "base"),
             artifacts=artifacts,
             root_partition_sha256=_optional_str(data, "root_partition_sha256"),
             rendered={p: _strings(e) for p, e in rendered.items()}

@@ -1,13 +1,15 @@
 """Immutability across a reboot: the root is read-only, state is kept only on
 /var, and the second boot of the same disk comes back identical.
 
-Two boots of one qcow2 overlay over the image (the image itself stays
-untouched), with the same SMBIOS UUID, as a VM keeps across reboots on JASMIN.
+The session's VM is the first boot (its disk a qcow2 overlay over the image, its
+SMBIOS UUID fixed, as a VM on JASMIN keeps both): this module runs last, records
+it after the whole suite has used it, powers it off and boots the same overlay,
+volumes and UUID again, the suite's second boot. The image itself stays untouched.
 """
 
 from __future__ import annotations
 
-import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,10 +17,8 @@ import pytest
 
 from builder.host import health
 from builder.image.store import read_manifest
-from builder.vm.disks import make_overlay, scratch_volumes
-from builder.vm.image import BootImage
-from builder.vm.machine import Machine, boot
-from tests.vm.conftest import BOOT_FINISHED, VOLUMES
+from builder.vm.machine import Machine
+from tests.vm.conftest import BOOT_FINISHED, SESSION_UUID, raw_head
 
 TREE_DIGEST = (
     "find /usr /etc -xdev \\( -type f -o -type l \\) -printf '%p %s %m %l\\n' | sort | sha256sum"
@@ -43,46 +43,29 @@ def _snapshot(machine: Machine) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def two_boots(image_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict]]:
-    work = tmp_path_factory.mktemp("reboot")
-    image = BootImage.from_dir(image_dir)
-    overlay = make_overlay(image, work / "disk.qcow2")
-    volumes = scratch_volumes(VOLUMES, work)
-    raw_before = hashlib.sha256((image_dir / "aurora.raw").read_bytes()[: 1 << 24]).hexdigest()
-    uuid = "6f1c2a6e-5b7d-4c1e-9a55-0d2f3b4c5d6e"
-    seen: list[dict] = []
-    for index in range(2):
-        vm = boot(
-            image,
-            work / f"boot{index}",
-            ssh_timeout=900,
-            overlay=overlay,
-            uuid=uuid,
-            extra_drives=volumes,
-            ssh_key=None if index == 0 else work / "boot0" / "id_ed25519",
+def two_boots(booted: Machine, session_vm, image_dir: Path) -> Iterator[list[dict]]:
+    booted.wait_until_succeeds(BOOT_FINISHED, timeout=900)
+    first = _snapshot(booted)
+    booted.succeed("echo kept > /var/lib/aurora/reboot-marker")
+    first["usr_write"] = booted.execute("touch /usr/aurora-x 2>&1")[1]
+    first["units_write"] = booted.execute("touch /etc/systemd/system/aurora-x 2>&1")[1]
+    first["root_mount"] = booted.succeed("findmnt -n -o FSTYPE,OPTIONS /").strip()
+    # Every device-mapper device: name and uuid (dm-verity's say CRYPT-VERITY-...).
+    first["layers"] = booted.succeed("findmnt -rn -o TARGET,SOURCE | grep '^/run/aurora/'")
+    first["dm"] = booted.succeed(
+        "for d in /sys/block/dm-*/dm; do echo $(cat $d/name) $(cat $d/uuid); done"
+    ).strip()
+    first["cmdline"] = booted.succeed("cat /proc/cmdline").split()
+    started = time.monotonic()
+    with session_vm.reboot(booted) as again:
+        ssh = time.monotonic() - started
+        again.wait_until_succeeds(BOOT_FINISHED, timeout=900)
+        second = _snapshot(again)
+        second["boot"] = (
+            f"reboot: ssh after {ssh:.0f} s, settled after {time.monotonic() - started:.0f} s"
         )
-        with vm:
-            vm.wait_until_succeeds(BOOT_FINISHED, timeout=900)
-            record = _snapshot(vm)
-            if index == 0:
-                vm.succeed("echo kept > /var/lib/aurora/reboot-marker")
-                record["usr_write"] = vm.execute("touch /usr/aurora-x 2>&1")[1]
-                record["units_write"] = vm.execute("touch /etc/systemd/system/aurora-x 2>&1")[1]
-                record["root_source"] = vm.succeed("findmnt -n -o SOURCE /").strip()
-                record["root_dm_uuid"] = vm.succeed(
-                    "cat /sys/dev/block/$(mountpoint -d /)/dm/uuid"
-                ).strip()
-                record["cmdline"] = vm.succeed("cat /proc/cmdline").split()
-            else:
-                record["marker"] = vm.succeed("cat /var/lib/aurora/reboot-marker").strip()
-            seen.append(record)
-    seen.append(
-        {
-            "raw_unchanged": raw_before
-            == hashlib.sha256((image_dir / "aurora.raw").read_bytes()[: 1 << 24]).hexdigest()
-        }
-    )
-    yield seen
+        second["marker"] = again.succeed("cat /var/lib/aurora/reboot-marker").strip()
+    yield [first, second, {"raw_unchanged": raw_head(image_dir) == session_vm.raw_head}]
 
 
 def test_writes_to_usr_and_units_fail(two_boots) -> None:
@@ -91,19 +74,35 @@ def test_writes_to_usr_and_units_fail(two_boots) -> None:
     assert "Read-only file system" in first["units_write"]
 
 
-def test_root_is_dm_verity_with_the_manifest_root_hash(two_boots, image_dir: Path) -> None:
+def test_root_is_the_config_layer_over_the_base_both_dm_verity(two_boots, image_dir: Path) -> None:
+    """/ is the read-only overlay the initrd makes: the config layer over the base root,
+    each a dm-verity device opened with the root hash the manifest records."""
     first = two_boots[0]
     manifest = read_manifest(image_dir)
-    assert first["root_source"] == "/dev/mapper/root"
-    assert first["root_dm_uuid"].startswith("CRYPT-VERITY-"), first["root_dm_uuid"]
-    assert manifest.root_hash, "the manifest records no dm-verity root hash"
+    fstype, options = first["root_mount"].split()
+    assert fstype == "overlay", first["root_mount"]
+    assert "ro" in options.split(",")
+    assert "lowerdir=/run/aurora/config:/run/aurora/base" in options.split(","), options
+    assert "upperdir" not in options
+    layers = dict(line.split() for line in first["layers"].splitlines())
+    assert layers == {
+        "/run/aurora/base": "/dev/mapper/root",
+        "/run/aurora/config": "/dev/mapper/config",
+    }
+    devices = dict(line.split() for line in first["dm"].splitlines())
+    assert set(devices) == {"root", "config"}, devices
+    assert all(uuid.startswith("CRYPT-VERITY-") for uuid in devices.values()), devices
+    assert manifest.root_hash and manifest.config_hash, "the manifest lacks a root hash"
     assert f"roothash={manifest.root_hash}" in first["cmdline"]
+    assert f"aurora.config_hash={manifest.config_hash}" in first["cmdline"]
 
 
-def test_second_boot_is_identical(two_boots) -> None:
+def test_second_boot_is_identical(two_boots, capsys: pytest.CaptureFixture[str]) -> None:
     first, second, _ = two_boots
+    with capsys.disabled():
+        print(f"\n{second['boot']}")
     assert first["tree"] == second["tree"], "the root file system changed across a reboot"
-    assert first["machine_id"] == second["machine_id"] == "6f1c2a6e5b7d4c1e9a550d2f3b4c5d6e"
+    assert first["machine_id"] == second["machine_id"] == SESSION_UUID.replace("-", "")
     assert first["host_key"] == second["host_key"], "SSH host key regenerated on reboot"
     assert first["failed"] == second["failed"] == ""
 
