@@ -1,13 +1,18 @@
 """Print the figures of issue 14 for the Aurora image and for a floor image
 (bench/floor: kernel, systemd, sshd, same boot chain), each Aurora figure also
-as a ratio to the floor's, and write them all to bench/results.json. A
-benchmark, not a test: it asserts nothing and prints numbers.
+as a ratio to the floor's (FLOOR_PEER names which), and write them all to
+bench/results.json. A benchmark, not a test: it asserts nothing and prints numbers.
 
-    python bench/run.py [--spec hosts/aurora.yml] [--cold] [--skip-boot] [--skip-floor]
-                        [--smoke] [--verify] [--out bench/results.json]
+    python bench/run.py [--spec hosts/aurora.yml] [--cold] [--skip-builds] [--skip-boot]
+                        [--skip-floor] [--skip-promote] [--smoke] [--verify]
+                        [--out bench/results.json]
 
 --cold first empties the build cache's mkosi state (the package cache stays),
 so the build figure includes the tools tree and the package install.
+--skip-builds leaves out the config-only and app-only rebuilds; --skip-promote
+the promotion downtime (bench/downtime.py: three releases on the release
+suite's Glance and Nova double, three UEFI boots). Run it whole under
+`flock /tmp/aurora-heavy.lock` on a shared machine: it builds and boots.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,6 +59,23 @@ GOALS = {
     "disk_allocated_bytes": 1.5 * 2**30,
     "qcow2_compressed_bytes": 500e6,
 }
+# The floor figure each Aurora figure is divided by: the same step on the floor
+# image (a rebuild is the floor's forced incremental build; the dashboard and a
+# release's downtime compare with the floor's only service answering).
+FLOOR_PEER = {
+    "cold_build_s": "cold_build_s",
+    "config_change_build_s": "rebuild_s",
+    "app_change_build_s": "rebuild_s",
+    "disk_allocated_bytes": "disk_allocated_bytes",
+    "qcow2_compressed_bytes": "qcow2_compressed_bytes",
+    "boot_to_ssh_s": "boot_to_ssh_s",
+    "boot_settled_s": "boot_settled_s",
+    "boot_to_dashboard_s": "boot_to_ssh_s",
+    "powerdown_s": "powerdown_s",
+    "promote_downtime_s": "rebuild_to_ssh_s",
+    "rollback_downtime_s": "rebuild_to_ssh_s",
+}
+PROMOTION = "bench promotion"  # the config-only change of the image a release promotes
 
 
 def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[float, Any]:
@@ -66,14 +89,17 @@ def bench_render(spec_path: Path, rounds: int = 20) -> float:
     return statistics.median(times)
 
 
-def changed_spec(spec_path: Path, workdir: Path) -> Path:
-    """A copy of the spec with one description changed (a config-only change)."""
-    (workdir / "hosts").mkdir()
-    (workdir / "app").symlink_to(REPO / "app")
+def changed_spec(spec_path: Path, workdir: Path, marker: str = "") -> Path:
+    """A copy of the spec with one description changed (a config-only change);
+    a fixed `marker` gives the same image on every run, none a new one."""
+    (workdir / "hosts").mkdir(parents=True, exist_ok=True)
+    if not (workdir / "app").is_symlink():
+        (workdir / "app").symlink_to(REPO / "app")
     text = spec_path.read_text()
+    marker = marker or f"bench {time.time():.0f}"
     changed = text.replace(
         "description: Aurora pull fresh CL61 raw NetCDF files from source host",
-        f"description: Aurora pull fresh CL61 raw NetCDF files (bench {time.time():.0f})",
+        f"description: Aurora pull fresh CL61 raw NetCDF files ({marker})",
     )
     assert changed != text, "bench expects the CL61 stream description in the spec"
     out = workdir / "hosts" / spec_path.name
@@ -92,14 +118,16 @@ def changed_app(spec_path: Path, workdir: Path) -> Path:
     return out
 
 
+def to_qcow2(disk: Path, out: Path) -> Path:
+    """The disk as a compressed qcow2 (what an upload to Glance carries)."""
+    subprocess.run(["qemu-img", "convert", "-c", "-O", "qcow2", str(disk), str(out)], check=True)
+    return out
+
+
 def qcow2_size(disk: Path) -> int:
-    """Bytes of the disk as a compressed qcow2 (what an upload to Glance would carry)."""
+    """Bytes of the disk as a compressed qcow2."""
     with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
-        out = Path(tmp) / "disk.qcow2"
-        subprocess.run(
-            ["qemu-img", "convert", "-c", "-O", "qcow2", str(disk), str(out)], check=True
-        )
-        return out.stat().st_size
+        return to_qcow2(disk, Path(tmp) / "disk.qcow2").stat().st_size
 
 
 def boot(image: BootImage, drives_for: list[str], dashboard_port: int | None) -> dict[str, Any]:
@@ -152,25 +180,67 @@ def build_floor(spec: HostSpec, log: Path, paths: Paths) -> tuple[float, BootIma
 
 
 def report(name: str, value: float, floor: dict[str, Any], unit: str = "s") -> str:
+    """One figure: its goal and verdict, and its ratio to the floor's peer figure."""
     shown = f"{value / 1e6:.0f} MB" if unit == "B" else f"{value:.1f} s"
     goal = GOALS.get(name)
     if goal is not None:
         goal_text = f"{goal / 1e6:.0f} MB" if unit == "B" else f"{goal:g} s"
         shown += f" (goal {goal_text}: {'met' if value <= goal else 'missed'})"
-    if isinstance(floor.get(name), int | float) and floor[name]:
-        shown += (
-            f"; floor {floor[name] / 1e6:.0f} MB" if unit == "B" else f"; floor {floor[name]:.1f} s"
-        )
-        shown += f", ratio {value / floor[name]:.2f}"
+    peer = FLOOR_PEER.get(name)
+    base = floor.get(peer) if peer else None
+    if isinstance(base, int | float) and base:
+        base_text = f"{base / 1e6:.0f} MB" if unit == "B" else f"{base:.1f} s"
+        shown += f"; floor {peer} {base_text}, ratio {value / base:.2f}"
     return f"{name}: {shown}"
+
+
+def ratios(aurora: dict[str, Any], floor: dict[str, Any]) -> dict[str, float]:
+    """Each Aurora figure over its floor peer, where the run measured both."""
+    out = {}
+    for name, peer in FLOOR_PEER.items():
+        value, base = aurora.get(name), floor.get(peer)
+        if isinstance(value, int | float) and isinstance(base, int | float) and base:
+            out[name] = round(value / base, 3)
+    return out
+
+
+def promotion(
+    spec_path: Path, image_dir: Path, paths: Paths, floor_disk: Path | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Goal 7 (bench/downtime.py): A is the image just built, B the same with one
+    description changed, both in a store of the bench's own; with the floor, its
+    rebuild-to-ssh on the same services too. The CLI's log: bench-release/release.log
+    in the build cache."""
+    import downtime
+
+    work = paths.build_cache / "bench-release"
+    store = work / "images"
+    image_a = downtime.stand_in(image_dir, store)
+    variant = load_spec(changed_spec(spec_path, work / "spec-b", PROMOTION))
+    built = build(variant, replace(paths, images=store), progress=False)
+    downtime.attest_stand_in(built.path)
+    for old in store.iterdir():  # earlier runs' images (their tags moved on)
+        if old.is_dir() and old not in (image_a, built.path):
+            shutil.rmtree(old)
+    how = "reused" if built.reused else "built"
+    print(f"promotion: A {image_a.name}, B {built.path.name} ({how})")
+    log = work / "release.log"
+    log.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
+        floor_qcow = to_qcow2(floor_disk, Path(tmp) / "floor.qcow2") if floor_disk else None
+        return downtime.measure(
+            load_spec(spec_path), image_a, built.path, Path(tmp), log, floor_qcow=floor_qcow
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--spec", type=Path, default=REPO / "hosts" / "aurora.yml")
     parser.add_argument("--cold", action="store_true")
+    parser.add_argument("--skip-builds", action="store_true", help="no config/app rebuilds")
     parser.add_argument("--skip-boot", action="store_true")
     parser.add_argument("--skip-floor", action="store_true")
+    parser.add_argument("--skip-promote", action="store_true", help="no promotion downtime")
     parser.add_argument("--smoke", action="store_true", help="also time the smoke suite")
     parser.add_argument("--verify", action="store_true", help="also rebuild in an empty cache")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
@@ -193,10 +263,11 @@ def main() -> None:
         f"({'reused' if image.reused else 'built'} {image.tag})"
     )
     aurora["unchanged_build_s"] = timed(build, spec, paths, progress=False)[0]
-    for name, make in (
+    changes = () if args.skip_builds else (
         ("config_change_build_s", changed_spec),
         ("app_change_build_s", changed_app),
-    ):
+    )  # fmt: skip
+    for name, make in changes:
         with tempfile.TemporaryDirectory() as tmp:
             variant = load_spec(make(spec_path, Path(tmp)))
             took, changed = timed(build, variant, paths, progress=False)
@@ -208,10 +279,12 @@ def main() -> None:
     aurora["qcow2_compressed_bytes"] = qcow2_size(disk)
     aurora["sizes"] = manifest.sizes or {}
 
+    floor_image = None
     if not args.skip_floor:
         with tempfile.TemporaryDirectory() as tmp:
             took, floor_image, _ = build_floor(spec, Path(tmp) / "floor.log", paths)
-        floor["build_s"] = took
+        floor["cold_build_s" if args.cold else "rebuild_s"] = took
+        print(f"floor {'cold build' if args.cold else 'rebuild'}: {took:.0f} s")
         floor["disk_allocated_bytes"] = allocated(floor_image.disk)
         floor["qcow2_compressed_bytes"] = qcow2_size(floor_image.disk)
         if not args.skip_boot:
@@ -219,6 +292,11 @@ def main() -> None:
     if not args.skip_boot:
         aurora_image = BootImage.from_dir(image.path)
         aurora.update(boot(aurora_image, volume_labels(spec), spec.dashboard.port))
+    if not args.skip_promote:
+        floor_disk = floor_image.disk if floor_image is not None else None
+        released, floor_released = promotion(spec_path, image.path, paths, floor_disk)
+        aurora.update(released)
+        floor.update(floor_released)
     if args.smoke:
         took, proc = timed(
             subprocess.run,
@@ -239,13 +317,10 @@ def main() -> None:
         aurora["reproducible"] = result.identical
         print(format_text(result))
 
-    floor_for_ratio = {**floor, "cold_build_s": floor.get("build_s")}
-    if not args.cold:
-        floor_for_ratio["build_s"] = floor.get("build_s")
     for name, value in aurora.items():
         if isinstance(value, int | float) and not isinstance(value, bool):
             unit = "B" if name.endswith("_bytes") else "s"
-            print(report(name, value, floor_for_ratio, unit))
+            print(report(name, value, floor, unit))
     for name in ("settled_state", "systemd_analyze"):
         if name in aurora:
             print(f"aurora {name}: {aurora[name]}")
@@ -256,8 +331,10 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release()},
         "tag": image.tag,
         "goals": GOALS,
+        "floor_peer": FLOOR_PEER,
         "aurora": aurora,
         "floor": floor,
+        "ratios": ratios(aurora, floor),
     }
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"figures written to {args.out}")
