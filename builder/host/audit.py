@@ -3,8 +3,8 @@
 Observe only. One ssh round trip runs the script of builder.host.observation
 on the host and parses what it printed; everything after that is pure
 (:func:`compare`), so the rules are unit-tested on recorded output. On a
-dm-verity image the kernel's roothash= is compared too: with it matching,
-every block of the root is the image's.
+dm-verity image the kernel's roothash= and aurora.config_hash= are compared too:
+with them matching, every block of the root and of the config layer is the image's.
 
 What counts as drift: a rendered file changed, missing or of another mode; a
 unit not loaded, masked, enabled when the image leaves it off (or the other
@@ -229,20 +229,23 @@ def compare(manifest: Manifest, seen: Observation) -> list[Row]:
             "unknown" if claimed is None else "ok" if claimed == tag else "changed",
         )
     ]
-    root_hash = manifest.root_hash
-    if root_hash:
-        booted = next(
-            (w.partition("=")[2] for w in seen.cmdline.split() if w.startswith("roothash=")), ""
-        )
-        rows.append(
-            Row(
-                "image",
-                "roothash= the kernel booted with (dm-verity root)",
-                str(root_hash),
-                booted or "none: the root is not verity-protected",
-                "ok" if booted == root_hash else "changed",
+    booted_words = dict(w.partition("=")[::2] for w in seen.cmdline.split() if "=" in w)
+    for word, expected, what in (
+        ("roothash", manifest.root_hash, "dm-verity root"),
+        ("aurora.config_hash", manifest.config_hash, "dm-verity config layer"),
+    ):
+        if expected:
+            booted = booted_words.get(word, "")
+            rows.append(
+                Row(
+                    "image",
+                    f"{word}= the kernel booted with ({what})",
+                    str(expected),
+                    booted
+                    or f"none: the {what.removeprefix('dm-verity ')} is not verity-protected",
+                    "ok" if booted == expected else "changed",
+                )
             )
-        )
     for path, entry in sorted(manifest.rendered.items()):
         rows.append(compare_file(path, entry, seen.files.get(path)))
     wanted = set(preset_enabled(seen.presets))

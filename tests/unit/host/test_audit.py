@@ -257,3 +257,18 @@ def test_verity_root_hash_is_compared(manifest: Manifest, clean: str) -> None:
     assert row.found == "cd" * 32
     rows = drifted(report(verity, clean))
     assert "not verity-protected" in rows["roothash= the kernel booted with (dm-verity root)"].found
+
+
+def test_config_layer_hash_is_compared(manifest: Manifest, clean: str) -> None:
+    """A layered image records its config layer's hash; a host booted with another
+    layer (another config under the same base) is drift."""
+    layered = replace(manifest, root_hash="ab" * 32, config_hash="ef" * 32)
+    head, mark, rest = clean.partition(f"{observation.MARK}files\n")
+    words = f"roothash={'ab' * 32} aurora.config_hash={'ef' * 32}"
+    booted = head + f"{observation.MARK}cmdline\nroot=/dev/mapper/root {words} ro\n"
+    assert report(layered, booted + mark + rest).ok
+    other = booted.replace("ef" * 32, "01" * 32)
+    rows = drifted(report(layered, other + mark + rest))
+    what = "aurora.config_hash= the kernel booted with (dm-verity config layer)"
+    assert rows[what].found == "01" * 32
+    assert "roothash= the kernel booted with (dm-verity root)" not in rows
