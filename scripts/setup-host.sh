@@ -36,9 +36,9 @@ debugfs                              e2fsprogs               builder/image/verif
 dumpe2fs                             e2fsprogs               builder/image/verify.py
 e2label                              e2fsprogs               tests/unit/vm/test_vm_disks.py
 fsck.erofs                           erofs-utils             builder/image/verify.py (the EROFS root)
-dump.erofs                           erofs-utils             builder/image/verify.py, tests/vm/test_smoke.py
+dump.erofs                           erofs-utils             builder/image/verify.py
 mkfs.erofs                           erofs-utils             builder/image/layer.py (the config layer), tests/unit/image/test_verify.py
-veritysetup                          cryptsetup-bin          builder/image/layer.py (the config layer's dm-verity hash tree)
+veritysetup                          cryptsetup-bin          builder/image/layer.py (dm-verity of the config layer)
 ssh                                  openssh-client          builder/host/remote.py, on-host programs, tests
 ssh-keygen                           openssh-client          builder/vm/machine.py, builder/release/signing.py, tests
 ssh-keyscan                          openssh-client          builder/host/probe.py (host keys on the console)

@@ -245,3 +245,10 @@ def test_each_row_of_the_table_is_true_here(row: tuple[str, str]) -> None:
     real = str(Path(path).resolve())
     owner = _package_of(path) or _package_of(real)
     assert owner == package, f"{used} ({path}) comes from {owner}, not {package}: fix the table"
+
+
+def test_the_setup_script_parses() -> None:
+    """The program table is one single-quoted string: an apostrophe in a row's note
+    would end it and stop `make setup` (and so `make image`) with a syntax error."""
+    done = subprocess.run(["sh", "-n", str(SETUP)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
