@@ -7,7 +7,9 @@ Two blank volumes stand in for /data and /project (ext4, labelled as the spec's
 mounts expect), so the storage layout is created on real mounts as on JASMIN;
 a third, labelled BLANK_VOLUME and mounted by nobody, is the wrong or new volume
 the data-flow tests swap in over /data. The data-flow tests (test_flows.py)
-change timers, credentials and the guest's routes, so they run last.
+change timers, credentials and the guest's routes, so they run after the rest;
+test_immutable.py runs last: it reboots the session's VM (its disk is a qcow2
+overlay over the image, its SMBIOS UUID fixed), the suite's second and last boot.
 
 When the session booted an image, its end writes `attestation.json` into the
 image directory (builder.image.store): the disk digest and every test's outcome, so
@@ -16,6 +18,7 @@ the release tooling can tell a tested image from an untested one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -27,11 +30,11 @@ import testinfra
 
 from builder.errors import AuroraError
 from builder.image.logs import write_smoke_log
-from builder.image.store import FAILING, is_image, write_attestation
+from builder.image.store import DISK, FAILING, is_image, write_attestation
 from builder.release import signing
 from builder.spec.model import HostSpec, load_spec
 from builder.vm import accel as accel_mod
-from builder.vm.disks import scratch_volumes
+from builder.vm.disks import make_overlay, scratch_volumes
 from builder.vm.image import BootImage
 from builder.vm.machine import Machine, boot
 from tests.image_choice import chosen_image
@@ -43,9 +46,11 @@ BOOT_FINISHED = (
 )
 # The default spec mounts its two volumes by these labels.
 VOLUMES = ("aurora-data", "aurora-project")
+SESSION_UUID = "6f1c2a6e-5b7d-4c1e-9a55-0d2f3b4c5d6e"
 # Attached but in no mount of the spec: the volume test_flows swaps in over /data.
 BLANK_VOLUME = "aurora-blank"
-LAST = "test_flows.py"
+# Run last, in this order (pytest_collection_modifyitems).
+LAST = ("test_flows.py", "test_immutable.py")
 # Host ports the tests reach: nginx, and listeners the firewall must (not) let in.
 FORWARDS = {"http": 80, "https": 443, "probe8080": 8080, "probe5006": 5006, "probe9100": 9100}
 # QEMU's user-mode network shows the host's loopback to the guest as 10.0.2.2.
@@ -75,8 +80,10 @@ def _ours(item: pytest.Item) -> bool:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The data-flow tests last: they stop timers and reroute the guest while they run."""
-    items.sort(key=lambda item: _ours(item) and item.path.name == LAST)
+    """The data-flow tests near the end (they stop timers and reroute the guest while
+    they run), then the reboot (test_immutable): it ends the session's VM."""
+    items.sort(key=lambda item: LAST.index(item.path.name) + 1 if _ours(item)
+               and item.path.name in LAST else 0)  # fmt: skip
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -189,18 +196,56 @@ def machine(
     }
     image = BootImage.from_dir(image_dir)
     _run.serial_log = work.absolute() / "serial.log"  # kept beside the image, booted or not
-    vm = boot(
-        image,
-        work,
-        ssh_timeout=900,
-        host_forwards=FORWARDS,
-        extra_drives=drives,
-        credentials={"msmtp.relay": json.dumps(relay)},
-    )
+    _session.image, _session.work = image, work
+    _session.raw_head = raw_head(image_dir)
+    _session.kwargs = {
+        "host_forwards": FORWARDS,
+        "extra_drives": drives,
+        "credentials": {"msmtp.relay": json.dumps(relay)},
+        # The guest's disk is a qcow2 overlay with a fixed SMBIOS UUID, as a VM on
+        # JASMIN keeps both across reboots: test_immutable (run last) reboots it.
+        "overlay": make_overlay(image, work / "disk.qcow2"),
+        "uuid": SESSION_UUID,
+    }
+    vm = boot(image, work, ssh_timeout=900, **_session.kwargs)
     with vm:
         # The probe's answer is cached, so asking again costs nothing.
         _run.accel = vm.accel or accel_mod.choose_accel(image.kernel, image.initrd)
         yield vm
+
+
+@dataclass
+class _Session:
+    """How the session's VM was booted, so that it can be booted again (a reboot)."""
+
+    image: BootImage | None = None
+    work: Path | None = None
+    kwargs: dict = field(default_factory=dict)
+    raw_head: str = ""
+
+    def reboot(self, machine: Machine) -> Machine:
+        """Power the session's VM off and boot its disk again, as the same machine
+        (overlay, UUID, volumes, credentials, root's key); the caller stops it."""
+        assert self.image is not None and self.work is not None, "no session VM was booted"
+        machine.shutdown()
+        return boot(
+            self.image, self.work / "reboot", ssh_timeout=900, ssh_key=machine.ssh_key,
+            **self.kwargs,
+        )  # fmt: skip
+
+
+_session = _Session()
+
+
+def raw_head(image_dir: Path) -> str:
+    """sha256 of the image's first 16 MiB (GPT and the ESP): that the image is never written."""
+    with (image_dir / DISK).open("rb") as disk:
+        return hashlib.sha256(disk.read(1 << 24)).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def session_vm(machine: Machine) -> _Session:
+    return _session
 
 
 @pytest.fixture(scope="session")

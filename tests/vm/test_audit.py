@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from builder.cli.main import main
+from builder.host import health
 from builder.host.audit import audit, format_table
 from builder.image.manifest import Manifest
 from builder.image.store import read_manifest
@@ -37,6 +38,32 @@ systemctl daemon-reload
 systemctl reset-failed {PROBE} || true
 systemctl start {TIMER}
 """
+
+
+# Every aurora timer that fires at boot has fired, and what it started has finished.
+FIRST_RUNS_DONE = """\
+for t in $(systemctl list-units --type=timer --plain --no-legend 'aurora-*' | awk '{print $1}'); do
+    systemctl show -p TimersMonotonic --value "$t" | grep -q OnBootUSec || continue
+    [ "$(systemctl show -p LastTriggerUSecMonotonic --value "$t")" != 0 ] || exit 1
+    unit=$(systemctl show -p Triggers --value "$t")
+    systemctl show -p ActiveState --value "$unit" | grep -qx -e activating -e active && exit 1
+done
+exit 0
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def first_runs_done(booted: Machine) -> None:
+    """The audit compares the host with its image; a pipeline unit failing on the blank
+    volumes (the sample HATPRO append, 2 min after boot) is the instruments' business,
+    and whether its first run had happened yet would decide the verdict by chance. So:
+    wait for the boot-time runs, then reset the pipeline units' failures (their next
+    runs are 15 min away, beyond these tests)."""
+    booted.wait_until_succeeds(FIRST_RUNS_DONE, timeout=600)
+    classes, failing = health.observe(booted.remote())
+    pipeline = [unit for unit in failing if classes.get(unit) == health.PIPELINE]
+    if pipeline:
+        booted.succeed("systemctl reset-failed " + " ".join(pipeline))
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ import pytest
 from builder.host import health
 from builder.host.probe import Endpoint, probe
 from builder.image.store import read_manifest
-from builder.render.engine import GWS_CONFIG_DIR, gws_unit, sync_unit
+from builder.render.engine import gws_unit, sync_unit
 from builder.retry import retry
 from builder.spec.model import GwsJob, HostSpec, Stream
 from builder.vm.machine import Machine
@@ -578,13 +578,3 @@ def test_a_legitimate_deletion_propagates_into_the_backup_directory(
     assert len(dated) == 1, sorted(backups.rglob("*"))
     for rel, data in kept.items():
         assert (dated[0] / rel).read_bytes() == data, rel
-
-
-def test_push_configs_in_the_image_are_the_rendered_ones(flows: Machine, spec: HostSpec) -> None:
-    """The flows above ran on the default spec's configs, not on test-made ones."""
-    from builder.render.engine import render
-
-    rendered = render(spec)
-    for job in spec.gws.jobs:
-        path = f"{GWS_CONFIG_DIR}/{job.name}.json"
-        assert sh(flows, f"cat {path}").encode() == rendered[path].content, path
