@@ -220,7 +220,10 @@ def make_partitions(
     _run(
         [
             "mkfs.ext4", "-q", "-F", "-L", VAR, "-U", var_uuid, "-m", "0",
-            "-E", f"hash_seed={derived_uuid(seed, 'var-hash')},root_owner=0:0",
+            # Lazy inode tables and journal: ~60 MB fewer bytes written; the kernel
+            # zeroes them in the background on first mount.
+            "-E", f"hash_seed={derived_uuid(seed, 'var-hash')},root_owner=0:0,"
+            "lazy_itable_init=1,lazy_journal_init=1",
             "-d", str(var_tree), str(var), f"{var_slot.size // 1024}k",
         ],
         "mkfs.ext4 of /var",
