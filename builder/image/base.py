@@ -1,10 +1,10 @@
-"""The base image: what mkosi builds (packages, the app and its venv, kernel,
+"""The base image: what mkosi builds (packages, the app's venv, kernel,
 initrd, the static tree, the disk with empty config slots), kept in the build
 cache by a key of everything mkosi reads, so builds that differ only in the
 rendered configuration share it (builder.image.layer makes their config layer).
 
 The key is a digest of mkosi's inputs, never of the spec as a whole: the repo's
-mkosi files, the locks, the app, the builder's image modules, and what the spec
+mkosi files, the locks (the app's lock included), the builder's image modules, and what the spec
 hands mkosi (packages, the app directory, the apt sources, release). A spec
 edit that changes none of those (a schedule, a header, a description) reuses
 the base byte for byte.
@@ -31,7 +31,9 @@ LAYER_ONLY = (
     "builder/spec/",
     "builder/render/",
     "builder/image/layer.py",
+    "app/",  # the app's source goes into the layer; its venv (the lock) is the base's
 )
+LAYER_ONLY_EXTRA = ("app.git", "app.ref")
 # What mkosi leaves in its output directory that the image is made from.
 OUTPUTS = (
     "aurora.raw",
@@ -67,6 +69,8 @@ def base_key(inputs: Inputs, job: mkosi.MkosiJob, release: str) -> str:
         if not key.startswith(LAYER_ONLY):
             h.update(f"file\0{key}\0{value}\n".encode())
     for key, value in sorted(inputs.extra.items()):
+        if key in LAYER_ONLY_EXTRA:
+            continue
         h.update(f"extra\0{key}\0{value}\n".encode())
     trees = [("stage", job.stage), *((f"sandbox{i}", t) for i, t in enumerate(job.sandbox_trees))]
     for key, value in digest_paths(trees).items():

@@ -109,16 +109,18 @@ def rendered_tar(tree: Tree) -> bytes:
     return buffer.getvalue()
 
 
-def _stage_app(spec: HostSpec, stage: Path, lock: Path, paths: Paths) -> None:
-    """Put the app tree and its lock where the image's postinst script finds them
+def _stage_app(spec: HostSpec, stage: Path, app: Path, lock: Path, paths: Paths) -> None:
+    """Put the app's lock where the base's postinst script finds it (the venv is the
+    base's, made once per lock), and the app tree where the config layer takes it from
     (the loader has resolved the app tree; `build` has checked it is there)."""
-    shutil.rmtree(stage, ignore_errors=True)
+    for path in (stage, app):
+        shutil.rmtree(path, ignore_errors=True)
     stage.mkdir(parents=True)
     local = spec.source.app_dir
     if local is not None:
-        shutil.copytree(local, stage / "app", ignore=shutil.ignore_patterns(*APP_IGNORE))
+        shutil.copytree(local, app, ignore=shutil.ignore_patterns(*APP_IGNORE))
     else:
-        _checkout_git(spec, stage / "app", paths.cache)
+        _checkout_git(spec, app, paths.cache)
     shutil.copy2(lock, stage / "requirements.txt")
     # The build host's CA bundle, so the install inside the image trusts the
     # same TLS path to PyPI as the host (proxies with their own CA included).
@@ -208,7 +210,8 @@ def _build(
     store = final.parent
     work = paths.build_cache / "work" / inputs.tag
     tree_dir = write_tree(tree, work / "tree")
-    _stage_app(spec, work / "stage", lock, paths)
+    app = work / "app"
+    _stage_app(spec, work / "stage", app, lock, paths)
     # mkosi builds the base without the rendered tree; the config layer carries it.
     no_tree = work / "no-tree"
     no_tree.mkdir(parents=True, exist_ok=True)
@@ -247,7 +250,14 @@ def _build(
     base = base_image.ensure(job, key, paths.build_cache / "bases", progress=progress)
     layer_started = time.monotonic()
     layer_work = work / "layer"
-    upper, var = layer.compute(tree, tree_dir, base.disk, layer_work, inputs.source_date_epoch)
+    upper, var = layer.compute(
+        tree,
+        tree_dir,
+        base.disk,
+        layer_work,
+        inputs.source_date_epoch,
+        app=(app, spec.dashboard.checkout),
+    )
     made = layer.make_partitions(
         upper, var, base.disk, layer_work, inputs.seed, inputs.source_date_epoch
     )

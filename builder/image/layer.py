@@ -1,6 +1,7 @@
-"""The config layer: the rendered configuration as a small dm-verity EROFS of its
-own, laid over the base image's root at boot, so a config-only change makes this
-layer and a new /var and reuses the base's other partitions byte for byte.
+"""The config layer: the rendered configuration (and the dashboard app's source) as
+a small dm-verity EROFS of its own, laid over the base image's root at boot, so a
+config-only or app-only change makes this layer and a new /var and reuses the
+base's other partitions (packages, venv, kernel) byte for byte.
 
 mkosi builds the base (packages, app, venv, kernel, static tree) once per base
 key (builder.image.base) with empty `aurora-config` slots and a placeholder for
@@ -84,9 +85,17 @@ def _apply_script(tree: Tree, tree_dir: Path, merged: str) -> list[str]:
 
 
 def layer_script(
-    tree: Tree, tree_dir: Path, disk: Path, root: Partition, var: Partition, work: Path
+    tree: Tree,
+    tree_dir: Path,
+    disk: Path,
+    root: Partition,
+    var: Partition,
+    work: Path,
+    app: tuple[Path, str] | None = None,
 ) -> str:
-    """The namespace script of step 1 (pure: argv building, no side effects)."""
+    """The namespace script of step 1 (pure: argv building, no side effects). `app` is
+    (the staged app tree, where it goes): the dashboard's source is the layer's too, so
+    an app-only change reuses the base and its venv."""
     w = shlex.quote(str(work))
     merged = f"{work}/merged"
     m = shlex.quote(merged)
@@ -104,6 +113,11 @@ def layer_script(
         f"mount -t overlay overlay -o lowerdir=basevar,upperdir=up/var,workdir=wk/var,"
         f"{OVERLAY_OPTIONS} merged/var",
         *_apply_script(tree, tree_dir, merged),
+    ]
+    if app is not None:
+        source, dest = shlex.quote(f"{app[0]}/."), shlex.quote(f"{merged}{app[1]}")
+        lines += [f"mkdir -p {dest}", f"cp -a {source} {dest}/"]
+    lines += [
         # The API file systems the tools expect, on mounts of their own (nothing lands
         # in the layer).
         f"mount -t proc proc {m}/proc",
@@ -146,11 +160,20 @@ def _run(argv: list[str], what: str, env: dict[str, str] | None = None) -> str:
     return done.stdout
 
 
-def compute(tree: Tree, tree_dir: Path, disk: Path, work: Path, epoch: int) -> tuple[Path, Path]:
+def compute(
+    tree: Tree,
+    tree_dir: Path,
+    disk: Path,
+    work: Path,
+    epoch: int,
+    app: tuple[Path, str] | None = None,
+) -> tuple[Path, Path]:
     """Step 1: (the layer's tree, the merged /var tree) in `work`."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    script = layer_script(tree, tree_dir, disk, partition(disk, ROOT), partition(disk, VAR), work)
+    script = layer_script(
+        tree, tree_dir, disk, partition(disk, ROOT), partition(disk, VAR), work, app
+    )
     (work / "layer.sh").write_text(script)
     env = {"SOURCE_DATE_EPOCH": str(epoch), "SYSTEMD_OFFLINE": "1", "LC_ALL": "C"}
     _run(

@@ -226,7 +226,7 @@ TABLE: tuple[Carried, ...] = (
     Carried("/usr/lib/aurora/*", S, "mkosi.extra (the on-host programs)"),
     # Made by the image build from its inputs.
     Carried(IDENTITY, B, "builder.image.build.identity", ("release",)),
-    Carried("<dashboard.checkout>/", B, "mkosi.postinst.chroot (the app, from dashboard.app)",
+    Carried("<dashboard.checkout>/", B, "builder.image.layer (the app, from dashboard.app)",
             ("dashboard.checkout", "dashboard.app")),
     Carried("<dashboard.checkout>/venv/", B, "mkosi.postinst.chroot (uv, from the app's lock)",
             ("dashboard.checkout",)),

@@ -16,8 +16,8 @@ from builder.image.mkosi import MkosiJob
 @pytest.fixture
 def job(tmp_path: Path) -> MkosiJob:
     stage = tmp_path / "stage"
-    (stage / "app").mkdir(parents=True)
-    (stage / "app" / "app.py").write_text("print('panel')\n")
+    stage.mkdir()
+    (stage / "requirements.txt").write_text("panel==1.4.0 --hash=sha256:00\n")
     sandbox = tmp_path / "sandbox"
     (sandbox / "etc/apt").mkdir(parents=True)
     (sandbox / "etc/apt/sources.list").write_text("deb http://deb.debian.org/debian trixie main\n")
@@ -63,9 +63,6 @@ def test_the_spec_parts_mkosi_sees_make_another_base(job: MkosiJob, tmp_path: Pa
     assert key(replace(job, environment={"AURORA_APP_DIR": "/srv/app"})) != key(job)
     assert key(job, release="2026.12") != key(job)
     before = key(job)
-    (job.stage / "app" / "app.py").write_text("print('changed')\n")  # an app change
-    assert key(job) != before
-    before = key(job)
     (job.sandbox_trees[0] / "etc/apt/sources.list").write_text("deb http://other trixie main\n")
     assert key(job) != before
 
@@ -73,3 +70,17 @@ def test_the_spec_parts_mkosi_sees_make_another_base(job: MkosiJob, tmp_path: Pa
 def test_the_seed_is_a_uuid_of_the_key() -> None:
     k = "0123456789abcdef" * 4
     assert base.seed_of(k) == "01234567-89ab-cdef-0123-456789abcdef"
+
+
+def test_an_app_change_keeps_the_base_its_lock_does_not(job: MkosiJob) -> None:
+    """The app's source goes into the config layer; the venv (from the lock) is the base's."""
+    files = {**FILES, "app/app.py": "1"}
+    assert key(job, {**files, "app/app.py": "2"}) == key(job, files)
+    git = base.base_key(Inputs("2026.11", FILES, {"app.git": "u", "app.ref": "a"}), job, "2026.11")
+    other = base.base_key(
+        Inputs("2026.11", FILES, {"app.git": "u", "app.ref": "b"}), job, "2026.11"
+    )
+    assert git == other
+    before = key(job)
+    (job.stage / "requirements.txt").write_text("panel==1.5.0 --hash=sha256:00\n")
+    assert key(job) != before

@@ -100,3 +100,10 @@ def test_a_slot_is_rewritten_whole_and_stays_sparse(tmp_path: Path) -> None:
 def test_derived_ids_differ_by_purpose_and_repeat() -> None:
     assert layer.derived_uuid("s", "var") == layer.derived_uuid("s", "var")
     assert layer.derived_uuid("s", "var") != layer.derived_uuid("s", "config")
+
+
+def test_the_app_tree_goes_into_the_layer_at_its_checkout(tmp_path: Path) -> None:
+    part = Partition("p", "t", "p", 0, 4096)
+    app = (tmp_path / "stage app", "/opt/aurora cloud")
+    script = layer.layer_script({}, tmp_path, tmp_path / "disk", part, part, tmp_path, app)
+    assert f"cp -a '{tmp_path}/stage app/.' '{tmp_path}/merged/opt/aurora cloud'/" in script
