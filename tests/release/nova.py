@@ -149,9 +149,13 @@ class NovaDouble:
         self.memory_mb = memory_mb
         self.boot = boot
         # The API port is the one the first bind gets (port 0), never a port picked
-        # free and bound later: another server could take it in between, and the
-        # client would then ask a stranger for Nova's version document.
+        # free and bound later: another server could take it in between. It is bound
+        # before the forwarded ports are picked, so none of them can be the API's
+        # (free_ports closes its probes, and the kernel may hand a port out again).
         self.port = 0
+        self._httpd: ThreadingHTTPServer | None = None
+        self._serving = False
+        self._bind()
         self.ssh_port, self.http_port, self.https_port = free_ports(3)
         #: Every request seen, as (method, path with query), for assertions.
         self.requests: list[tuple[str, str]] = []
@@ -169,7 +173,6 @@ class NovaDouble:
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nova-compute")
         self._pending: Future[None] | None = None
         self._closing = threading.Event()
-        self._httpd: ThreadingHTTPServer | None = None
         self._boots = 0
 
         self.root.mkdir(parents=True, exist_ok=True)
@@ -197,21 +200,30 @@ class NovaDouble:
         """Console of the current (or last) domain; None before the first boot."""
         return self.machine.serial_log if self.machine is not None else self._last_serial
 
+    def _bind(self) -> ThreadingHTTPServer:
+        """The API's listening socket (served from :meth:`up`)."""
+        httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler_class())
+        httpd.daemon_threads = True
+        self.port = httpd.server_address[1]  # again after down(): the same port
+        self._httpd = httpd
+        return httpd
+
     def up(self) -> None:
         """Listen (again) on the same port."""
-        if self._httpd is not None:
+        if self._serving:
             return
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler_class())
-        self.port = self._httpd.server_address[1]  # again after down(): the same port
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, name="nova-double", daemon=True).start()
+        httpd = self._httpd or self._bind()
+        self._serving = True
+        threading.Thread(target=httpd.serve_forever, name="nova-double", daemon=True).start()
 
     def down(self) -> None:
         """Close the socket: clients get 'connection refused'; the VM keeps running."""
         httpd, self._httpd = self._httpd, None
         if httpd is not None:
-            httpd.shutdown()
+            if self._serving:
+                httpd.shutdown()
             httpd.server_close()
+        self._serving = False
 
     def fail_next_rebuild(self, reason: str) -> None:
         """The next accepted rebuild powers the VM off, then ends in ERROR with ``reason``."""

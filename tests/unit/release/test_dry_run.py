@@ -96,11 +96,12 @@ def test_promote_dry_run_names_the_upload_and_the_rebuild_and_changes_nothing(
     assert files(store) == on_disk  # no qcow2 written into the store
     assert untouched(nova)
 
-    code, out, _ = run(
+    code, out, err = run(
         capsys, clouds, "promote", "2026.11-bbbb", "--dry-run", "--json", *server_args(nova)
     )
+    assert code == 0, err
     plan = json.loads(out)
-    assert code == 0 and plan["dry_run"] is True and plan["changes"] >= 4
+    assert plan["dry_run"] is True and plan["changes"] >= 4
     [up] = [
         s for s in plan["steps"] if s["kind"] == "upload" and s["what"] == "aurora-2026.11-bbbb"
     ]
@@ -146,7 +147,7 @@ def test_promote_dry_run_refuses_what_promote_refuses(
     make_image(store, "2026.11-aaaa", built_at=time.time())
     clouds = clouds_yaml(store, cloud, nova)
     code, out, err = run(capsys, clouds, "promote", "2026.11-aaaa", "--dry-run", *server_args(nova))
-    assert code == 1 and out == ""
+    assert code == 1 and out == "", err
     assert "not tested" in err and err.count("\n") == 1
 
 
@@ -194,13 +195,15 @@ def test_glance_prune_dry_run_lists_what_goes_and_deletes_nothing(
     assert any(line.lstrip().startswith("keep") and "aurora-2026.11-cccc: live on" in line
                for line in out.splitlines())  # fmt: skip
     assert snapshot(cloud) == before
-    code, out, _ = run(capsys, clouds, *argv, "--dry-run", "--json")
+    code, out, err = run(capsys, clouds, *argv, "--dry-run", "--json")
+    assert code == 0, err
     data = json.loads(out)
     assert data["dry_run"] is True and data["removed"] == ["aurora-2026.11-aaaa"]
     assert snapshot(cloud) == before
     # The real run deletes exactly what the dry run listed, metadata included.
-    code, out, _ = run(capsys, clouds, *argv, "--json")
-    assert code == 0 and json.loads(out)["removed"] == ["aurora-2026.11-aaaa"]
+    code, out, err = run(capsys, clouds, *argv, "--json")
+    assert code == 0, err
+    assert json.loads(out)["removed"] == ["aurora-2026.11-aaaa"]
     left = snapshot(cloud)
     assert set(before) - set(left) == {ids["2026.11-aaaa"], _meta_id(before, "aaaa")}
 
@@ -225,21 +228,25 @@ def test_prune_dry_run_removes_nothing_and_lists_what_would_go(
     os.utime(stale, (now - 7200, now - 7200))
     on_disk = files(store)
     code = main(["prune", "--keep", "1", "--live", tags[1], "--dry-run"])
-    out = capsys.readouterr().out
-    assert code == 0
+    out, err = capsys.readouterr()
+    assert code == 0, err
     removes = [line.split()[1].rstrip(":") for line in out.splitlines()
                if line.lstrip().startswith("remove")]  # fmt: skip
     assert removes == [tags[2], tags[0], ".2026.11-old.partial"]
     assert any(line.lstrip().startswith("keep") and tags[1] in line for line in out.splitlines())
     assert files(store) == on_disk
-    assert main(["prune", "--keep", "1", "--live", tags[1], "--dry-run", "--json"]) == 0
-    plan = json.loads(capsys.readouterr().out)
+    code = main(["prune", "--keep", "1", "--live", tags[1], "--dry-run", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    plan = json.loads(out)
     assert [s["what"] for s in plan["steps"] if s["kind"] == "remove"] == removes
     assert plan["dry_run"] is True and plan["removed"] == removes
     assert plan["kept"] == [tags[3], tags[1]]
     assert files(store) == on_disk
-    assert main(["prune", "--keep", "1", "--live", tags[1], "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["removed"] == removes
+    code = main(["prune", "--keep", "1", "--live", tags[1], "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert json.loads(out)["removed"] == removes
 
 
 def test_a_plan_executed_does_what_it_showed(store: Path, cloud: Cloud, nova: NovaDouble) -> None:

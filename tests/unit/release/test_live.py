@@ -104,8 +104,9 @@ def test_render_diff_against_live_from_an_empty_store(
     assert code == 1, err  # like git diff --exit-code: the spec changes rendered files
     assert f"~ {DASHBOARD}" in out
     assert any(line.strip().startswith("+") and "--port=5123" in line for line in out.splitlines())
-    code, out, _ = cli(capsys, clouds, *argv, "--spec", str(spec), "--json")
-    assert code == 0 and json.loads(out)["changed"] is True
+    code, out, err = cli(capsys, clouds, *argv, "--spec", str(spec), "--json")
+    assert code == 0, err
+    assert json.loads(out)["changed"] is True
     assert list(empty.iterdir()) == []  # nothing was written into the second store
 
 
@@ -168,7 +169,7 @@ def test_metadata_that_is_not_the_releases_is_refused(
         capsys, clouds, "render", "--diff", "--against", "live", "--spec", str(SPEC),
         "--cloud", "unit", "--server", nova.server.name,
     )  # fmt: skip
-    assert code == 1 and out == ""
+    assert code == 1 and out == "", err
     assert err.count("\n") == 1
     assert f"aurora-2026.11-cccccccccccc-meta ({forged.id}) has sha256" in err
     assert f"promote {tag} again" in err
@@ -198,7 +199,7 @@ def test_a_release_uploaded_before_metadata_names_the_fix_and_promote_attaches_i
     argv = ["render", "--diff", "--against", "live", "--spec", str(SPEC), "--cloud", "unit",
             "--server", nova.server.name]  # fmt: skip
     code, _, err = cli(capsys, clouds, *argv)
-    assert code == 1
+    assert code == 1, err
     assert "carries no release metadata" in err and f"aurora-image promote {tag}" in err
     # The build machine promotes again: the ready upload is reused, metadata attached.
     again = ensure_upload(cloud, path, note=lambda _t: None)

@@ -272,8 +272,10 @@ def test_releases_json_shows_live_history_and_attestation(
     )  # fmt: skip
     with pytest.MonkeyPatch.context() as env:
         env.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
-        assert main(["releases", "--json", "--cloud", "unit", "--server", nova.server.name]) == 0
-    out = json.loads(capsys.readouterr().out)
+        code = main(["releases", "--json", "--cloud", "unit", "--server", nova.server.name])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    out = json.loads(captured.out)
     assert out["server"]["image_id"] == ids["2026.11-cccc"]
     assert out["server"]["image"] == "aurora-2026.11-cccc"
     rows = {r["tag"]: r for r in out["releases"]}
@@ -287,8 +289,10 @@ def test_releases_json_shows_live_history_and_attestation(
     assert rows["2026.11-dddd"]["glance"] == "absent" and rows["2026.11-dddd"]["attested"] is False
     with pytest.MonkeyPatch.context() as env:
         env.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
-        assert main(["releases", "--cloud", "unit", "--server", nova.server.name]) == 0
-    text = capsys.readouterr().out.splitlines()
+        code = main(["releases", "--cloud", "unit", "--server", nova.server.name])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    text = captured.out.splitlines()
     assert (
         text[0].startswith(f"server {nova.server.name} (") and "on aurora-2026.11-cccc" in text[0]
     )
@@ -354,7 +358,7 @@ def test_cli_reports_glance_down_in_one_line(
         env.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
         code = main(["glance-prune", "--keep", "1", "--cloud", "unit", "--server", "aurora-test"])
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 1, err
     assert err.count("\n") == 1 and err.startswith("aurora-image: cloud unit: image at")
 
 

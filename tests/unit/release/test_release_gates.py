@@ -622,7 +622,7 @@ def test_cli_production_promote_refused_for_lack_of_soak(
     code = main(["promote", "2026.11-pppp", "--target", "production", "--spec",
                  str(two_target_spec)])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == PolicyRefused.exit_code == 6
+    assert code == PolicyRefused.exit_code == 6, err
     errors = [line for line in err.splitlines() if line.startswith("aurora-image: ")]
     assert len(errors) == 1, err
     assert "production needs these inputs live and healthy on staging for 24 h" in errors[0]
@@ -646,7 +646,7 @@ def test_cli_lease_conflict_names_the_holder_and_exits_5(
     code = main(["rollback", "2026.11-pppp", "--target", "production", "--spec",
                  str(two_target_spec)])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 1  # no such image in Glance: said before any lease is taken
+    assert code == 1, err  # no such image in Glance: said before any lease is taken
     code = main(["promote", "2026.11-pppp", "--target", "production", "--force", "--reason",
                  "hotfix", "--spec", str(two_target_spec)])  # fmt: skip
     err = capsys.readouterr().err

@@ -75,11 +75,14 @@ def test_diff_overlay_passes_and_fails_on_inputs(
     same = {"units/a.j2": "1", "mkosi.conf": "2"}
     a = _image(store, "2026.11-aaaa", {"spec": "p", **same})
     b = _image(store, "2026.11-bbbb", {"spec": "s", "spec-base/1": "p", **same})
-    assert main(["diff", str(a), str(b), "--overlay", str(STAGING), "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    code = main(["diff", str(a), str(b), "--overlay", str(STAGING), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    out = json.loads(captured.out)
     assert out["overlay"]["ok"] and out["overlay"]["inputs_outside_spec"] == []
     assert "categories" in out
     c = _image(store, "2026.11-cccc", {"spec": "s", "spec-base/1": "p", **same, "units/a.j2": "9"})
-    assert main(["diff", str(a), str(c), "--overlay", str(STAGING)]) == 1
-    text = capsys.readouterr().out
+    code = main(["diff", str(a), str(c), "--overlay", str(STAGING)])
+    text, err = capsys.readouterr()
+    assert code == 1, err
     assert "overlay staging.yml: NOT only its keys differ: also inputs units/a.j2" in text

@@ -49,8 +49,10 @@ def test_status_shows_what_is_live_where(
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds_yaml(store, glance, nova)))
     name = nova.server.name
 
-    assert main(["status", "--json", "--os-cloud", "unit", "--server", name]) == 0
-    out = json.loads(capsys.readouterr().out)
+    code = main(["status", "--json", "--os-cloud", "unit", "--server", name])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    out = json.loads(captured.out)
     (server,) = out["servers"]
     assert server["server"] == name and server["cloud"] == "unit"
     assert server["state"] == "ACTIVE"
@@ -65,8 +67,10 @@ def test_status_shows_what_is_live_where(
     assert out["vms"] == [] and out["store"] == str(store)
 
     # --cloud is the same option, and it may stand before the command.
-    assert main(["--cloud", "unit", "status", "--server", name]) == 0
-    text = capsys.readouterr().out.splitlines()
+    code = main(["--cloud", "unit", "status", "--server", name])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    text = captured.out.splitlines()
     assert text[0].startswith(f"server {name} (cloud unit, id ")
     assert text[1].split() == ["state:", "ACTIVE"]
     assert text[2].startswith("  live:      2026.11-cccc  (Glance aurora-2026.11-cccc, ")
@@ -86,12 +90,15 @@ def test_status_without_the_cloud_still_shows_this_machine(
         code = main(["status", "--json", "--os-cloud", "unit", "--server", nova.server.name])
     finally:
         nova.up()
-    out = json.loads(capsys.readouterr().out)
-    assert code == 1
+    captured = capsys.readouterr()
+    assert code == 1, captured.err
+    out = json.loads(captured.out)
     assert out["servers"][0]["error"].startswith("cloud unit: ")
     assert out["newest"]["tag"] == "2026.11-eeee"
-    assert main(["status", "--local", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["servers"] == []
+    code = main(["status", "--local", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert json.loads(captured.out)["servers"] == []
 
 
 # -- logs ---------------------------------------------------------------------------
@@ -126,15 +133,18 @@ def test_logs_gathers_build_smoke_and_serial_logs(
     assert "failed   test_fake.py::test_broken" in report
     assert "arithmetic drifted" in report
 
-    assert main(["logs", tag]) == 0
-    out = capsys.readouterr().out
+    code = main(["logs", tag])
+    out, err = capsys.readouterr()
+    assert code == 0, err
     assert f"==> build (mkosi): {image / 'build.log'} <==\nmkosi: step one\n" in out
     assert f"==> last smoke-suite run: {image / SMOKE_LOG} <==" in out
     assert "arithmetic drifted" in out
     assert "==> serial console of the smoke suite's VM: none yet" in out
 
-    assert main(["logs", tag, "--only", "build", "--tail", "1", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    code = main(["logs", tag, "--only", "build", "--tail", "1", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    out = json.loads(captured.out)
     assert out["tag"] == tag
     assert [(log["kind"], log["text"]) for log in out["logs"]] == [("build", "mkosi: All done.")]
 
@@ -144,8 +154,9 @@ def test_logs_of_an_image_without_any_is_one_line(
 ) -> None:
     make_image(store, "2026.11-000000000000", built_at=time.time())
     (store / "2026.11-000000000000" / "build.log").unlink(missing_ok=True)
-    assert main(["logs", "2026.11-000000000000"]) == 1
+    code = main(["logs", "2026.11-000000000000"])
     err = capsys.readouterr().err
+    assert code == 1, err
     assert err.count("\n") == 1 and "has no logs yet" in err
 
 
