@@ -306,10 +306,12 @@ def _releases(
     log: Path,
 ) -> dict[str, Any]:
     figures: dict[str, Any] = {}
+    # The rollback names A: A's first promote may not count as live (below), and
+    # `rollback` alone goes to the image live before the current one.
     steps = (
         ("first_promote", ["promote", str(image_a)]),
         ("promote", ["promote", str(image_b)]),
-        ("rollback", ["rollback"]),
+        ("rollback", ["rollback", image_a.name]),
     )
     for name, argv in steps:
         asked = time.monotonic()
@@ -320,16 +322,26 @@ def _releases(
         outcomes = [a.get("outcome") for a in attempts]
         figures[f"{name}_outcomes"] = outcomes
         figures[f"{name}_nova_phases_s"] = dict(nova.timings)
-        if code != 0 or outcomes != ["live"] or len(watch.rebuild_requests) <= requests:
+        failed = [
+            check
+            for attempt in attempts
+            for check in (attempt.get("probe") or {}).get("checks", [])
+            if not check.get("ok")
+        ]
+        if failed:
+            figures[f"{name}_failed_checks"] = failed
+        # The first promote only sets the server up. With no record of what failed
+        # before (there was no VM), a pipeline unit that fails on the blank volumes
+        # (HATPRO's append, 2 min after boot) counts as drift if the probe is slow;
+        # promote and rollback excuse it from their before-records. So there, only.
+        setup_drift = name == "first_promote" and [c.get("name") for c in failed] == ["audit"]
+        went_live = (code == 0 and outcomes == ["live"]) or setup_drift
+        if not went_live or len(watch.rebuild_requests) <= requests:
             figures[f"{name}_error"] = f"exit {code}, outcomes {outcomes} (log {log})"
-            figures[f"{name}_failed_checks"] = [
-                check
-                for attempt in attempts
-                for check in (attempt.get("probe") or {}).get("checks", [])
-                if not check.get("ok")
-            ]
             print(f"{name}: did not go live: exit {code}, outcomes {outcomes}; see {log}")
             break
+        if setup_drift:
+            print(f"{name}: probe found drift ({failed[0].get('detail')}); taken as set up")
         rebuilt = watch.rebuild_requests[requests]
         around = watch.back_up(rebuilt)
         if around is None:
