@@ -53,7 +53,7 @@ def test_git_app_is_checked_out_at_the_pinned_commit(tmp_path: Path) -> None:
     lock = tmp_path / "requirements.txt"
     lock.write_text("# lock\n")
     stage = tmp_path / "stage"
-    _stage_app(load_spec(spec_path), stage, lock, Paths.under(tmp_path))
+    _stage_app(load_spec(spec_path), stage, stage / "app", lock, Paths.under(tmp_path))
     assert (stage / "app" / "app.py").read_text() == "VERSION = 1\n"
     assert not (stage / "app" / ".git").exists()
     assert (stage / "requirements.txt").read_text() == "# lock\n"
@@ -65,7 +65,13 @@ def test_unknown_commit_is_a_clear_error(tmp_path: Path) -> None:
     lock = tmp_path / "requirements.txt"
     lock.write_text("")
     with pytest.raises(BuildError, match=r"spec\.yml: dashboard\.app: git checkout of file://"):
-        _stage_app(load_spec(spec_path), tmp_path / "stage", lock, Paths.under(tmp_path))
+        _stage_app(
+            load_spec(spec_path),
+            tmp_path / "stage",
+            tmp_path / "staged",
+            lock,
+            Paths.under(tmp_path),
+        )
 
 
 def test_git_app_needs_a_ref(tmp_path: Path) -> None:
@@ -93,10 +99,11 @@ def test_local_app_is_staged_without_git_and_dotfiles(tmp_path: Path) -> None:
     spec_path = _spec_with_app(tmp_path, {"path": str(app)})
     lock = tmp_path / "requirements.txt"
     lock.write_text("# lock\n")
-    _stage_app(load_spec(spec_path), tmp_path / "stage", lock, Paths.under(tmp_path))
+    _stage_app(
+        load_spec(spec_path), tmp_path / "stage", tmp_path / "staged", lock, Paths.under(tmp_path)
+    )
     staged = sorted(
-        p.relative_to(tmp_path / "stage" / "app").as_posix()
-        for p in (tmp_path / "stage" / "app").rglob("*")
+        p.relative_to(tmp_path / "staged").as_posix() for p in (tmp_path / "staged").rglob("*")
     )
     assert staged == ["app.py", "sub", "sub/job.py"]
 
@@ -111,8 +118,10 @@ def test_git_app_drops_committed_dotfiles(tmp_path: Path) -> None:
     )
     lock = tmp_path / "requirements.txt"
     lock.write_text("# lock\n")
-    _stage_app(load_spec(spec_path), tmp_path / "stage", lock, Paths.under(tmp_path))
-    assert sorted(p.name for p in (tmp_path / "stage" / "app").iterdir()) == ["app.py"]
+    _stage_app(
+        load_spec(spec_path), tmp_path / "stage", tmp_path / "staged", lock, Paths.under(tmp_path)
+    )
+    assert sorted(p.name for p in (tmp_path / "staged").iterdir()) == ["app.py"]
 
 
 def test_dotfiles_are_not_build_inputs(tmp_path: Path) -> None:
