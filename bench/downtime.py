@@ -24,8 +24,9 @@ floor's `rebuild_to_ssh_s`, the peer of both downtimes.
 The images are hard-linked into a store of the bench's own with a stand-in
 attestation (the bench measures downtime, not health: the CLI's probe still
 checks every release), so the project's store and its attestations stay as
-they are. A benchmark: it asserts nothing, but a release that does not go live
-gives no figure rather than a wrong one.
+they are. A benchmark: it asserts nothing; each figure has the CLI's outcomes
+beside it (`*_outcomes`, `*_failed_checks`), and a release that does not go live
+ends the sequence rather than timing the next step from the wrong image.
 """
 
 from __future__ import annotations
@@ -336,28 +337,34 @@ def _releases(
         # promote and rollback excuse it from their before-records. So there, only.
         setup_drift = name == "first_promote" and [c.get("name") for c in failed] == ["audit"]
         went_live = (code == 0 and outcomes == ["live"]) or setup_drift
-        if not went_live or len(watch.rebuild_requests) <= requests:
-            figures[f"{name}_error"] = f"exit {code}, outcomes {outcomes} (log {log})"
-            print(f"{name}: did not go live: exit {code}, outcomes {outcomes}; see {log}")
-            break
+        # The dashboard's gap is timed whatever the probe said after it (a probe
+        # failing later, e.g. its audit, does not make the outage shorter or longer);
+        # the outcomes stand beside the figure, and a step that did not go live ends
+        # the sequence (the next one would start from the wrong image).
+        rebuilt = (
+            watch.rebuild_requests[requests] if len(watch.rebuild_requests) > requests else None
+        )
+        around = watch.back_up(rebuilt) if rebuilt is not None else None
+        if around is not None and rebuilt is not None:
+            last_old, first_new = around
+            if name == "first_promote":  # nothing answered before: a first boot, no outage
+                figures["first_promote_to_dashboard_s"] = first_new - rebuilt
+            else:
+                start = rebuilt if name == "promote" else asked
+                figures[f"{name}_downtime_s"] = first_new - start
+                figures[f"{name}_rebuild_to_dashboard_s"] = first_new - rebuilt
+                figures[f"{name}_outage_s"] = first_new - last_old
+            print(
+                f"{name}: {argv[0]} took {took:.0f} s, outcomes {outcomes}; rebuild request -> "
+                f"dashboard {first_new - rebuilt:.1f} s (Nova: "
+                + ", ".join(f"{k} {v:.1f} s" for k, v in nova.timings.items())
+                + ")"
+            )
         if setup_drift:
             print(f"{name}: probe found drift ({failed[0].get('detail')}); taken as set up")
-        rebuilt = watch.rebuild_requests[requests]
-        around = watch.back_up(rebuilt)
-        if around is None:
-            figures[f"{name}_error"] = "the dashboard did not go down and come back"
+        if not went_live or around is None:
+            why = "the dashboard did not go down and come back" if went_live else "not live"
+            figures[f"{name}_error"] = f"{why}: exit {code}, outcomes {outcomes} (log {log})"
+            print(f"{name}: {why}: exit {code}, outcomes {outcomes}; see {log}")
             break
-        last_old, first_new = around
-        if name == "first_promote":  # nothing answered before: a first boot, not an outage
-            figures["first_promote_to_dashboard_s"] = first_new - rebuilt
-        else:
-            figures[f"{name}_downtime_s"] = first_new - (rebuilt if name == "promote" else asked)
-            figures[f"{name}_rebuild_to_dashboard_s"] = first_new - rebuilt
-            figures[f"{name}_outage_s"] = first_new - last_old
-        print(
-            f"{name}: {' '.join(argv[:1])} took {took:.0f} s; rebuild request -> dashboard "
-            f"{first_new - rebuilt:.1f} s (Nova: "
-            + ", ".join(f"{k} {v:.1f} s" for k, v in nova.timings.items())
-            + ")"
-        )
     return figures
