@@ -31,7 +31,7 @@ qemu-system-x86_64                   qemu-system-x86         builder/vm/machine.
 qemu-img                             qemu-utils              builder/vm/disks.py, release (qcow2)
 qemu-io                              qemu-utils              tests/release
 /usr/share/OVMF/OVMF_CODE_4M.fd      ovmf                    builder/vm/image.py (UEFI firmware)
-mkfs.ext4                            e2fsprogs               builder/image/layer.py (/var), builder/vm/disks.py (scratch volumes), verify
+mkfs.ext4                            e2fsprogs               builder/vm/disks.py (scratch volumes), verify
 debugfs                              e2fsprogs               builder/image/verify.py, tests
 dumpe2fs                             e2fsprogs               builder/image/verify.py
 e2label                              e2fsprogs               tests/unit/vm/test_vm_disks.py

@@ -259,7 +259,7 @@ def _build(
         app=(app, spec.dashboard.checkout),
     )
     made = layer.make_partitions(
-        upper, var, base.disk, layer_work, inputs.seed, inputs.source_date_epoch
+        upper, var, base.disk, layer_work, inputs.seed, inputs.source_date_epoch, output / "tools"
     )
     layer.assemble(base.disk, partial / DISK, made)
     for name in ARTIFACTS:

@@ -210,7 +210,7 @@ def veritysetup_format(data: Path, hash_file: Path, seed: str) -> str:
 
 
 def make_partitions(
-    upper: Path, var_tree: Path, disk: Path, work: Path, seed: str, epoch: int
+    upper: Path, var_tree: Path, disk: Path, work: Path, seed: str, epoch: int, tools: Path
 ) -> Layer:
     """Step 2: the three partitions' bytes, sized to the base disk's slots."""
     config_slot, verity_slot, var_slot = (
@@ -240,18 +240,30 @@ def make_partitions(
     var = work / "var.ext4"
     var.unlink(missing_ok=True)
     var_uuid = derived_uuid(seed, "var")
+    if not (tools / "usr/sbin/mkfs.ext4").is_file():
+        raise BuildError(
+            f"config layer: no mkfs.ext4 in the tools tree {tools}; remove the build cache's "
+            "bases/ so the next build makes the base and its tools tree again"
+        )
+    # The tools tree's mke2fs (1.47.2, as mkosi's own partitions): it takes every inode
+    # time from SOURCE_DATE_EPOCH; Debian 12's (1.47.0) keeps the files' ctimes.
+    mkfs = [
+        "mkfs.ext4", "-q", "-F", "-L", VAR, "-U", var_uuid, "-m", "0",
+        # Lazy inode tables and journal: ~60 MB fewer bytes written; the kernel
+        # zeroes them in the background on first mount.
+        "-E", f"hash_seed={derived_uuid(seed, 'var-hash')},root_owner=0:0,"
+        "lazy_itable_init=1,lazy_journal_init=1",
+        "-d", f"/mnt/{var_tree.relative_to(work)}", "/mnt/var.ext4", f"{var_slot.size // 1024}k",
+    ]  # fmt: skip
+    script = (
+        f"mount --bind {shlex.quote(str(work))} {shlex.quote(str(tools))}/mnt && "
+        f"exec chroot {shlex.quote(str(tools))} {shlex.join(mkfs)}"
+    )
     _run(
-        [
-            "mkfs.ext4", "-q", "-F", "-L", VAR, "-U", var_uuid, "-m", "0",
-            # Lazy inode tables and journal: ~60 MB fewer bytes written; the kernel
-            # zeroes them in the background on first mount.
-            "-E", f"hash_seed={derived_uuid(seed, 'var-hash')},root_owner=0:0,"
-            "lazy_itable_init=1,lazy_journal_init=1",
-            "-d", str(var_tree), str(var), f"{var_slot.size // 1024}k",
-        ],
+        ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script],
         "mkfs.ext4 of /var",
         {"E2FSPROGS_FAKE_TIME": str(epoch), "SOURCE_DATE_EPOCH": str(epoch)},
-    )  # fmt: skip
+    )
     return Layer(config=config, verity=verity, root_hash=root_hash, var=var)
 
 
