@@ -33,7 +33,7 @@ from builder.render.tree import atomic_write
 SERVICE, PIPELINE = "service", "pipeline"
 MARK = "@@aurora-health@@"
 # The service-class units' states, one `systemctl show` block each.
-SERVICES = "systemctl show -p Id -p Type -p ActiveState -p Result -- {units}"
+SERVICES = "systemctl show -p Id -p Type -p ActiveState -p Result -p TriggeredBy -- {units}"
 # Failed units with how they failed, one `systemctl show` block each.
 FAILING = (
     "units=$(systemctl list-units --failed --all --plain --no-legend --no-pager "
@@ -92,7 +92,9 @@ def parse_failing(output: str) -> dict[str, str]:
 
 def unhealthy(services: list[str], shown: str) -> list[str]:
     """Services not healthy ("unit state"): a service must be active, except a oneshot
-    run by its timer, which is healthy while inactive after a successful run."""
+    run by its timer, which is healthy while inactive after a successful run and while
+    its timer has it running (aurora-health every 5 minutes: a probe that lands in its
+    run must not call the host unhealthy; a run that then fails is a failed unit)."""
     states = {}
     for block in shown.split("\n\n"):
         props = dict(line.partition("=")[::2] for line in block.splitlines() if "=" in line)
@@ -102,7 +104,11 @@ def unhealthy(services: list[str], shown: str) -> list[str]:
     for unit in services:
         props = states.get(unit, {})
         state = props.get("ActiveState", "unknown")
-        oneshot_ok = props.get("Type") == "oneshot" and props.get("Result") == "success"
+        oneshot = props.get("Type") == "oneshot"
+        oneshot_ok = oneshot and props.get("Result") == "success"
+        timed = oneshot and ".timer" in props.get("TriggeredBy", "")
+        if state == "activating" and timed:
+            continue
         if state != "active" and not (state == "inactive" and oneshot_ok):
             down.append(f"{unit} {state}")
     return down

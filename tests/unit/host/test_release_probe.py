@@ -253,8 +253,8 @@ class RecordedHost:
             return 0, ""
         if "is-system-running" in command:
             return 0, "degraded\n" if self.failing else "running\n"
-        if command.startswith("systemctl show -p Id -p Type -p ActiveState -p Result -- "):
-            units = command.split()[10:]
+        if command.startswith(health.SERVICES.split("{")[0]):
+            units = command.split(" -- ", 1)[1].split()
             return 0, "\n\n".join(
                 f"Id={u}\nType={'oneshot' if u == 'ssh.service' else 'notify'}\n"
                 f"ActiveState={'failed' if u in self.inactive else 'active'}\nResult=success"
@@ -341,6 +341,22 @@ def test_a_oneshot_service_is_healthy_after_a_successful_run() -> None:
         "aurora-credentials.service inactive",
         "nginx.service inactive",
         "x.service unknown",
+    ]
+
+
+def test_a_timer_run_oneshot_is_healthy_while_it_runs() -> None:
+    """CI caught a probe landing in aurora-health's 5-minute run ("activating")."""
+    shown = (
+        "Id=aurora-health.service\nType=oneshot\nActiveState=activating\nResult=success\n"
+        "TriggeredBy=aurora-health.timer\n\n"
+        "Id=aurora-credentials.service\nType=oneshot\nActiveState=activating\nResult=success\n"
+        "TriggeredBy=\n\n"
+        "Id=nginx.service\nType=notify\nActiveState=activating\nResult=success\n"
+    )
+    units = ["aurora-credentials.service", "aurora-health.service", "nginx.service"]
+    assert health.unhealthy(units, shown) == [
+        "aurora-credentials.service activating",
+        "nginx.service activating",
     ]
 
 
