@@ -93,8 +93,9 @@ def changed_spec(spec_path: Path, workdir: Path, marker: str = "") -> Path:
     """A copy of the spec with one description changed (a config-only change);
     a fixed `marker` gives the same image on every run, none a new one."""
     (workdir / "hosts").mkdir(parents=True, exist_ok=True)
-    if not (workdir / "app").is_symlink():
-        (workdir / "app").symlink_to(REPO / "app")
+    # Always this checkout's app: a link left by a run from another checkout may dangle.
+    (workdir / "app").unlink(missing_ok=True)
+    (workdir / "app").symlink_to(REPO / "app")
     text = spec_path.read_text()
     marker = marker or f"bench {time.time():.0f}"
     changed = text.replace(
