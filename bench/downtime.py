@@ -242,12 +242,7 @@ def measure(
         target = [
             "--spec", str(spec.source.path),
             "--cloud", CLOUD, "--server", SERVER,
-            "--address", "127.0.0.1",
-            "--ssh-port", str(nova.ssh_port),
-            "--http-port", str(nova.http_port),
-            "--https-port", str(nova.https_port),
-            "--identity", str(key),
-            "--probe-timeout", "15min",
+            *nova.probe_argv(key),
             "--json",
         ]  # fmt: skip
         endpoint = Endpoint("127.0.0.1", spec.hostname, nova.http_port, nova.https_port)

@@ -29,6 +29,18 @@ from tests.paths import REPO_ROOT
 SPEC = REPO_ROOT / "hosts" / "aurora.yml"
 
 
+def unit_directives(container: Container, unit: str) -> dict[str, list[str]]:
+    """Every `Key=value` of `unit` as systemd reads it in the image (drop-ins
+    included, `systemd-analyze cat-config`), values in file order."""
+    text = container.succeed(["systemd-analyze", "cat-config", f"systemd/system/{unit}"])
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            found.setdefault(key, []).append(value)
+    return found
+
+
 @pytest.fixture(scope="session")
 def image_dir() -> Path:
     path = chosen_image()

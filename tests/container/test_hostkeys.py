@@ -10,19 +10,10 @@ import re
 
 from builder.host.probe import console_fingerprints
 from builder.image.root import Container
+from tests.container.conftest import unit_directives
 
 UNIT = "aurora-ssh-hostkeys.service"
 KEYS = "/var/lib/aurora/ssh/etc/ssh"
-
-
-def _directives(container: Container) -> dict[str, list[str]]:
-    text = container.succeed(["systemd-analyze", "cat-config", f"systemd/system/{UNIT}"])
-    found: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        if "=" in line and not line.startswith("#"):
-            key, value = line.split("=", 1)
-            found.setdefault(key, []).append(value)
-    return found
 
 
 def _as_systemd_runs(command: str) -> str:
@@ -31,7 +22,7 @@ def _as_systemd_runs(command: str) -> str:
 
 
 def test_first_boot_makes_the_two_keys_sshd_names(container: Container) -> None:
-    unit = _directives(container)
+    unit = unit_directives(container, UNIT)
     made = [f"/var/lib/{d}" for d in unit.get("StateDirectory", [])]
     steps = [f"mkdir -p {' '.join(made)}"] if made else []
     steps += [_as_systemd_runs(c) for c in unit["ExecStart"]]

@@ -13,7 +13,7 @@ import pytest
 from builder.image.root import Container
 from builder.render.names import gws_unit, sync_unit
 from builder.spec.model import HostSpec, load_spec
-from tests.container.conftest import SPEC
+from tests.container.conftest import SPEC, unit_directives
 
 _spec = load_spec(SPEC)
 UNITS = [
@@ -23,21 +23,11 @@ UNITS = [
 ]
 
 
-def _service(container: Container, unit: str) -> dict[str, list[str]]:
-    text = container.succeed(["systemd-analyze", "cat-config", f"systemd/system/{unit}.service"])
-    found: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        if "=" in line and not line.startswith("#"):
-            key, value = line.split("=", 1)
-            found.setdefault(key, []).append(value)
-    return found
-
-
 @pytest.mark.parametrize("unit", UNITS)
 def test_refuses_in_one_line_without_the_data_volume(
     container: Container, spec: HostSpec, unit: str
 ) -> None:
-    service = _service(container, unit)
+    service = unit_directives(container, f"{unit}.service")
     assert len(service["ExecStart"]) == 1, service["ExecStart"]
     user = service.get("User", ["root"])[-1]
     command = service["ExecStart"][0].lstrip("-@:+!")

@@ -238,6 +238,18 @@ class NovaDouble:
                 raise TimeoutError(f"rebuild still running after {timeout:g}s") from None
         return self.server.status
 
+    def probe_argv(self, identity: Path) -> list[str]:
+        """The CLI's options that point its probe at this double's forwarded ports
+        (the release suite and bench/downtime.py drive the real CLI with them)."""
+        return [
+            "--address", "127.0.0.1",
+            "--ssh-port", str(self.ssh_port),
+            "--http-port", str(self.http_port),
+            "--https-port", str(self.https_port),
+            "--identity", str(identity),
+            "--probe-timeout", "15min",
+        ]  # fmt: skip
+
     def close(self) -> None:
         """Stop serving, abandon any rebuild and power the VM off."""
         self._closing.set()

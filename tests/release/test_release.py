@@ -102,14 +102,7 @@ def cli(
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     monkeypatch.setenv("AURORA_OPERATOR", OPERATOR)
     server = ["--cloud", CLOUD, "--server", SERVER]
-    probe = [
-        "--address", "127.0.0.1",
-        "--ssh-port", str(nova.ssh_port),
-        "--http-port", str(nova.http_port),
-        "--https-port", str(nova.https_port),
-        "--identity", str(operator_key),
-        "--probe-timeout", "15min",
-    ]  # fmt: skip
+    probe = nova.probe_argv(operator_key)
 
     def run(*argv: str, probing: bool = False, plain: bool = False) -> tuple[int, Any, str]:
         capsys.readouterr()
