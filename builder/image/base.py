@@ -15,12 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder.image import mkosi
 from builder.image.gpt import partition, partition_digest
 from builder.image.inputs import Inputs, digest_paths
+from builder.image.layer import ROOT
 from builder.render.tree import atomic_write
 
 # Inputs of the tag that never reach mkosi: they shape the config layer only.
@@ -44,7 +46,6 @@ OUTPUTS = (
     "python-packages.json",
     "aurora-sizes.json",
 )
-ROOT = "root-x86-64"
 LOG = "build.log"
 RECORD = "base.json"
 # Bases kept in the build cache (each ~1.3 GB allocated): the newest ones.
@@ -88,7 +89,7 @@ def base_key(inputs: Inputs, job: mkosi.MkosiJob, release: str) -> str:
 
 def seed_of(key: str) -> str:
     """The base's partition seed (systemd-repart): from its key, not the tag."""
-    return f"{key[:8]}-{key[8:12]}-{key[12:16]}-{key[16:20]}-{key[20:32]}"
+    return str(uuid.UUID(key[:32]))
 
 
 def ensure(job: mkosi.MkosiJob, key: str, bases: Path, *, progress: bool) -> Base:

@@ -34,7 +34,6 @@ from builder.image.debian import (
     locked_repository,
     python_packages,
 )
-from builder.image.gpt import partition, partition_digest
 from builder.image.inputs import APP_IGNORE, REPO, Inputs, app_file, collect
 from builder.image.manifest import Artifact, Entry, InputsRecord, Manifest
 from builder.image.sizes import format_sizes, image_sizes
@@ -316,10 +315,6 @@ def _link_or_copy(source: Path, dest: Path) -> None:
         os.link(source, dest)
     except OSError:
         shutil.copy2(source, dest)
-
-
-def root_digest(disk: Path) -> str:
-    return partition_digest(disk, partition(disk, "root-x86-64"))
 
 
 def _spec_ref(spec: HostSpec) -> str:

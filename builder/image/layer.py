@@ -137,17 +137,15 @@ def layer_script(
 
 
 def _normalise(top: Path, epoch: int) -> None:
-    """Fixed times, no overlayfs bookkeeping: the same inputs give the same bytes."""
+    """Fixed times, no overlayfs bookkeeping: the same inputs give the same bytes.
+    (Neither step changes a directory's mtime, so one pass in any order does.)"""
     for dirpath, dirnames, filenames in os.walk(top):
         for name in [*dirnames, *filenames, ""]:
             path = Path(dirpath) / name if name else Path(dirpath)
             for attr in os.listxattr(path, follow_symlinks=False):
                 if attr.startswith("trusted.overlay.") and attr not in KEEP_XATTRS:
                     os.removexattr(path, attr, follow_symlinks=False)
-    for dirpath, dirnames, filenames in os.walk(top, topdown=False):
-        for name in [*dirnames, *filenames]:
-            os.utime(Path(dirpath) / name, (epoch, epoch), follow_symlinks=False)
-    os.utime(top, (epoch, epoch))
+            os.utime(path, (epoch, epoch), follow_symlinks=False)
 
 
 def _run(argv: list[str], what: str, env: dict[str, str] | None = None) -> str:
