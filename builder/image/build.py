@@ -280,7 +280,7 @@ def _build(
         print(
             f"aurora-image: base {how}; config layer made in {layer_seconds:.1f} s", file=sys.stderr
         )
-    manifest = _manifest(spec, inputs, tree, base, partial)
+    manifest = _manifest(spec, inputs, tree, base, partial, app)
     manifest = replace(manifest, config_hash=made.root_hash, base=key)
     if mirror is None:
         debs = keep_debs(manifest.debian_packages, archives, debs_root)
@@ -329,6 +329,7 @@ def _manifest(
     tree: Tree,
     base: base_image.Base,
     image_dir: Path,
+    app: Path,
 ) -> Manifest:
     command_line = (image_dir / CMDLINE).read_text().strip()
     return Manifest(
@@ -350,6 +351,6 @@ def _manifest(
         carried=carried_manifest(tree),
         debian_packages=debian_packages(base.path / "aurora.manifest"),
         python_packages=python_packages(base.path / "python-packages.json"),
-        sizes=image_sizes(base.path, image_dir),
+        sizes=image_sizes(base.path, image_dir, app),
         python_venv=spec.dashboard.venv,
     )

@@ -33,13 +33,30 @@ def allocated(path: Path, start: int = 0, end: int | None = None) -> int:
     return total
 
 
-def image_sizes(output: Path, image_dir: Path) -> dict[str, dict[str, int]]:
+def tree_bytes(top: Path) -> int:
+    """Bytes of the files below `top` as stored (links count as links), as the
+    postinst counts the root's parts."""
+    total = 0
+    for root, _dirs, files in os.walk(top):
+        total += sum(os.lstat(os.path.join(root, name)).st_size for name in files)
+    return total
+
+
+def image_sizes(
+    output: Path, image_dir: Path, app: Path | None = None
+) -> dict[str, dict[str, int]]:
     """What the image is made of: the root's parts (from the postinst's count),
-    each partition and artifact, and the disk's apparent and allocated size."""
+    each partition and artifact, and the disk's apparent and allocated size.
+    `app` is the dashboard's source as the config layer carries it: the base's root
+    holds only its venv, so the postinst counts no app."""
     disk = image_dir / DISK
     parts = _read_json(output / "aurora-sizes.json")
+    files = dict(parts) if isinstance(parts, dict) else {}
+    if app is not None and files:
+        files["app"] = tree_bytes(app)
+        files["root_files"] = int(files.get("root_files", 0)) + files["app"]
     return {
-        "root_files": parts if isinstance(parts, dict) else {},
+        "root_files": files,
         "partitions": {
             part.label: {"size": part.size, "allocated": allocated(disk, part.offset, part.end)}
             for part in partitions(disk)
