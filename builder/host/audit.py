@@ -10,8 +10,15 @@ What counts as drift: a rendered file changed, missing or of another mode; a
 unit not loaded, masked, enabled when the image leaves it off (or the other
 way round), a timer not active, a long-running service not active, a unit
 overridden or extended at runtime (``systemctl edit --runtime``,
-``set-property``); any failed unit; a Debian or Python package added, removed
-or at another version.
+``set-property``); any failed unit but a pipeline unit; a Debian or Python
+package added, removed or at another version.
+
+A failed pipeline unit (a sync, job or push: builder.host.health) is judged
+as the health probe judges it with nothing recorded before a rebuild: shown
+("tolerated"), not drift. It fails when an instrument is down or its inputs
+are empty, which is the data's state, not the host's difference from its
+image; and whether such a unit's first run has happened yet must not decide
+an audit. A failed service, or a unit the image does not classify, is drift.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from builder.errors import AuroraError
+from builder.host import health
 from builder.host.observation import (
     IDENTITY,
     MARK,
@@ -47,6 +55,8 @@ RUNTIME_PREFIXES = (
     "/etc/systemd/system.control/",
 )
 DRIFT = frozenset({"changed", "missing", "extra", "failed"})
+TOLERATED = "tolerated"  # a failed pipeline unit: shown, not drift
+PIPELINE_FAILED = "failed (a pipeline unit: its instrument or data, not drift)"
 
 
 class Runner(Protocol):
@@ -90,18 +100,25 @@ class AuditReport:
     def drifted(self) -> list[Row]:
         return [row for row in self.rows if row.drift]
 
+    @property
+    def tolerated(self) -> list[Row]:
+        return [row for row in self.rows if row.verdict == TOLERATED]
+
     def summary(self) -> str:
-        """One line: host, image, verdict, and drift counted by kind."""
+        """One line: host, image, verdict, drift counted by kind, failed pipeline units."""
         checks = len(self.rows)
+        failing = ", ".join(row.what for row in self.tolerated)
+        if failing:
+            failing = f"; failed pipeline units, not drift: {failing}"
         if self.ok:
-            return f"{self.host}: matches image {self.image} ({checks} checks, no drift)"
+            return f"{self.host}: matches image {self.image} ({checks} checks, no drift{failing})"
         kinds: dict[str, int] = {}
         for row in self.drifted:
             kinds[row.kind] = kinds.get(row.kind, 0) + 1
         detail = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
         return (
             f"{self.host}: DRIFT from image {self.image}: {len(self.drifted)} of {checks} "
-            f"checks ({detail})"
+            f"checks ({detail}){failing}"
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -112,6 +129,7 @@ class AuditReport:
             "ok": self.ok,
             "checks": len(self.rows),
             "drift": len(self.drifted),
+            "tolerated": len(self.tolerated),
             "summary": self.summary(),
             "rows": [asdict(row) for row in self.rows],
         }
@@ -163,9 +181,12 @@ def compare_file(path: str, entry: Mapping[str, str], found: FileState | None) -
     return Row("file", path, expected, got, "ok" if same else "changed")
 
 
-def compare_unit(name: str, wanted: bool, show: Mapping[str, str] | None) -> Row:
+def compare_unit(
+    name: str, wanted: bool, show: Mapping[str, str] | None, *, pipeline: bool = False
+) -> Row:
     """One unit against the image: loaded, enablement as the preset says, running
-    if it should be, nothing layered on at run time."""
+    if it should be, nothing layered on at run time. A ``pipeline`` unit's failure
+    alone is tolerated (shown, not drift); anything else about it still counts."""
     expected = "enabled" if wanted else "not enabled"
     if wanted and name.endswith(".timer"):
         expected += ", active"
@@ -174,7 +195,7 @@ def compare_unit(name: str, wanted: bool, show: Mapping[str, str] | None) -> Row
     load, active = show.get("LoadState", ""), show.get("ActiveState", "")
     state, kind = show.get("UnitFileState", ""), show.get("Type", "")
     found = f"{state or 'no unit file state'}, {active}/{show.get('SubState', '')}"
-    problems = []
+    problems, failed = [], False
     if load != "loaded":
         problems.append(load or "not loaded")
     if state.endswith("-runtime"):
@@ -184,7 +205,9 @@ def compare_unit(name: str, wanted: bool, show: Mapping[str, str] | None) -> Row
     elif not wanted and state == "enabled":
         problems.append("enabled, the image leaves it off")
     if active == "failed":
-        problems.append("failed")
+        failed = True
+        if not pipeline:
+            problems.append("failed")
     elif wanted and active != "active":
         long_running = name.endswith((".timer", ".socket", ".path")) or (
             name.endswith(".service") and kind not in ("oneshot", "")
@@ -198,8 +221,14 @@ def compare_unit(name: str, wanted: bool, show: Mapping[str, str] | None) -> Row
     if dropins:
         problems.append(f"drop-in {' '.join(dropins)}")
     if not problems:
+        if failed:
+            return Row("unit", name, expected, f"{found}: {PIPELINE_FAILED}", TOLERATED)
         return Row("unit", name, expected, found, "ok")
-    verdict = "failed" if active == "failed" else "missing" if load == "not-found" else "changed"
+    if failed and pipeline:
+        problems.append(PIPELINE_FAILED)
+    verdict = (
+        "failed" if failed and not pipeline else "missing" if load == "not-found" else "changed"
+    )
     return Row("unit", name, expected, f"{found}: {'; '.join(problems)}", verdict)
 
 
@@ -249,11 +278,18 @@ def compare(manifest: Manifest, seen: Observation) -> list[Row]:
     for path, entry in sorted(manifest.rendered.items()):
         rows.append(compare_file(path, entry, seen.files.get(path)))
     wanted = set(preset_enabled(seen.presets))
+    # The probe's rule with nothing recorded before a rebuild: pipeline failures excused.
+    pipeline = health.judge(dict.fromkeys(seen.failed, "failed"), seen.classes, None)
     for name in sorted(wanted | set(rendered_units(manifest))):
-        rows.append(compare_unit(name, name in wanted, seen.units.get(name)))
+        show = seen.units.get(name)
+        excused = name in pipeline.tolerated_units
+        rows.append(compare_unit(name, name in wanted, show, pipeline=excused))
     checked = {row.what for row in rows if row.kind == "unit"}
     for name in sorted(set(seen.failed) - checked):
-        rows.append(Row("unit", name, "not failed", "failed", "failed"))
+        if name in pipeline.tolerated_units:
+            rows.append(Row("unit", name, "not failed", PIPELINE_FAILED, TOLERATED))
+        else:
+            rows.append(Row("unit", name, "not failed", "failed", "failed"))
     rows += compare_packages("debian", manifest.debian_packages, seen.dpkg)
     expected_py = {normalise(k): v for k, v in manifest.python_packages.items()}
     if seen.python is None:
@@ -315,8 +351,8 @@ def _short(value: str, width: int) -> str:
 
 
 def format_table(report: AuditReport, *, everything: bool = False) -> str:
-    """Drifted rows (or all of them) as a table, then the summary line."""
-    rows = list(report.rows) if everything else report.drifted
+    """Drifted and tolerated rows (or all of them) as a table, then the summary line."""
+    rows = list(report.rows) if everything else [*report.drifted, *report.tolerated]
     lines = []
     if rows:
         what_w = min(max(len(r.what) for r in rows), 56)

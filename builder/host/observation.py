@@ -5,8 +5,10 @@ The script prints, in marked sections, what the comparison needs: the image
 identity file and os-release, the kernel command line, the type, mode and
 sha256 of every rendered path, the image's presets, ``systemctl show`` for
 every unit the image carries (the manifest's ``carried`` record) and the
-preset enables, failed units, dpkg's package list and the dashboard venv's
-Python distributions. It observes, never changes.
+preset enables, failed units, the image's unit classes (service or pipeline,
+builder.host.health; the file is a rendered path, so its digest is checked
+too), dpkg's package list and the dashboard venv's Python distributions. It
+observes, never changes.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from builder.host.health import parse_classes
 from builder.image.manifest import Manifest
-from builder.render.names import IDENTITY
+from builder.render.names import IDENTITY, UNIT_CLASSES_FILE
 
 MARK = "@@audit:"
 SECTIONS = (
@@ -31,6 +34,7 @@ SECTIONS = (
     "presets",
     "units",
     "failed",
+    "classes",
     "dpkg",
     "python",
 )
@@ -71,6 +75,7 @@ class Observation:
     presets: str = ""
     units: dict[str, dict[str, str]] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
+    classes: dict[str, str] = field(default_factory=dict)  # unit -> service | pipeline
     dpkg: dict[str, str] = field(default_factory=dict)
     python: dict[str, str] | None = None
     python_error: str = ""
@@ -153,6 +158,8 @@ enabled=$(for p in {presets}; do cat -- "$p" 2>/dev/null; echo; done | awk '
 systemctl show --no-pager -p {props} -- $(printf '%s\\n' {units} $enabled | sort -u)
 echo '{MARK}failed'
 systemctl list-units --failed --all --plain --no-legend --no-pager
+echo '{MARK}classes'
+cat {UNIT_CLASSES_FILE} 2>/dev/null; echo
 echo '{MARK}dpkg'
 dpkg-query -W -f '${{db:Status-Abbrev}}\\t${{Package}}\\t${{Version}}\\n'
 echo '{MARK}python'
@@ -281,6 +288,7 @@ def parse(output: str) -> Observation:
         presets="\n".join(sections.get("presets", [])),
         units=parse_show(sections.get("units", [])),
         failed=parse_failed(sections.get("failed", [])),
+        classes=parse_classes("\n".join(sections.get("classes", []))),
         dpkg=parse_dpkg(sections.get("dpkg", [])),
         python=python,
         python_error=python_error,

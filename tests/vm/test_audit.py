@@ -3,6 +3,11 @@
 The drift is made at run time only (a stopped timer, a runtime drop-in under
 /run/systemd/system, a failed transient unit) and undone afterwards, because
 every other test shares this VM.
+
+No waiting for the boot-time timer runs: a pipeline unit failing on the blank
+volumes (the sample HATPRO append, about 2 min after boot) is tolerated by the
+audit's own rule (builder.host.audit, as the probe judges it), so whether its
+first run has happened yet cannot decide a verdict.
 """
 
 from __future__ import annotations
@@ -40,32 +45,6 @@ systemctl start {TIMER}
 """
 
 
-# Every aurora timer that fires at boot has fired, and what it started has finished.
-FIRST_RUNS_DONE = """\
-for t in $(systemctl list-units --type=timer --plain --no-legend 'aurora-*' | awk '{print $1}'); do
-    systemctl show -p TimersMonotonic --value "$t" | grep -q OnBootUSec || continue
-    [ "$(systemctl show -p LastTriggerUSecMonotonic --value "$t")" != 0 ] || exit 1
-    unit=$(systemctl show -p Triggers --value "$t")
-    systemctl show -p ActiveState --value "$unit" | grep -qx -e activating -e active && exit 1
-done
-exit 0
-"""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def first_runs_done(booted: Machine) -> None:
-    """The audit compares the host with its image; a pipeline unit failing on the blank
-    volumes (the sample HATPRO append, 2 min after boot) is the instruments' business,
-    and whether its first run had happened yet would decide the verdict by chance. So:
-    wait for the boot-time runs, then reset the pipeline units' failures (their next
-    runs are 15 min away, beyond these tests)."""
-    booted.wait_until_succeeds(FIRST_RUNS_DONE, timeout=600)
-    classes, failing = health.observe(booted.remote())
-    pipeline = [unit for unit in failing if classes.get(unit) == health.PIPELINE]
-    if pipeline:
-        booted.succeed("systemctl reset-failed " + " ".join(pipeline))
-
-
 @pytest.fixture(scope="module")
 def manifest(image_dir: Path) -> Manifest:
     return read_manifest(image_dir)
@@ -90,6 +69,8 @@ def cli_audit(machine: Machine, *extra: str) -> int:
 def test_clean_host_matches_its_manifest(booted: Machine, manifest: Manifest) -> None:
     report = audit(booted.remote(), manifest)
     assert report.ok, format_table(report)
+    classes, _ = health.observe(booted.remote())
+    assert all(classes.get(row.what) == health.PIPELINE for row in report.tolerated)
     assert report.claimed == manifest.tag
     assert len(report.rows) > len(manifest.rendered) + len(manifest.debian_packages)
 

@@ -88,6 +88,62 @@ def test_recorded_drift_is_reported(manifest: Manifest) -> None:
     assert json.loads(json.dumps(data)) == data
 
 
+APPEND = "aurora-asfs-fast-sonic-append.service"
+CLASSES = json.dumps({"service": ["aurora-credentials.service"], "pipeline": [APPEND]})
+
+
+def failing(clean: str, *units: str, classes: str | None = CLASSES) -> str:
+    """The clean recording with ``units`` failed (as systemctl shows and lists them) and,
+    unless None, the image's unit classes (recordings older than the section lack it)."""
+    out = clean
+    for unit in units:
+        out = edit_section(
+            out, "units", f"Id={unit}\nLoadState=loaded\nActiveState=inactive\nSubState=dead",
+            f"Id={unit}\nLoadState=loaded\nActiveState=failed\nSubState=failed",
+        )  # fmt: skip
+        out = out.replace(
+            f"{observation.MARK}failed\n",
+            f"{observation.MARK}failed\n{unit} loaded failed failed {unit}\n",
+        )
+    if classes is not None:
+        out = out.replace(
+            f"{observation.MARK}dpkg\n", f"{observation.MARK}classes\n{classes}\n"
+            f"{observation.MARK}dpkg\n",
+        )  # fmt: skip
+    return out
+
+
+def test_a_failed_pipeline_unit_is_shown_not_drift(manifest: Manifest, clean: str) -> None:
+    """As the probe judges it with nothing recorded before a rebuild: a sync or job failing
+    on its instrument or data is not the host differing from its image."""
+    rep = report(manifest, failing(clean, APPEND))
+    assert rep.ok, audit.format_table(rep)
+    [row] = rep.tolerated
+    assert (row.what, row.verdict) == (APPEND, "tolerated") and "pipeline" in row.found
+    assert f"failed pipeline units, not drift: {APPEND}" in rep.summary()
+    assert APPEND in audit.format_table(rep)
+    assert rep.to_json()["tolerated"] == 1 and rep.to_json()["drift"] == 0
+
+
+def test_a_failed_service_or_unclassified_unit_is_drift(manifest: Manifest, clean: str) -> None:
+    service = "aurora-credentials.service"
+    out = failing(clean, APPEND, classes=None)  # an image that does not say: counts
+    assert drifted(report(manifest, out))[APPEND].verdict == "failed"
+    out = failing(clean, APPEND).replace(
+        f"Id={service}\nLoadState=loaded\nActiveState=active",
+        f"Id={service}\nLoadState=loaded\nActiveState=failed",
+    )
+    rows = drifted(report(manifest, out))
+    assert set(rows) == {service} and rows[service].verdict == "failed"
+    # A pipeline unit changed at run time is drift, failed or not.
+    out = edit_section(
+        failing(clean, APPEND), "units", f"Id={APPEND}\nLoadState=loaded",
+        f"Id={APPEND}\nLoadState=masked",
+    )  # fmt: skip
+    row = drifted(report(manifest, out))[APPEND]
+    assert row.verdict == "changed" and "masked" in row.found and "pipeline" in row.found
+
+
 def test_package_drift(manifest: Manifest, clean: str) -> None:
     out = edit_section(clean, "dpkg", "\tnginx\t", "\tnginx-XX\t")
     out = edit_section(out, "dpkg", "\trsync\t3.5.0+ds1-0+deb13u2", "\trsync\t3.5.0+ds1-1")
