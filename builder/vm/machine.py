@@ -186,6 +186,11 @@ class Machine(Guest):
         )  # fmt: skip
         return self.ssh_key.with_suffix(".pub").read_text()
 
+    @property
+    def accelerator(self) -> str:
+        """What QEMU runs this machine under ("kvm" or "tcg"; the probe's answer is cached)."""
+        return self._choose_accel()
+
     def _choose_accel(self) -> str:
         if self.accel:
             return self.accel

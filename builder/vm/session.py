@@ -12,6 +12,12 @@ cleanly on SIGTERM. The serial console of every kept VM is also a socket
 started for the console is recorded as soon as QEMU runs, without waiting
 for sshd, which may be the very thing that is broken. QEMU dies with the
 keeper (PDEATHSIG), so no VM is ever left without an owner.
+
+The smoke suite's session VM is a kept VM too, started by :func:`start` with a
+:class:`Boot` (more forwards, its own volumes, a credential, a qcow2 overlay and a
+fixed UUID that a reboot keeps, an owner whose end stops it) and driven from the
+test process as a :class:`KeptVm`: the suite proves `aurora-image ssh`, `vm
+--console` and `vm --stop` on it instead of booting a VM of its own for them.
 """
 
 from __future__ import annotations
@@ -24,14 +30,17 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 
 from builder.errors import AuroraError
 from builder.host.remote import Remote
 from builder.render.tree import atomic_write
-from builder.vm.guest import loopback_remote
+from builder.vm.argv import SSH_HOST
+from builder.vm.errors import QemuExited
+from builder.vm.guest import Guest, loopback_remote
+from builder.vm.serial import SerialConsole
 
 KEEPER = "builder.vm.session"
 # Guest ports forwarded to loopback besides ssh, so the dashboard can be tried.
@@ -39,10 +48,47 @@ FORWARDS = {"http": 80, "https": 443}
 BOOT_TIMEOUT = 900.0
 STOP_TIMEOUT = 120.0
 CONSOLE_FIRST = "--console-first"  # keeper flag: record the VM before sshd answers
+BOOT_FLAG = "--boot="  # keeper flag: the Boot options' JSON file
 
 
 class VmError(AuroraError):
     """The VM could not be started, found or stopped."""
+
+
+@dataclass(frozen=True)
+class Boot:
+    """How a kept VM boots beyond what `aurora-image vm` gives it (nothing here): what
+    the smoke suite's session VM needs to stay one machine across a reboot.
+
+    ``drives`` are volumes the caller made and keeps (the keeper makes and removes
+    only the scratch volumes of the labels); ``ssh_key`` is a key pair the caller
+    keeps (else the keeper makes one per boot); ``owner`` is a pid whose end powers
+    the VM off, so a test run that dies leaves no VM behind."""
+
+    forwards: dict[str, int] = field(default_factory=dict)
+    drives: tuple[str, ...] = ()
+    credentials: dict[str, str] = field(default_factory=dict)
+    overlay: str | None = None
+    uuid: str | None = None
+    ssh_key: str | None = None
+    owner: int | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> Boot:
+        return cls(**{**data, "drives": tuple(data.get("drives", ()))})
+
+    def machine_options(self) -> dict[str, object]:
+        """Keyword arguments for builder.vm.machine.Machine (forwards and drives are
+        added to the keeper's own)."""
+        return {
+            "credentials": self.credentials,
+            "overlay": Path(self.overlay) if self.overlay else None,
+            "uuid": self.uuid,
+            "ssh_key": Path(self.ssh_key) if self.ssh_key else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -59,6 +105,7 @@ class VmState:
     started: float
     ssh_ready_after: float | None = None
     console: str | None = None
+    accel: str | None = None
 
     def remote(self) -> Remote:
         return loopback_remote(self.ports["ssh"], Path(self.key))
@@ -123,13 +170,50 @@ def find(vms: Path, tag: str | None) -> VmState:
     return states[0]
 
 
+def keeper_argv(
+    state_file: Path,
+    image_dir: Path,
+    labels: list[str],
+    *,
+    wait_ssh: bool = True,
+    boot_file: Path | None = None,
+) -> list[str]:
+    """The keeper's command line (parsed back by :func:`parse_keeper_argv`)."""
+    flags = [] if wait_ssh else [CONSOLE_FIRST]
+    if boot_file is not None:
+        flags.append(f"{BOOT_FLAG}{boot_file}")
+    return [sys.executable, "-m", KEEPER, str(state_file), str(image_dir), *flags, *labels]
+
+
+def parse_keeper_argv(args: list[str]) -> tuple[Path, Path, list[str], bool, Path | None]:
+    """``sys.argv[1:]`` of the keeper -> (state file, image dir, labels, wait_ssh, boot file)."""
+    state_file, image_dir, *rest = args
+    wait_ssh, boot_file = True, None
+    while rest and rest[0].startswith("--"):
+        flag = rest.pop(0)
+        if flag == CONSOLE_FIRST:
+            wait_ssh = False
+        elif flag.startswith(BOOT_FLAG):
+            boot_file = Path(flag.removeprefix(BOOT_FLAG))
+        else:
+            raise VmError(f"the VM keeper got an unknown flag {flag!r}")
+    return Path(state_file), Path(image_dir), rest, wait_ssh, boot_file
+
+
 def start(
-    vms: Path, image_dir: Path, labels: list[str], *, note: object = None, wait_ssh: bool = True
+    vms: Path,
+    image_dir: Path,
+    labels: list[str],
+    *,
+    note: object = None,
+    wait_ssh: bool = True,
+    boot: Boot | None = None,
 ) -> VmState:
     """Start a keeper for ``image_dir`` and wait until ssh works in the guest
     (``wait_ssh=False``: only until QEMU runs and its console can be attached).
 
-    ``note`` (a builder.progress Step) gets the console's latest line while waiting.
+    ``note`` (a builder.progress Step) gets the console's latest line while waiting;
+    ``boot`` adds what the smoke suite's session VM needs (:class:`Boot`).
     """
     tag = image_dir.name
     existing = read_state(vms, tag)
@@ -141,8 +225,13 @@ def start(
     workdir = vms / tag
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    mode = [] if wait_ssh else [CONSOLE_FIRST]
-    argv = [sys.executable, "-m", KEEPER, str(state_path(vms, tag)), str(image_dir), *mode, *labels]
+    boot_file = None
+    if boot is not None:  # credentials may be in it: the keeper's eyes only
+        boot_file = workdir / "boot.json"
+        atomic_write(boot_file, json.dumps(boot.to_json()).encode(), 0o600)
+    argv = keeper_argv(
+        state_path(vms, tag), image_dir, labels, wait_ssh=wait_ssh, boot_file=boot_file
+    )
     with open(workdir / "keeper.log", "wb") as log:
         proc = subprocess.Popen(
             argv,
@@ -224,13 +313,72 @@ def stop(vms: Path, state: VmState) -> bool:
 # --------------------------------------------------------------------------
 
 
-def _keep(state_file: Path, image_dir: Path, labels: list[str], *, wait_ssh: bool = True) -> int:
+class KeptVm(Guest):
+    """A kept VM driven from another process (the smoke suite's session VM): the
+    Machine API's commands and waits, through the ssh config (and ControlMaster) its
+    keeper's Machine wrote; alive while its keeper is and the console shows no panic."""
+
+    def __init__(self, vms: Path, state: VmState) -> None:
+        self.vms, self.state = vms, state
+        self.workdir = Path(state.workdir)
+        self.ssh_config = self.workdir / "ssh_config"  # builder.vm.machine's layout
+        self.ssh_key = Path(state.key)
+        self.serial_log = Path(state.serial_log)
+        self.accel = state.accel
+        self._console = SerialConsole(self.serial_log)
+
+    def _guest(self, connect_timeout: int | None = None) -> Remote:
+        return Remote(
+            host=SSH_HOST, port=None, ssh_config=self.ssh_config, connect_timeout=connect_timeout
+        )
+
+    def check_alive(self) -> None:
+        if not _keeper_alive(self.state.pid):
+            raise QemuExited(
+                f"the keeper of {self.state.tag} (pid {self.state.pid}) is gone; "
+                f"see {self.workdir / 'keeper.log'}\n--- serial (last 40 lines) ---\n"
+                f"{self._console.tail(40)}"
+            )
+        if self._console.panicked():
+            raise QemuExited(f"guest kernel panicked: {self._console.panic}")
+
+    def serial_tail(self, n: int = 80) -> str:
+        return self._console.tail(n)
+
+    def remote(self) -> Remote:
+        return self.state.remote()
+
+    def forwarded_port(self, name: str) -> int:
+        try:
+            return self.state.ports[name]
+        except KeyError:
+            raise KeyError(f"no forward named {name!r}; have {sorted(self.state.ports)}") from None
+
+    def shutdown(self) -> bool:
+        """Power the VM off (as `vm --stop`); True when the keeper stopped it cleanly."""
+        return stop(self.vms, self.state)
+
+
+def _owner_alive(pid: int | None) -> bool:
+    return pid is None or Path(f"/proc/{pid}").exists()
+
+
+def _keep(
+    state_file: Path,
+    image_dir: Path,
+    labels: list[str],
+    *,
+    wait_ssh: bool = True,
+    boot_options: Boot | None = None,
+) -> int:
     from builder.vm.disks import scratch_volumes
     from builder.vm.errors import MachineError
     from builder.vm.image import BootImage
     from builder.vm.machine import Machine, boot
 
     workdir = state_file.parent / image_dir.name
+    extra = boot_options or Boot()
+    forwards = FORWARDS | extra.forwards
     stopping = False
 
     def on_term(signum: int, frame: FrameType | None) -> None:
@@ -241,7 +389,12 @@ def _keep(state_file: Path, image_dir: Path, labels: list[str], *, wait_ssh: boo
     signal.signal(signal.SIGINT, on_term)
     try:
         drives = scratch_volumes(labels, workdir)
-        options = {"host_forwards": FORWARDS, "extra_drives": drives, "console": True}
+        options = {
+            "host_forwards": forwards,
+            "extra_drives": [*drives, *map(Path, extra.drives)],
+            "console": True,
+            **extra.machine_options(),
+        }
         if wait_ssh:
             machine = boot(
                 BootImage.from_dir(image_dir), workdir, ssh_timeout=BOOT_TIMEOUT, **options
@@ -262,16 +415,17 @@ def _keep(state_file: Path, image_dir: Path, labels: list[str], *, wait_ssh: boo
             image=str(image_dir),
             pid=os.getpid(),
             ports={"ssh": machine.forwarded_port("ssh")}
-            | {name: machine.forwarded_port(name) for name in FORWARDS},
+            | {name: machine.forwarded_port(name) for name in forwards},
             key=str(machine.ssh_key),
             serial_log=str(machine.serial_log),
             workdir=str(workdir),
             started=time.time(),
             ssh_ready_after=machine.ssh_ready_after,
             console=str(machine.console_socket),
+            accel=machine.accelerator,
         )
         atomic_write(state_file, (json.dumps(asdict(state), indent=2) + "\n").encode(), 0o600)
-        while not stopping and machine.running:
+        while not stopping and machine.running and _owner_alive(extra.owner):
             time.sleep(0.5)
     finally:
         machine.shutdown()
@@ -283,7 +437,6 @@ def _keep(state_file: Path, image_dir: Path, labels: list[str], *, wait_ssh: boo
 
 
 if __name__ == "__main__":
-    rest = sys.argv[3:]
-    first = rest[:1] == [CONSOLE_FIRST]
-    labels = rest[1:] if first else rest
-    sys.exit(_keep(Path(sys.argv[1]), Path(sys.argv[2]), labels, wait_ssh=not first))
+    state_arg, image_arg, label_args, ssh_first, boot_arg = parse_keeper_argv(sys.argv[1:])
+    options = Boot.from_json(json.loads(boot_arg.read_text())) if boot_arg else None
+    sys.exit(_keep(state_arg, image_arg, label_args, wait_ssh=ssh_first, boot_options=options))

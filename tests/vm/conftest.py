@@ -1,5 +1,13 @@
-"""Boot the image once per session under QEMU and hand tests a Machine and a
+"""Boot the image once per session under QEMU and hand tests a machine and a
 testinfra host on it.
+
+The session's VM is a kept VM, started as `aurora-image vm --keep` starts one
+(builder.vm.session.start: a keeper process owns QEMU, its state is recorded in
+a private AURORA_CACHE), with a builder.vm.session.Boot for what the suite adds;
+the tests drive it as a builder.vm.session.KeptVm. So the operator's commands
+on a kept VM (`aurora-image ssh`, `vm --console`, `vm --stop`) are proven on
+this VM (test_vm_command.py; the stop is test_immutable's reboot) and need no
+boot of their own: the smoke and flows suites boot twice in all.
 
 Which image: the one this run built (tests/image_choice.py: AURORA_IMAGE, else
 the tag `make image` recorded), never the newest stored one.
@@ -20,9 +28,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -33,10 +45,10 @@ from builder.image.logs import write_smoke_log
 from builder.image.store import DISK, FAILING, is_image, write_attestation
 from builder.release import signing
 from builder.spec.model import HostSpec, load_spec
-from builder.vm import accel as accel_mod
+from builder.vm import session as vm_session
 from builder.vm.disks import make_overlay, scratch_volumes
 from builder.vm.image import BootImage
-from builder.vm.machine import Machine, boot
+from builder.vm.session import KeptVm
 from tests.image_choice import chosen_image
 from tests.mailbox import Mailbox, running_mailbox
 
@@ -56,6 +68,7 @@ FORWARDS = {"http": 80, "https": 443, "probe8080": 8080, "probe5006": 5006, "pro
 # QEMU's user-mode network shows the host's loopback to the guest as 10.0.2.2.
 HOST_FROM_GUEST = "10.0.2.2"
 HERE = Path(__file__).resolve().parent
+CLI = [sys.executable, "-m", "builder.cli.main"]
 
 
 @dataclass
@@ -185,7 +198,7 @@ def image_dir() -> Path:
 @pytest.fixture(scope="session")
 def machine(
     image_dir: Path, tmp_path_factory: pytest.TempPathFactory, mailbox: tuple[Mailbox, int]
-) -> Iterator[Machine]:
+) -> Iterator[KeptVm]:
     work = tmp_path_factory.mktemp("vm")
     drives = scratch_volumes((*VOLUMES, BLANK_VOLUME), work)
     relay = {
@@ -195,43 +208,127 @@ def machine(
         "tls": "off",
     }
     image = BootImage.from_dir(image_dir)
-    _run.serial_log = work.absolute() / "serial.log"  # kept beside the image, booted or not
-    _session.image, _session.work = image, work
+    _session.image_dir, _session.work = image_dir, work
     _session.raw_head = raw_head(image_dir)
-    _session.kwargs = {
-        "host_forwards": FORWARDS,
-        "extra_drives": drives,
-        "credentials": {"msmtp.relay": json.dumps(relay)},
+    _session.boot = vm_session.Boot(
+        forwards=FORWARDS,
+        drives=tuple(map(str, drives)),
+        credentials={"msmtp.relay": json.dumps(relay)},
         # The guest's disk is a qcow2 overlay with a fixed SMBIOS UUID, as a VM on
         # JASMIN keeps both across reboots: test_immutable (run last) reboots it.
-        "overlay": make_overlay(image, work / "disk.qcow2"),
-        "uuid": SESSION_UUID,
-    }
-    vm = boot(image, work, ssh_timeout=900, **_session.kwargs)
-    with vm:
-        # The probe's answer is cached, so asking again costs nothing.
-        _run.accel = vm.accel or accel_mod.choose_accel(image.kernel, image.initrd)
+        overlay=str(make_overlay(image, work / "disk.qcow2")),
+        uuid=SESSION_UUID,
+        owner=os.getpid(),  # a test run that dies takes its VM with it
+    )
+    # Kept beside the image, booted or not.
+    _run.serial_log = vm_session.vms_dir(_session.cache) / image_dir.name / "serial.log"
+    vm = _session.start()
+    try:
+        _run.accel = vm.accel
         yield vm
+    finally:
+        if _session.current is not None:  # the reboot's VM, if test_immutable left it
+            _session.current.shutdown()
+
+
+def cli(env: dict[str, str], *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`aurora-image ARGV` in a subprocess without a terminal, as a script runs it."""
+    return subprocess.run(
+        [*CLI, *argv], env=env, capture_output=True, text=True, timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def running(pid: int, workdir: str) -> list[str]:
+    """Live processes that are the keeper or mention its workdir (QEMU does).
+    A reaped-late zombie has an empty command line and does not count."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if cmdline and (proc.name == str(pid) or workdir in cmdline):
+            found.append(cmdline.replace("\0", " ")[:120])
+    return found
+
+
+def left_within(pid: int, workdir: str, seconds: float) -> list[str]:
+    """What :func:`running` still finds after up to ``seconds``: the ssh connection
+    master that `vm --stop` told to exit goes a moment after it answered."""
+    deadline = time.monotonic() + seconds
+    while (found := running(pid, workdir)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return found
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """What `aurora-image vm --stop TAG --json` did to the session's VM, and what it left."""
+
+    result: subprocess.CompletedProcess
+    state_file_left: bool
+    processes_left: list[str]
+    ssh_after: subprocess.CompletedProcess
 
 
 @dataclass
 class _Session:
     """How the session's VM was booted, so that it can be booted again (a reboot)."""
 
-    image: BootImage | None = None
+    image_dir: Path | None = None
     work: Path | None = None
-    kwargs: dict = field(default_factory=dict)
+    boot: vm_session.Boot | None = None
     raw_head: str = ""
+    boots: int = 0
+    current: KeptVm | None = None
 
-    def reboot(self, machine: Machine) -> Machine:
-        """Power the session's VM off and boot its disk again, as the same machine
-        (overlay, UUID, volumes, credentials, root's key); the caller stops it."""
-        assert self.image is not None and self.work is not None, "no session VM was booted"
-        machine.shutdown()
-        return boot(
-            self.image, self.work / "reboot", ssh_timeout=900, ssh_key=machine.ssh_key,
-            **self.kwargs,
-        )  # fmt: skip
+    @property
+    def cache(self) -> Path:
+        """The AURORA_CACHE the session's kept VM is recorded in (a second one for
+        the reboot, so the first boot's console log stays)."""
+        assert self.work is not None, "no session VM was booted"
+        return self.work / ("cache" if self.boots < 2 else f"cache{self.boots}")
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The CLI's environment: the session's cache, so `aurora-image ssh` finds its VM."""
+        return {**os.environ, "AURORA_CACHE": str(self.cache), "AURORA_QUIET": "1"}
+
+    def start(self) -> KeptVm:
+        """Boot the session's disk through the code path `aurora-image vm --keep` takes."""
+        assert self.image_dir is not None and self.work is not None and self.boot is not None
+        self.boots += 1
+        vms = vm_session.vms_dir(self.cache)
+        state = vm_session.start(vms, self.image_dir, [], boot=self.boot)
+        self.current = KeptVm(vms, state)
+        if self.boot.ssh_key is None:  # the same root key for the reboot
+            key = self.work / "id_ed25519"
+            shutil.copy2(self.current.ssh_key, key)
+            shutil.copy2(self.current.ssh_key.with_suffix(".pub"), key.with_suffix(".pub"))
+            self.boot = replace(self.boot, ssh_key=str(key))
+        return self.current
+
+    def stop_with_cli(self, machine: KeptVm) -> Stopped:
+        """Power the session's VM off as an operator does: `aurora-image vm --stop TAG`."""
+        tag = machine.state.tag
+        result = cli(self.env, "vm", "--stop", tag, "--json", timeout=180)
+        stopped = Stopped(
+            result=result,
+            state_file_left=vm_session.state_path(machine.vms, tag).exists(),
+            processes_left=left_within(machine.state.pid, str(machine.workdir), 10),
+            ssh_after=cli(self.env, "ssh", tag, "--", "true"),
+        )
+        if stopped.processes_left:  # the test fails on it; the VM must not outlive it
+            machine.shutdown()
+        self.current = None
+        return stopped
+
+    def reboot(self, machine: KeptVm) -> tuple[Stopped, KeptVm]:
+        """Stop the session's VM with the CLI and boot its disk again, as the same
+        machine (overlay, UUID, volumes, credentials, root's key)."""
+        stopped = self.stop_with_cli(machine)
+        return stopped, self.start()
 
 
 _session = _Session()
@@ -244,12 +341,12 @@ def raw_head(image_dir: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def session_vm(machine: Machine) -> _Session:
+def session_vm(machine: KeptVm) -> _Session:
     return _session
 
 
 @pytest.fixture(scope="session")
-def host(machine: Machine) -> testinfra.host.Host:
+def host(machine: KeptVm) -> testinfra.host.Host:
     return testinfra.get_host("ssh://aurora-vm", ssh_config=str(machine.ssh_config))
 
 
@@ -259,7 +356,7 @@ def spec() -> HostSpec:
 
 
 @pytest.fixture(scope="session")
-def booted(machine: Machine) -> Machine:
+def booted(machine: KeptVm) -> KeptVm:
     """The machine once boot has finished, whatever its outcome."""
     machine.wait_until_succeeds(BOOT_FINISHED, timeout=900)
     return machine

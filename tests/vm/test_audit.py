@@ -24,7 +24,7 @@ from builder.host.audit import audit, format_table
 from builder.image.manifest import Manifest
 from builder.image.store import read_manifest
 from builder.vm.argv import SSH_HOST
-from builder.vm.machine import Machine
+from builder.vm.session import KeptVm
 
 TIMER = "aurora-cl61-source-sync.timer"
 DROPIN = "/run/systemd/system/aurora-dashboard.service.d/50-audit-probe.conf"
@@ -51,7 +51,7 @@ def manifest(image_dir: Path) -> Manifest:
 
 
 @pytest.fixture
-def drifted(booted: Machine) -> Iterator[Machine]:
+def drifted(booted: KeptVm) -> Iterator[KeptVm]:
     booted.succeed(DRIFT)
     try:
         yield booted
@@ -59,14 +59,14 @@ def drifted(booted: Machine) -> Iterator[Machine]:
         booted.succeed(RESTORE)
 
 
-def cli_audit(machine: Machine, *extra: str) -> int:
+def cli_audit(machine: KeptVm, *extra: str) -> int:
     port = str(machine.forwarded_port("ssh"))
     return main(
         ["audit", SSH_HOST, "--ssh-config", str(machine.ssh_config), "--ssh-port", port, *extra]
     )
 
 
-def test_clean_host_matches_its_manifest(booted: Machine, manifest: Manifest) -> None:
+def test_clean_host_matches_its_manifest(booted: KeptVm, manifest: Manifest) -> None:
     report = audit(booted.remote(), manifest)
     assert report.ok, format_table(report)
     classes, _ = health.observe(booted.remote())
@@ -75,7 +75,7 @@ def test_clean_host_matches_its_manifest(booted: Machine, manifest: Manifest) ->
     assert len(report.rows) > len(manifest.rendered) + len(manifest.debian_packages)
 
 
-def test_runtime_drift_is_reported(drifted: Machine, manifest: Manifest, capsys) -> None:
+def test_runtime_drift_is_reported(drifted: KeptVm, manifest: Manifest, capsys) -> None:
     report = audit(drifted.remote(), manifest)
     rows = {row.what: row for row in report.drifted}
     assert set(rows) == {TIMER, "aurora-dashboard.service", PROBE}, format_table(report)
@@ -85,7 +85,7 @@ def test_runtime_drift_is_reported(drifted: Machine, manifest: Manifest, capsys)
     assert json.loads(capsys.readouterr().out)["drift"] == 3
 
 
-def test_restored_host_is_clean_again(booted: Machine, manifest: Manifest, capsys) -> None:
+def test_restored_host_is_clean_again(booted: KeptVm, manifest: Manifest, capsys) -> None:
     """Runs after the drift test has undone its changes; the CLI exits 0."""
     assert cli_audit(booted) == 0
     assert "no drift" in capsys.readouterr().out

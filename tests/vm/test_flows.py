@@ -36,7 +36,7 @@ from builder.image.store import read_manifest
 from builder.render.engine import gws_unit, sync_unit
 from builder.retry import retry
 from builder.spec.model import GwsJob, HostSpec, Stream
-from builder.vm.machine import Machine
+from builder.vm.session import KeptVm
 from tests.peers import (
     Peer,
     Peers,
@@ -57,7 +57,7 @@ CL61_KEY, JASMIN_KEY, KNOWN_HOSTS = "cl61.ssh_key", "jasmin.ssh_key", "ssh.known
 # -- helpers ---------------------------------------------------------------------
 
 
-def sh(machine: Machine, command: str, timeout: float = 300) -> str:
+def sh(machine: KeptVm, command: str, timeout: float = 300) -> str:
     return machine.succeed(command, timeout=timeout)
 
 
@@ -78,7 +78,7 @@ class Run:
         return f"{self.unit}: {self.result} (status {self.status})\n" + "\n".join(self.lines)
 
 
-def start(machine: Machine, unit: str, timeout: float = 600) -> Run:
+def start(machine: KeptVm, unit: str, timeout: float = 600) -> Run:
     """`systemctl start` a oneshot as its timer does; wait for it to finish."""
     machine.execute(f"systemctl reset-failed {unit} 2>/dev/null; systemctl start {unit}", timeout)
     show = sh(machine, f"systemctl show -p Result -p ExecMainStatus -p InvocationID {unit}")
@@ -128,7 +128,7 @@ def tree(root: Path) -> dict[str, tuple[int, int, str]]:
     }
 
 
-def guest_files(machine: Machine, root: str) -> dict[str, str]:
+def guest_files(machine: KeptVm, root: str) -> dict[str, str]:
     """Files under a guest directory: relative path -> "owner:group mode"."""
     out = machine.execute(f"cd {shlex.quote(root)} && find . -type f -printf '%P %u:%g %m\\n'")[1]
     return {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in out.splitlines() if line}
@@ -246,7 +246,7 @@ def instruments(peers: Peers, spec: HostSpec) -> dict[str, Instrument]:
 
 
 @pytest.fixture(scope="module")
-def flows(booted: Machine, spec: HostSpec, peers: Peers) -> Iterator[Machine]:
+def flows(booted: KeptVm, spec: HostSpec, peers: Peers) -> Iterator[KeptVm]:
     """The guest wired to the peers: timers stopped, keys and known_hosts in the
     credential store, production addresses routed to the peers, the tailnet joined."""
     machine = booted
@@ -296,7 +296,7 @@ def gws_path(peers: Peers, spec: HostSpec, dest: str) -> Path:
 
 
 def test_probe_passes_on_an_empty_host_with_the_failing_job_reported(
-    booted: Machine, spec: HostSpec, image_dir: Path
+    booted: KeptVm, spec: HostSpec, image_dir: Path
 ) -> None:
     """The sample HATPRO append fails on the empty raw tree like production's; the
     probe excuses it when it failed the same way before the rebuild, and says so."""
@@ -326,7 +326,7 @@ def test_probe_passes_on_an_empty_host_with_the_failing_job_reported(
 
 
 def test_syncs_pull_the_matching_files_with_owner_and_mode(
-    flows: Machine, spec: HostSpec, instruments: dict[str, Instrument]
+    flows: KeptVm, spec: HostSpec, instruments: dict[str, Instrument]
 ) -> None:
     user = spec.user.name
     for name, inst in instruments.items():
@@ -344,7 +344,7 @@ def test_syncs_pull_the_matching_files_with_owner_and_mode(
 
 
 def test_wxcam_mirror_takes_hdr_only_and_leaves_the_rest_on_the_camera(
-    flows: Machine, spec: HostSpec, instruments: dict[str, Instrument]
+    flows: KeptVm, spec: HostSpec, instruments: dict[str, Instrument]
 ) -> None:
     inst = instruments["wxcam"]
     run = start(flows, f"{sync_unit(inst.stream)}.service")
@@ -360,7 +360,7 @@ def test_wxcam_mirror_takes_hdr_only_and_leaves_the_rest_on_the_camera(
 
 
 def test_state_advances_and_a_second_run_pulls_only_new_files(
-    flows: Machine, spec: HostSpec, instruments: dict[str, Instrument]
+    flows: KeptVm, spec: HostSpec, instruments: dict[str, Instrument]
 ) -> None:
     inst = instruments["cl61"]
     state = f"{spec.storage.state_dir}/{inst.stream.name}.last"
@@ -384,7 +384,7 @@ def test_state_advances_and_a_second_run_pulls_only_new_files(
 
 
 def test_raw_push_sends_contents_and_fails_over_past_the_refusing_host(
-    flows: Machine, spec: HostSpec, peers: Peers, instruments: dict[str, Instrument]
+    flows: KeptVm, spec: HostSpec, peers: Peers, instruments: dict[str, Instrument]
 ) -> None:
     job = _push(spec, "raw")
     run = start(flows, f"{gws_unit(job)}.service")
@@ -407,7 +407,7 @@ def test_raw_push_sends_contents_and_fails_over_past_the_refusing_host(
     assert any(n.startswith(f"{job.name}-") for n in logs), logs
 
 
-def _products(flows: Machine, spec: HostSpec) -> dict[str, str]:
+def _products(flows: KeptVm, spec: HostSpec) -> dict[str, str]:
     """Products as the jobs leave them (made as the service user)."""
     root = spec.storage.product_root
     made = {
@@ -430,7 +430,7 @@ def _products(flows: Machine, spec: HostSpec) -> dict[str, str]:
 
 
 def test_products_push_leaves_wxcam_to_its_own_job(
-    flows: Machine, spec: HostSpec, peers: Peers
+    flows: KeptVm, spec: HostSpec, peers: Peers
 ) -> None:
     made = _products(flows, spec)
     products, wxcam = _push(spec, "products"), _push(spec, "products-wxcam")
@@ -452,7 +452,7 @@ def test_products_push_leaves_wxcam_to_its_own_job(
 
 
 def test_mirror_verify_finds_source_local_and_gws_agreeing(
-    flows: Machine, spec: HostSpec, instruments: dict[str, Instrument]
+    flows: KeptVm, spec: HostSpec, instruments: dict[str, Instrument]
 ) -> None:
     """Every pulled file is listed on all three copies with one size; what the syncs
     left on the source on purpose (before the lookback, stamped too early) shows as
@@ -481,7 +481,7 @@ def test_mirror_verify_finds_source_local_and_gws_agreeing(
 
 
 def test_manifests_push_sends_the_finished_runs(
-    flows: Machine, spec: HostSpec, peers: Peers
+    flows: KeptVm, spec: HostSpec, peers: Peers
 ) -> None:
     job = _push(spec, "manifests")
     run = start(flows, f"{gws_unit(job)}.service")
@@ -497,7 +497,7 @@ def test_manifests_push_sends_the_finished_runs(
 
 
 def test_alert_mail_reaches_the_sink_from_and_to_the_env_files_addresses(
-    flows: Machine, spec: HostSpec, mailbox
+    flows: KeptVm, spec: HostSpec, mailbox
 ) -> None:
     box, _ = mailbox
     env = dict(
@@ -532,7 +532,7 @@ def test_alert_mail_reaches_the_sink_from_and_to_the_env_files_addresses(
 
 
 def test_a_blank_volume_over_data_is_refused_by_every_push_and_the_gws_kept(
-    flows: Machine, spec: HostSpec, peers: Peers
+    flows: KeptVm, spec: HostSpec, peers: Peers
 ) -> None:
     """The "rebuild from nothing" mistake: a new empty volume mounted at /data, the
     storage layout made on it, every push started: nothing on the GWS changes."""
@@ -561,7 +561,7 @@ def test_a_blank_volume_over_data_is_refused_by_every_push_and_the_gws_kept(
 
 
 def test_a_legitimate_deletion_propagates_into_the_backup_directory(
-    flows: Machine, spec: HostSpec, peers: Peers
+    flows: KeptVm, spec: HostSpec, peers: Peers
 ) -> None:
     job = _push(spec, "products")
     gone = ["ops_monitor/health/report-1.json", "ops_monitor/health/report-2.json"]

@@ -15,7 +15,7 @@ import pytest
 
 from builder.render.engine import SYSTEM_UNITS, render
 from builder.spec.model import HostSpec
-from builder.vm.machine import Machine
+from builder.vm.session import KeptVm
 
 
 def _rendered_units(spec: HostSpec) -> list[str]:
@@ -27,7 +27,7 @@ def _rendered_units(spec: HostSpec) -> list[str]:
     )
 
 
-def test_every_timer_loaded_enabled_and_scheduled(booted: Machine, spec: HostSpec) -> None:
+def test_every_timer_loaded_enabled_and_scheduled(booted: KeptVm, spec: HostSpec) -> None:
     timers = [u for u in _rendered_units(spec) if u.endswith(".timer")]
     assert len(timers) == 35
     out = booted.succeed(
@@ -56,12 +56,12 @@ def test_every_timer_loaded_enabled_and_scheduled(booted: Machine, spec: HostSpe
             assert not again.startswith("-"), f"no next elapse for {unit} after its run: {again}"
 
 
-def _url(machine: Machine, name: str, path: str) -> str:
+def _url(machine: KeptVm, name: str, path: str) -> str:
     scheme = "https" if name == "https" else "http"
     return f"{scheme}://127.0.0.1:{machine.forwarded_port(name)}{path}"
 
 
-def test_wxcam_media_served_with_byte_ranges(booted: Machine, spec: HostSpec) -> None:
+def test_wxcam_media_served_with_byte_ranges(booted: KeptVm, spec: HostSpec) -> None:
     root = spec.nginx.wxcam_media.root
     booted.succeed(
         f"head -c 100000 /dev/urandom > {root}/clip.mp4 && chown aurora: {root}/clip.mp4"
@@ -94,7 +94,7 @@ def _reachable(port: int) -> bool:
         return False
 
 
-def test_firewall_from_outside(booted: Machine) -> None:
+def test_firewall_from_outside(booted: KeptVm) -> None:
     ip = booted.succeed("ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1").strip()
     for port in (8080, 5006, 9100):
         booted.succeed(f"systemd-run --unit=probe{port} python3 -m http.server {port} --bind {ip}")
@@ -110,12 +110,12 @@ def test_firewall_from_outside(booted: Machine) -> None:
     assert re.search(r"5006/tcp\s+DENY IN", status), status
 
 
-def test_fail2ban_guards_ssh(booted: Machine) -> None:
+def test_fail2ban_guards_ssh(booted: KeptVm) -> None:
     booted.wait_for_unit("fail2ban.service")
     assert "sshd" in booted.succeed("fail2ban-client status")
 
 
-def test_secrets_installed_from_credentials(booted: Machine, spec: HostSpec) -> None:
+def test_secrets_installed_from_credentials(booted: KeptVm, spec: HostSpec) -> None:
     rc = booted.succeed(f"stat -c '%a %U' {spec.user.home}/.msmtprc").split()
     assert rc == ["600", "aurora"]
     assert "host 10.0.2.2" in booted.succeed(f"cat {spec.user.home}/.msmtprc")
@@ -125,7 +125,7 @@ def test_secrets_installed_from_credentials(booted: Machine, spec: HostSpec) -> 
     ).strip() in {"inactive", "active"}
 
 
-def test_alert_readiness_follows_the_msmtp_config(booted: Machine, spec: HostSpec) -> None:
+def test_alert_readiness_follows_the_msmtp_config(booted: KeptVm, spec: HostSpec) -> None:
     check = (
         "cd /opt/aurora-cloud-dashboard && runuser -u aurora -- env HOME=/home/aurora "
         "venv/bin/python send_ops_alerts.py --check-transport"
@@ -142,7 +142,7 @@ def test_alert_readiness_follows_the_msmtp_config(booted: Machine, spec: HostSpe
         booted.succeed(f"mv {rc_file}.away {rc_file}")
 
 
-def _wait_for_status(machine: Machine, host: str, code: int) -> None:
+def _wait_for_status(machine: KeptVm, host: str, code: int) -> None:
     """nginx reloads asynchronously: wait until its new workers answer."""
     machine.wait_until_succeeds(
         f"curl -s -o /dev/null -w '%{{http_code}}' -H 'Host: {host}' http://127.0.0.1/app"
@@ -151,7 +151,7 @@ def _wait_for_status(machine: Machine, host: str, code: int) -> None:
     )
 
 
-def test_tls_once_a_certificate_exists(booted: Machine, spec: HostSpec) -> None:
+def test_tls_once_a_certificate_exists(booted: KeptVm, spec: HostSpec) -> None:
     live = f"{spec.nginx.certificate_dir}/live/{spec.hostname}"
     booted.succeed(
         f"mkdir -p {live} && openssl req -x509 -newkey rsa:2048 -nodes -days 2 "

@@ -3,12 +3,15 @@
 
 The session's VM is the first boot (its disk a qcow2 overlay over the image, its
 SMBIOS UUID fixed, as a VM on JASMIN keeps both): this module runs last, records
-it after the whole suite has used it, powers it off and boots the same overlay,
-volumes and UUID again, the suite's second boot. The image itself stays untouched.
+it after the whole suite has used it, powers it off as an operator powers a kept
+VM off (`aurora-image vm --stop TAG`: what that leaves behind is asserted here) and
+boots the same overlay, volumes and UUID again, the suite's second boot. The image
+itself stays untouched.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,20 +20,20 @@ import pytest
 
 from builder.host import health
 from builder.image.store import read_manifest
-from builder.vm.machine import Machine
-from tests.vm.conftest import BOOT_FINISHED, SESSION_UUID, raw_head
+from builder.vm.session import KeptVm
+from tests.vm.conftest import BOOT_FINISHED, SESSION_UUID, Stopped, raw_head
 
 TREE_DIGEST = (
     "find /usr /etc -xdev \\( -type f -o -type l \\) -printf '%p %s %m %l\\n' | sort | sha256sum"
 )
 
 
-def _failed_classes(machine: Machine) -> list[tuple[str, str | None]]:
+def _failed_classes(machine: KeptVm) -> list[tuple[str, str | None]]:
     classes, failing = health.observe(machine.remote())
     return [(unit, classes.get(unit)) for unit in failing]
 
 
-def _snapshot(machine: Machine) -> dict[str, str]:
+def _snapshot(machine: KeptVm) -> dict[str, str]:
     return {
         "machine_id": machine.succeed("cat /etc/machine-id").strip(),
         "host_key": machine.succeed(
@@ -43,7 +46,7 @@ def _snapshot(machine: Machine) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def two_boots(booted: Machine, session_vm, image_dir: Path) -> Iterator[list[dict]]:
+def two_boots(booted: KeptVm, session_vm, image_dir: Path) -> Iterator[list]:
     booted.wait_until_succeeds(BOOT_FINISHED, timeout=900)
     first = _snapshot(booted)
     booted.succeed("echo kept > /var/lib/aurora/reboot-marker")
@@ -56,8 +59,10 @@ def two_boots(booted: Machine, session_vm, image_dir: Path) -> Iterator[list[dic
         "for d in /sys/block/dm-*/dm; do echo $(cat $d/name) $(cat $d/uuid); done"
     ).strip()
     first["cmdline"] = booted.succeed("cat /proc/cmdline").split()
+    first["tag"] = booted.state.tag
     started = time.monotonic()
-    with session_vm.reboot(booted) as again:
+    stopped, again = session_vm.reboot(booted)
+    try:
         ssh = time.monotonic() - started
         again.wait_until_succeeds(BOOT_FINISHED, timeout=900)
         second = _snapshot(again)
@@ -65,7 +70,24 @@ def two_boots(booted: Machine, session_vm, image_dir: Path) -> Iterator[list[dic
             f"reboot: ssh after {ssh:.0f} s, settled after {time.monotonic() - started:.0f} s"
         )
         second["marker"] = again.succeed("cat /var/lib/aurora/reboot-marker").strip()
-    yield [first, second, {"raw_unchanged": raw_head(image_dir) == session_vm.raw_head}]
+    finally:
+        session_vm.current = None
+        again.shutdown()
+    yield [first, second, {"raw_unchanged": raw_head(image_dir) == session_vm.raw_head}, stopped]
+
+
+def test_vm_stop_powers_the_kept_vm_off_cleanly_and_leaves_nothing(two_boots) -> None:
+    """`aurora-image vm --stop TAG --json`: the guest powered itself off (not forced),
+    its state file is gone, no keeper or QEMU of it is left, and `ssh TAG` says so."""
+    first, stopped = two_boots[0], two_boots[3]
+    assert isinstance(stopped, Stopped)
+    tag = first["tag"]
+    assert stopped.result.returncode == 0, stopped.result.stderr
+    assert json.loads(stopped.result.stdout) == {"tag": tag, "stopped": True, "forced": False}
+    assert not stopped.state_file_left
+    assert not stopped.processes_left, stopped.processes_left
+    gone = stopped.ssh_after
+    assert gone.returncode == 1 and f"no VM of {tag} is running" in gone.stderr, gone.stderr
 
 
 def test_writes_to_usr_and_units_fail(two_boots) -> None:
@@ -98,7 +120,7 @@ def test_root_is_the_config_layer_over_the_base_both_dm_verity(two_boots, image_
 
 
 def test_second_boot_is_identical(two_boots, capsys: pytest.CaptureFixture[str]) -> None:
-    first, second, _ = two_boots
+    first, second = two_boots[0], two_boots[1]
     with capsys.disabled():
         print(f"\n{second['boot']}")
     assert first["tree"] == second["tree"], "the root file system changed across a reboot"

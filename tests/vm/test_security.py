@@ -18,8 +18,8 @@ from collections.abc import Iterator
 import pytest
 
 from builder.spec.model import HostSpec
-from builder.vm.machine import Machine
 from builder.vm.process import free_port
+from builder.vm.session import KeptVm
 
 # Everything but the kernel's and the per-boot trees; /tmp and /var/tmp are sticky.
 SCAN = (
@@ -28,7 +28,7 @@ SCAN = (
 )
 
 
-def _writable_roots(machine: Machine, user: str) -> set[str]:
+def _writable_roots(machine: KeptVm, user: str) -> set[str]:
     """The topmost paths ``user`` can write (a writable path below one is implied)."""
     found = machine.succeed(f"runuser -u {user} -- sh -c {shlex.quote(SCAN)}", timeout=600)
     paths = sorted(set(found.split("\n")) - {""})
@@ -55,7 +55,7 @@ def _allowed(spec: HostSpec) -> dict[str, set[str]]:
     return {spec.user.name: aurora, spec.dashboard.user: {"/var/cache/aurora-dashboard"}}
 
 
-def test_each_service_user_writes_only_its_allow_list(booted: Machine, spec: HostSpec) -> None:
+def test_each_service_user_writes_only_its_allow_list(booted: KeptVm, spec: HostSpec) -> None:
     booted.wait_for_unit("aurora-dashboard.service", timeout=600)
     for user, allowed in _allowed(spec).items():
         roots = _writable_roots(booted, user)
@@ -70,7 +70,7 @@ def _ancestors(path: str) -> list[str]:
     return ["/" + "/".join(parts[:n]) for n in range(1, len(parts) + 1)]
 
 
-def test_nothing_root_trusts_is_writable_by_a_service_user(booted: Machine, spec: HostSpec) -> None:
+def test_nothing_root_trusts_is_writable_by_a_service_user(booted: KeptVm, spec: HostSpec) -> None:
     """The credential store, Let's Encrypt's state, root's keys and the host keys, and
     every directory above them, can be changed by root alone."""
     trusted = [
@@ -92,7 +92,7 @@ def test_nothing_root_trusts_is_writable_by_a_service_user(booted: Machine, spec
             assert owner == "root", f"{each} belongs to {owner}"
 
 
-def test_panel_runs_as_its_own_user_and_reads_no_key(booted: Machine, spec: HostSpec) -> None:
+def test_panel_runs_as_its_own_user_and_reads_no_key(booted: KeptVm, spec: HostSpec) -> None:
     booted.wait_for_unit("aurora-dashboard.service", timeout=600)
     pid = booted.succeed("systemctl show -p MainPID --value aurora-dashboard.service").strip()
     assert booted.succeed(f"ps -o user= -p {pid}").strip() == spec.dashboard.user
@@ -104,7 +104,7 @@ def test_panel_runs_as_its_own_user_and_reads_no_key(booted: Machine, spec: Host
             assert status != 0, f"Panel's user can read {secret.path}"
 
 
-def _long_running(machine: Machine) -> list[str]:
+def _long_running(machine: KeptVm) -> list[str]:
     listing = machine.succeed(
         "systemctl list-units --type=service --state=running --no-legend --plain"
     )
@@ -112,7 +112,7 @@ def _long_running(machine: Machine) -> list[str]:
 
 
 def test_systemd_analyze_security_of_every_long_running_unit(
-    booted: Machine, capsys: pytest.CaptureFixture[str]
+    booted: KeptVm, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Reported for every running service (the closing notes quote it); the internet-
     facing Panel must stay at or below 2.0."""
@@ -192,7 +192,7 @@ def browser() -> Iterator[_WebDriver]:
 
 
 def test_panel_page_works_under_its_content_security_policy(
-    dashboard_up: Machine, spec: HostSpec, browser: _WebDriver
+    dashboard_up: KeptVm, spec: HostSpec, browser: _WebDriver
 ) -> None:
     """Chromium loads the page through nginx as a visitor would (the public name
     mapped to the forwarded port, since Panel accepts only its own websocket origin):
@@ -230,13 +230,13 @@ def _head(port: int, hostname: str) -> tuple[int, dict[str, str]]:
 
 
 @pytest.fixture
-def dashboard_up(booted: Machine, spec: HostSpec) -> Machine:
+def dashboard_up(booted: KeptVm, spec: HostSpec) -> KeptVm:
     booted.wait_for_unit("aurora-dashboard.service", timeout=600)
     booted.wait_for_open_port(spec.dashboard.port, timeout=600)
     return booted
 
 
-def test_wxcam_media_serves_only_media(dashboard_up: Machine, spec: HostSpec) -> None:
+def test_wxcam_media_serves_only_media(dashboard_up: KeptVm, spec: HostSpec) -> None:
     root, location = spec.nginx.wxcam_media.root, spec.nginx.wxcam_media.location
     dashboard_up.succeed(
         f"mkdir -p {root} && echo jpeg > {root}/h6.jpg && echo db > {root}/h6.sqlite"

@@ -15,17 +15,17 @@ from testinfra.host import Host
 from builder.host import health
 from builder.render.engine import sync_unit
 from builder.spec.model import HostSpec
-from builder.vm.machine import Machine
+from builder.vm.session import KeptVm
 
 
 @pytest.fixture(scope="module")
-def dashboard(booted: Machine, spec: HostSpec) -> Machine:
+def dashboard(booted: KeptVm, spec: HostSpec) -> KeptVm:
     booted.wait_for_unit("aurora-dashboard.service", timeout=600)
     booted.wait_for_open_port(spec.dashboard.port, timeout=600)
     return booted
 
 
-def test_no_failed_units(booted: Machine) -> None:
+def test_no_failed_units(booted: KeptVm) -> None:
     """No service fails. A pipeline unit may (builder.host.health): on these empty volumes
     the sample HATPRO append fails as production's jobs do on empty inputs."""
     state = booted.execute("systemctl is-system-running")[1].strip()
@@ -36,7 +36,7 @@ def test_no_failed_units(booted: Machine) -> None:
     assert state == "running" or (state == "degraded" and failing), (state, failing)
 
 
-def test_panel_listens_on_loopback_only(dashboard: Machine, spec: HostSpec) -> None:
+def test_panel_listens_on_loopback_only(dashboard: KeptVm, spec: HostSpec) -> None:
     port = spec.dashboard.port
     listening = dashboard.succeed(f"ss -Htln 'sport = :{port}'").split("\n")
     local = [line.split()[3] for line in listening if line.strip()]
@@ -44,21 +44,21 @@ def test_panel_listens_on_loopback_only(dashboard: Machine, spec: HostSpec) -> N
     assert all(addr == f"127.0.0.1:{port}" for addr in local), local
 
 
-def _get(machine: Machine, path: str, host: str) -> tuple[int, str]:
+def _get(machine: KeptVm, path: str, host: str) -> tuple[int, str]:
     url = f"http://127.0.0.1:{machine.forwarded_port('http')}{path}"
     request = urllib.request.Request(url, headers={"Host": host})
     with urllib.request.urlopen(request, timeout=120) as response:
         return response.status, response.read().decode(errors="replace")
 
 
-def test_nginx_serves_the_panel_page(dashboard: Machine, spec: HostSpec) -> None:
+def test_nginx_serves_the_panel_page(dashboard: KeptVm, spec: HostSpec) -> None:
     status, body = _get(dashboard, "/", spec.hostname)
     assert status == 200
     assert "<title>Aurora cloud dashboard</title>" in body
     assert "bokeh" in body.lower()
 
 
-def test_nginx_upgrades_the_panel_websocket(dashboard: Machine, spec: HostSpec) -> None:
+def test_nginx_upgrades_the_panel_websocket(dashboard: KeptVm, spec: HostSpec) -> None:
     _, body = _get(dashboard, "/app", spec.hostname)
     token = re.search(r'"token":\s*"([^"]+)"', body)
     assert token, "no session token in the Panel page"
@@ -77,7 +77,7 @@ def test_nginx_upgrades_the_panel_websocket(dashboard: Machine, spec: HostSpec) 
     assert reply.startswith("HTTP/1.1 101"), reply
 
 
-def test_sync_timers_enabled_with_contract_schedule(booted: Machine, spec: HostSpec) -> None:
+def test_sync_timers_enabled_with_contract_schedule(booted: KeptVm, spec: HostSpec) -> None:
     for stream in spec.source_sync.streams:
         timer = f"{sync_unit(stream)}.timer"
         assert booted.succeed(f"systemctl is-enabled {timer}").strip() == "enabled"
@@ -91,7 +91,7 @@ def test_sync_timers_enabled_with_contract_schedule(booted: Machine, spec: HostS
         assert "Persistent=yes" in shown
 
 
-def test_storage_layout_on_the_volumes(booted: Machine, host: Host, spec: HostSpec) -> None:
+def test_storage_layout_on_the_volumes(booted: KeptVm, host: Host, spec: HostSpec) -> None:
     s = spec.storage
     dirs = [f"{s.raw_root}/{d}" for d in s.raw_dirs] + [
         f"{s.product_root}/{d}" for d in s.product_dirs
@@ -104,13 +104,13 @@ def test_storage_layout_on_the_volumes(booted: Machine, host: Host, spec: HostSp
     assert host.mount_point("/project").filesystem == "ext4"
 
 
-def test_root_file_system_is_read_only(booted: Machine) -> None:
+def test_root_file_system_is_read_only(booted: KeptVm) -> None:
     out = booted.fail("touch /usr/aurora-write-test 2>&1")
     assert "Read-only file system" in out
     booted.succeed("touch /var/tmp/aurora-write-test")
 
 
-def test_ssh_host_keys_made_at_first_boot(booted: Machine) -> None:
+def test_ssh_host_keys_made_at_first_boot(booted: KeptVm) -> None:
     """Made on /var by the first boot (tests/container: the image carries none)."""
     booted.succeed("test -s /var/lib/aurora/ssh/etc/ssh/ssh_host_ed25519_key")
     assert booted.succeed("ls /etc/ssh/ | grep -c ssh_host_ || true").strip() == "0"

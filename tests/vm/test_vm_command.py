@@ -1,10 +1,13 @@
-"""`aurora-image vm --keep`, `ssh -- CMD`, `vm --console` and `vm --stop`, as an
-operator runs them.
+"""`aurora-image ssh -- CMD` and `vm --console` on a kept VM, as an operator runs them.
 
-One extra boot of the image under test, through the real CLI in subprocesses
-without a terminal (so `vm --keep` boots, reports and returns); the console is
-driven through a pseudo-terminal, as an operator's terminal would. The kept VM's
-state lives under a private AURORA_CACHE, away from any operator's VMs.
+The kept VM is the session's own (tests/vm/conftest.py boots it through
+builder.vm.session.start, the code path of `aurora-image vm --keep`, with its
+state in the session's private AURORA_CACHE), so this needs no boot of its own:
+the CLI runs in subprocesses without a terminal, the console through a
+pseudo-terminal as an operator's terminal would. `vm --stop` powers this VM off
+for test_immutable's reboot, which asserts what it leaves behind; `vm --keep`'s
+own lines (which image, which volumes, what it prints) are unit-tested in
+tests/unit/cli/test_cli_ops.py.
 """
 
 from __future__ import annotations
@@ -13,41 +16,12 @@ import json
 import os
 import pty
 import select
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-CLI = [sys.executable, "-m", "builder.cli.main"]
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "AURORA_CACHE": str(tmp_path / "cache"), "AURORA_QUIET": "1"}
-
-
-def run(env: dict[str, str], *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*CLI, *argv], env=env, capture_output=True, text=True, timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-
-
-def running(pid: str, workdir: str) -> list[str]:
-    """Live processes that are the keeper or mention its workdir (QEMU does).
-    A reaped-late zombie has an empty command line and does not count."""
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if cmdline and (proc.name == pid or workdir in cmdline):
-            found.append(cmdline.replace("\0", " ")[:120])
-    return found
+from builder.vm import session as vm_session
+from builder.vm.session import KeptVm
+from tests.vm.conftest import CLI, cli
 
 
 def console_session(env: dict[str, str], tag: str, timeout: float = 180) -> tuple[int, bytes]:
@@ -80,41 +54,24 @@ def console_session(env: dict[str, str], tag: str, timeout: float = 180) -> tupl
     return os.waitstatus_to_exitcode(status), shown
 
 
-@pytest.fixture
-def kept(image_dir: Path, env: dict[str, str]) -> Iterator[dict]:
-    started = run(env, "vm", str(image_dir), "--keep", "--json", timeout=1200)
-    assert started.returncode == 0, started.stderr
-    state = json.loads(started.stdout)
-    try:
-        yield state
-    finally:
-        run(env, "vm", "--stop", state["tag"], timeout=180)
+def test_ssh_and_console_reach_the_kept_vm(machine: KeptVm, image_dir: Path, session_vm) -> None:
+    env, tag = session_vm.env, image_dir.name
+    state_file = vm_session.state_path(vm_session.vms_dir(Path(env["AURORA_CACHE"])), tag)
+    recorded = json.loads(state_file.read_text())
+    assert recorded["tag"] == tag and recorded["image"] == str(image_dir)
+    assert recorded["ports"]["ssh"] == machine.forwarded_port("ssh")
+    assert {"http", "https"} <= set(recorded["ports"])  # what `vm --keep` forwards
+    assert Path(recorded["serial_log"]).stat().st_size > 0
 
-
-def test_keep_ssh_stop(kept: dict, image_dir: Path, env: dict[str, str]) -> None:
-    tag = kept["tag"]
-    assert tag == image_dir.name
-    assert Path(kept["serial_log"]).stat().st_size > 0
-    state_file = Path(env["AURORA_CACHE"]) / "vms" / f"{tag}.json"
-    assert json.loads(state_file.read_text())["ports"] == kept["ports"]
-
-    shown = run(env, "ssh", tag, "--", "cat", "/usr/lib/aurora/image.json")
+    shown = cli(env, "ssh", tag, "--", "cat", "/usr/lib/aurora/image.json")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["tag"] == tag
     # Without a tag the only kept VM is meant; the exit status comes through.
-    assert run(env, "ssh", "--", "exit", "7").returncode == 7
+    assert cli(env, "ssh", "--", "exit", "7").returncode == 7
 
     # The serial console, for when sshd is what broke: the getty answers on it.
-    assert Path(kept["console"]).is_socket()
+    assert Path(recorded["console"]).is_socket()
     rc, shown = console_session(env, tag)
     assert b"login:" in shown, shown[-2000:]
     assert rc == 0 and b"still running" in shown, shown[-2000:]
-    assert run(env, "ssh", tag, "--", "true").returncode == 0  # leaving did not stop it
-
-    stopped = run(env, "vm", "--stop", tag, "--json", timeout=180)
-    assert stopped.returncode == 0, stopped.stderr
-    assert json.loads(stopped.stdout) == {"tag": tag, "stopped": True, "forced": False}
-    assert not state_file.exists()
-    assert not running(str(kept["pid"]), kept["workdir"])
-    gone = run(env, "ssh", tag, "--", "true")
-    assert gone.returncode == 1 and f"no VM of {tag} is running" in gone.stderr
+    assert cli(env, "ssh", tag, "--", "true").returncode == 0  # leaving did not stop it

@@ -16,8 +16,11 @@ from pathlib import Path
 import pytest
 
 from builder.cli.main import build_parser, main
+from builder.spec.model import load_spec
 from builder.vm import session as vm_session
+from builder.vm.disks import volume_labels
 from tests.fake_images import make_image
+from tests.paths import REPO_ROOT
 from tests.sshd import missing_tools, running_sshd
 
 TAG = "2026.11-cccccccccccc"
@@ -72,6 +75,35 @@ def test_stale_state_is_dropped(cache: Path) -> None:
     # A live pid that is not a keeper does not count either (pids are reused).
     path.write_text(json.dumps({**state, "pid": os.getpid()}))
     assert vm_session.read_state(vms, TAG) is None
+
+
+def test_vm_keep_json_boots_the_image_with_its_specs_volumes(
+    cache: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`vm TAG --keep --json` without a terminal: the keeper is started (as the smoke
+    suite starts its session VM, tests/vm/conftest.py) for that image with the
+    volumes its spec mounts, and the state is printed for scripts."""
+    make_image(cache / "store", TAG, built_at=1.0)
+    calls = []
+    state = vm_session.VmState(
+        tag=TAG, image=str(cache / "store" / TAG), pid=1, ports={"ssh": 2222, "http": 8080},
+        key="/k/id_ed25519", serial_log="/k/serial.log", workdir="/k", started=0.0,
+    )  # fmt: skip
+
+    def start(vms: Path, image_dir: Path, labels: list[str], **kw: object) -> vm_session.VmState:
+        calls.append((vms, image_dir, labels, sorted(kw)))
+        return state
+
+    monkeypatch.setattr(vm_session, "start", start)
+    assert main(["vm", TAG, "--keep", "--json"]) == 0
+    spec = load_spec(REPO_ROOT / "hosts" / "aurora.yml")
+    assert calls == [
+        (vm_session.vms_dir(cache / "cache"), cache / "store" / TAG, volume_labels(spec), ["note"])
+    ]
+    assert volume_labels(spec) == ["aurora-data", "aurora-project"]
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(json.dumps(state.to_json()))
+    assert printed["ssh"][-1] == "127.0.0.1" and "2222" in printed["ssh"]
 
 
 @pytest.mark.skipif(bool(missing_tools()), reason=f"needs {missing_tools()}")
