@@ -292,6 +292,21 @@ def _floor(nova: NovaDouble, clouds: Path, qcow: Path) -> dict[str, Any]:
     return figures
 
 
+def steps(image_a: Path, image_b: Path) -> tuple[tuple[str, list[str]], ...]:
+    """The three releases, named, with the CLI's arguments. A promote goes on after it
+    is live with a soak (deploy.soak_window, 30 min by default: the probe keeps
+    watching and rolls back on a failure); the outage is over by then, so the bench
+    skips it (`--soak 0`), else each promote holds the machine half an hour. The
+    rollback names A: A's first promote may not count as live (below), and `rollback`
+    alone goes to the image live before the current one."""
+    no_soak = ["--soak", "0"]
+    return (
+        ("first_promote", ["promote", str(image_a), *no_soak]),
+        ("promote", ["promote", str(image_b), *no_soak]),
+        ("rollback", ["rollback", image_a.name]),
+    )
+
+
 def _releases(
     watch: Watch,
     nova: NovaDouble,
@@ -302,14 +317,7 @@ def _releases(
     log: Path,
 ) -> dict[str, Any]:
     figures: dict[str, Any] = {}
-    # The rollback names A: A's first promote may not count as live (below), and
-    # `rollback` alone goes to the image live before the current one.
-    steps = (
-        ("first_promote", ["promote", str(image_a)]),
-        ("promote", ["promote", str(image_b)]),
-        ("rollback", ["rollback", image_a.name]),
-    )
-    for name, argv in steps:
+    for name, argv in steps(image_a, image_b):
         asked = time.monotonic()
         requests = len(watch.rebuild_requests)
         code, out, took = _cli([*argv, *target], env, log)

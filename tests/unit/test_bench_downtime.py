@@ -75,3 +75,14 @@ def test_stand_in_links_the_image_and_attests_only_the_copy(tmp_path: Path) -> N
     assert "stand-in" in next(iter(read_attestation(copy).tests))
     assert (original / ATTESTATION).read_text() == '{"kept": true}\n'
     assert downtime.stand_in(original, store) == copy  # a second run reuses the copy
+
+
+def test_promotes_skip_the_soak_and_the_rollback_names_a(tmp_path: Path) -> None:
+    """The soak (30 min by default) comes after the dashboard is back: timing it
+    would hold the machine an hour for no figure; rollback has no soak to skip."""
+    a, b = tmp_path / "2026.11-aaaa", tmp_path / "2026.11-bbbb"
+    steps = dict(downtime.steps(a, b))
+    assert list(steps) == ["first_promote", "promote", "rollback"]
+    assert steps["first_promote"] == ["promote", str(a), "--soak", "0"]
+    assert steps["promote"] == ["promote", str(b), "--soak", "0"]
+    assert steps["rollback"] == ["rollback", a.name]
