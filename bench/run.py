@@ -36,7 +36,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from builder.image import mkosi, uki  # noqa: E402
+from builder.image import mkosi, tools_tree, uki  # noqa: E402
 from builder.image.build import build  # noqa: E402
 from builder.image.debian import apt_sandbox  # noqa: E402
 from builder.image.sizes import allocated  # noqa: E402
@@ -154,7 +154,7 @@ def boot(image: BootImage, drives_for: list[str], dashboard_port: int | None) ->
 
 def build_floor(spec: HostSpec, log: Path, paths: Paths) -> tuple[float, BootImage, Path]:
     """Build the floor image with mkosi (Debian sources as the spec's); reuse the
-    Aurora build's tools tree when there is one."""
+    Aurora build's tools tree (builder.image.tools_tree)."""
     work = paths.build_cache / "floor"
     sandbox = apt_sandbox(spec, work / "sandbox")
     output = work / "out"
@@ -167,9 +167,8 @@ def build_floor(spec: HostSpec, log: Path, paths: Paths) -> tuple[float, BootIma
         "--workspace-directory", str(paths.build_cache / "workspace"),
         "--output-directory", str(output),
     ]  # fmt: skip
-    tools = paths.build_cache / "out" / "tools"
-    if tools.is_dir():
-        argv += ["--tools-tree", str(tools)]
+    tools = tools_tree.ensure(paths.repo, paths.cache, paths.build_cache, progress=False)
+    argv += ["--tools-tree", str(tools)]
     took = mkosi.run_argv([*argv, "--force", "build"], log, paths.cache, progress=False)
     image = BootImage(
         disk=output / "floor.raw",
@@ -255,7 +254,7 @@ def main() -> None:
     aurora["render_s"] = bench_render(spec_path)
     print(f"render (load + validate + render), median of 20: {aurora['render_s'] * 1000:.1f} ms")
     if args.cold:
-        for name in ("mkosi-cache", "out", "venvs", "floor"):
+        for name in ("mkosi-cache", "out", "venvs", "floor", "tools"):
             shutil.rmtree(paths.build_cache / name, ignore_errors=True)
     took, image = timed(build, spec, paths, progress=False)
     aurora["cold_build_s" if args.cold else "build_s"] = took

@@ -5,8 +5,10 @@ Where each part lives:
 - ``inputs``     every input of an image and the tag derived from it (BUILDER_INPUTS)
 - ``build``      render, stage the app, run mkosi, write the manifest, store the image
 - ``mkosi``      the one adapter around mkosi; ``uki``, ``gpt`` read what it made
+- ``tools_tree`` the programs mkosi runs: the build's own minimal trixie tools tree
 - ``debian``     where apt takes packages from (the locked repository, ``debrepo``, made
-                 from the .deb store, ``debstore``) and the Debian lock (``debian_lock``)
+                 from the .deb store, ``debstore``, which ``debfetch`` fills on a fresh
+                 machine) and the Debian lock (``debian_lock``)
 - ``app_lock``   the dashboard's Python lock
 - ``store``      THE owner of ``images/<tag>/``: names, listing, newest, resolve, partials;
                  ``manifest``: the typed Manifest and Attestation it reads and writes

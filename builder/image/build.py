@@ -18,6 +18,7 @@ import sys
 import tarfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from io import BytesIO
@@ -25,9 +26,10 @@ from pathlib import Path
 
 from builder.errors import BuildError
 from builder.image import base as base_image
-from builder.image import debian_lock, debstore, layer, mkosi, uki
+from builder.image import debfetch, debian_lock, debstore, layer, mkosi, tools_tree, uki
 from builder.image.app_lock import check_lock
 from builder.image.debian import (
+    DEBIAN_RELEASE,
     apt_sandbox,
     debian_packages,
     keep_debs,
@@ -215,6 +217,17 @@ def _build(
     no_tree = work / "no-tree"
     no_tree.mkdir(parents=True, exist_ok=True)
     locked = debian_lock.read_debian_digests()
+    debs_root = debstore.store_dir(paths.cache)
+    # The lock's .debs download while the tools tree builds (a fresh machine's two
+    # longest waits, network and unpacking, overlap); then the build installs them.
+    with ThreadPoolExecutor(1) as pool:
+        fetching = None
+        if not update_debian:
+            fetching = pool.submit(debfetch.fetch_lock, spec, locked, debs_root, DEBIAN_RELEASE)
+        tools = tools_tree.ensure(paths.repo, paths.cache, paths.build_cache, progress=progress)
+        fetched = fetching.result() if fetching is not None else None
+    if fetched and progress:
+        print(f"aurora-image: {fetched}", file=sys.stderr)
     mirror = None if update_debian else locked_repository(spec, paths)
     sandbox = apt_sandbox(spec, work / "sandbox", locked=mirror is not None)
     output = paths.build_cache / "out"
@@ -237,10 +250,11 @@ def _build(
         build_cache=paths.build_cache,
         sandbox_trees=(sandbox,),
         local_mirror=mirror,
+        tools_tree=tools,
     )
     key = base_image.base_key(inputs, job, spec.release)
     job = replace(job, seed=base_image.seed_of(key))
-    archives, debs_root = debstore.archives_dir(paths.cache), debstore.store_dir(paths.cache)
+    archives = debstore.archives_dir(paths.cache)
     if mirror is None:
         # The lock's .debs the store has go into apt's cache: apt installs those files
         # if the live index still names their versions.
@@ -258,7 +272,7 @@ def _build(
         app=(app, spec.dashboard.checkout),
     )
     made = layer.make_partitions(
-        upper, var, base.disk, layer_work, inputs.seed, inputs.source_date_epoch, output / "tools"
+        upper, var, base.disk, layer_work, inputs.seed, inputs.source_date_epoch, tools
     )
     layer.assemble(base.disk, partial / DISK, made)
     for name in ARTIFACTS:

@@ -241,7 +241,7 @@ def make_partitions(
     if not (tools / "usr/sbin/mkfs.ext4").is_file():
         raise BuildError(
             f"config layer: no mkfs.ext4 in the tools tree {tools}; remove the build cache's "
-            "bases/ so the next build makes the base and its tools tree again"
+            "tools/ so the next build makes the tools tree again"
         )
     # The tools tree's mke2fs (1.47.2, as mkosi's own partitions): it takes every inode
     # time from SOURCE_DATE_EPOCH; Debian 12's (1.47.0) keeps the files' ctimes.

@@ -33,6 +33,8 @@ class MkosiJob:
     sandbox_trees: tuple[Path, ...] = ()
     # The locked build's repository (builder.image.debrepo): apt sees only it.
     local_mirror: Path | None = None
+    # The programs mkosi runs (builder.image.tools_tree); None: the build host's.
+    tools_tree: Path | None = None
 
     def argv(self) -> list[str]:
         cache, build_cache = self.cache, self.build_cache
@@ -58,6 +60,8 @@ class MkosiJob:
             argv += ["--sandbox-tree", str(tree)]
         if self.local_mirror is not None:
             argv += ["--local-mirror", f"file://{self.local_mirror}"]
+        if self.tools_tree is not None:
+            argv += ["--tools-tree", str(self.tools_tree)]
         if self.packages:
             argv += ["--package", ",".join(self.packages)]
         # mkosi hands systemd-repart only its configured environment, split at spaces:

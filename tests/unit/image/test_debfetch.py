@@ -1,0 +1,182 @@
+"""Fetching the Debian lock's .debs on a fresh machine: from a real HTTP archive on
+loopback, exactly the locked files enter the store (by the lock's sha256, whatever
+the index or the server says), and then the build installs from the locked repository."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import lzma
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from builder.image import debfetch
+from builder.image.debian import locked_repository
+from builder.image.debstore import blob, store_dir
+from builder.paths import Paths
+from builder.spec.model import load_spec
+from tests.paths import REPO_ROOT
+from tests.unit.image.test_debstore import make_deb
+
+SUITE = "trixie"
+
+
+class Archive:
+    """A Debian-style archive served over HTTP from a directory, with a request log."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.requests: list[str] = []
+        archive = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self) -> None:
+                archive.requests.append(self.path)
+                super().do_GET()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        handler = functools.partial(Handler, directory=str(root))
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/debian"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+    def publish(self, suite: str, debs: list[Path], compress: str = ".xz") -> None:
+        """Put the .debs in the pool and an index naming them under dists/<suite>."""
+        stanzas = []
+        for deb in debs:
+            pool = self.root / "debian/pool/main" / deb.name
+            pool.parent.mkdir(parents=True, exist_ok=True)
+            pool.write_bytes(deb.read_bytes())
+            package, version = deb.name.split("_")[:2]
+            digest = hashlib.sha256(deb.read_bytes()).hexdigest()
+            stanzas.append(
+                f"Package: {package}\nVersion: {version}\nDescription: test\n continued\n"
+                f"Filename: pool/main/{deb.name}\nSHA256: {digest}\n"
+            )
+        index = self.root / f"debian/dists/{suite}/main/binary-amd64/Packages{compress}"
+        index.parent.mkdir(parents=True, exist_ok=True)
+        data = "\n".join(stanzas).encode()
+        index.write_bytes(lzma.compress(data) if compress == ".xz" else data)
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Iterator[Archive]:
+    served = Archive(tmp_path / "www")
+    yield served
+    served.close()
+
+
+def digest(deb: Path) -> str:
+    return hashlib.sha256(deb.read_bytes()).hexdigest()
+
+
+def test_the_locked_files_enter_the_store_by_their_digest(tmp_path: Path, archive: Archive) -> None:
+    debs = [make_deb(tmp_path, name, "1.0") for name in ("alpha", "beta", "gamma")]
+    archive.publish(SUITE, debs[:2])
+    archive.publish(f"{SUITE}-security", debs[2:], compress="")  # no .xz: the plain index
+    locked = {d.name.split("_")[0]: ("1.0", digest(d)) for d in debs}
+    store = tmp_path / "store"
+    sources = [debfetch.Index(archive.url, f"dists/{s}/main/binary-amd64/Packages")
+               for s in (SUITE, f"{SUITE}-security")]  # fmt: skip
+
+    assert debfetch.fetch(locked, store, sources) == []
+
+    for deb in debs:
+        assert blob(digest(deb), store).read_bytes() == deb.read_bytes()
+    assert sorted(p.name for p in (store / "sha256").iterdir()) == sorted(
+        f"{digest(d)}.deb" for d in debs
+    )
+
+
+def test_a_file_that_is_not_the_locked_one_stays_out(tmp_path: Path, archive: Archive) -> None:
+    """The index and the server agree on a newer beta; the lock names the old one's digest."""
+    old = make_deb(tmp_path / "old", "beta", "1.0")
+    new = make_deb(tmp_path / "new", "beta", "1.0", arch="all")
+    assert digest(old) != digest(new)  # same package and version, other bytes
+    archive.publish(SUITE, [new])
+    store = tmp_path / "store"
+    index = debfetch.Index(archive.url, f"dists/{SUITE}/main/binary-amd64/Packages")
+
+    assert debfetch.fetch({"beta": ("1.0", digest(old))}, store, [index]) == ["beta"]
+    assert not (store / "sha256").exists() or not any((store / "sha256").iterdir())
+
+    # A server that sends other bytes than its index promised: refused by the lock's digest.
+    (archive.root / "debian/pool/main" / new.name).write_bytes(old.read_bytes() + b"tampered")
+    assert debfetch.fetch({"beta": ("1.0", digest(new))}, store, [index]) == ["beta"]
+    assert not blob(digest(new), store).exists()
+    assert not [p for p in store.rglob("*") if p.is_file()]  # no partial file left behind
+
+
+def test_nothing_is_asked_when_the_store_has_every_file(tmp_path: Path) -> None:
+    deb = make_deb(tmp_path, "alpha", "1.0")
+    store = tmp_path / "store"
+    blob(digest(deb), store).parent.mkdir(parents=True)
+    blob(digest(deb), store).write_bytes(deb.read_bytes())
+    spec = load_spec(REPO_ROOT / "hosts/aurora.yml")
+
+    def refuse(url: str) -> bytes:
+        raise AssertionError(f"asked for {url}")
+
+    assert debfetch.fetch({"alpha": ("1.0", digest(deb))}, store, [], get=refuse) == []
+    assert debfetch.fetch_lock(spec, {"alpha": ("1.0", digest(deb))}, store, SUITE) is None
+
+
+def test_an_unreachable_archive_leaves_the_build_to_the_mirror(tmp_path: Path) -> None:
+    spec = load_spec(REPO_ROOT / "hosts/aurora.yml")
+    spec = spec.model_copy(
+        update={"debian": spec.debian.model_copy(update={"mirror": "http://127.0.0.1:9/debian",
+                                                         "security_mirror": "http://127.0.0.1:9/s"})}
+    )  # fmt: skip
+    line = debfetch.fetch_lock(spec, {"alpha": ("1.0", "0" * 64)}, tmp_path / "store", SUITE)
+    assert line is not None and "fetched 0 of" in line and "alpha" in line
+
+
+def test_the_indexes_are_the_ones_apt_reads_for_the_image() -> None:
+    spec = load_spec(REPO_ROOT / "hosts/aurora.yml")
+    main, security = spec.debian.urls()
+    found = {(i.base, i.path) for i in debfetch.indexes(spec, SUITE)}
+    assert {
+        (main, "dists/trixie/main/binary-amd64/Packages"),
+        (main, "dists/trixie-updates/main/binary-amd64/Packages"),
+        (security, "dists/trixie-security/main/binary-amd64/Packages"),
+    } <= found
+    assert len(found) == 3 + sum(len(r.components) for r in spec.apt_repositories)
+
+
+def test_after_the_fetch_the_build_installs_from_the_locked_repository(
+    tmp_path: Path, archive: Archive
+) -> None:
+    """The fresh machine's path: an empty store, a lock with digests, the archive has
+    the files: the build gets the locked repository (apt sees only the lock's files)."""
+    spec = load_spec(REPO_ROOT / "hosts/aurora.yml")
+    names = sorted(spec.packages)[:2]
+    debs = [make_deb(tmp_path, name, "1.0") for name in names]
+    lock = tmp_path / "debian-packages.txt"
+    lock.write_text("# lock\n" + "".join(f"{d.name.split('_')[0]} 1.0 {digest(d)}\n" for d in debs))
+    archive.publish(SUITE, debs)
+    spec = spec.model_copy(update={"packages": names})
+    paths = Paths.under(tmp_path)
+    assert locked_repository(spec, paths, lock) is None  # the store is empty
+
+    locked = {d.name.split("_")[0]: ("1.0", digest(d)) for d in debs}
+    index = debfetch.Index(archive.url, f"dists/{SUITE}/main/binary-amd64/Packages")
+    assert debfetch.fetch(locked, store_dir(paths.cache), [index]) == []
+
+    repo = locked_repository(spec, paths, lock)
+    assert repo is not None
+    packages = (repo / f"dists/{SUITE}/main/binary-amd64/Packages").read_text()
+    assert sorted(
+        line.split()[1] for line in packages.splitlines() if line.startswith("SHA256:")
+    ) == sorted(digest(d) for d in debs)
