@@ -14,7 +14,7 @@ CLI := $(RUN) aurora-image
 LAST_TAG ?= build/last-tag
 
 .DEFAULT_GOAL := help
-.PHONY: help setup render image smoke container test unit lint bench docs promote rollback releases pristine clean
+.PHONY: help setup setup-image render image smoke container test unit lint bench docs promote rollback releases pristine clean
 
 # The `##` comment on a target's line is its one description: `make help` prints
 # it, and docs/reference/commands.md is generated from it (builder/cli/reference.py).
@@ -26,10 +26,16 @@ setup: ## install host packages, mkosi 25.3 (trixie's .deb unpacked into the cac
 	@scripts/setup-host.sh
 	@$(UV) sync --frozen --quiet
 
-render: setup ## render units and configs from SPEC into build/render/, to read before building
+# What rendering and building need: the host packages marked "image" in
+# scripts/setup-host.sh (no QEMU, browser or nginx: they come with the test targets).
+setup-image:
+	@scripts/setup-host.sh image
+	@$(UV) sync --frozen --quiet
+
+render: setup-image ## render units and configs from SPEC into build/render/, to read before building
 	$(CLI) render --spec $(SPEC)
 
-image: setup ## build the image for SPEC into images/<tag>/ (its tag goes to build/last-tag)
+image: setup-image ## build the image for SPEC into images/<tag>/ (its tag goes to build/last-tag)
 	$(CLI) build --spec $(SPEC) --progress --tag-file $(LAST_TAG)
 
 unit: setup ## fast tests, no VM: spec, render, CLI, docs, the on-host programs against a real sshd and rsync
@@ -48,7 +54,7 @@ smoke: setup ## boot the image `make image` built last (or TAG=…) under QEMU, 
 # $(LAST_TAG)), never the newest in the store (tests/image_choice.py). The release
 # suite runs after the smoke suite has attested it (the attestation is written
 # when that pytest session ends) and refuses an attestation older than this run.
-test: image ## everything, on the image this run built: lint, unit tests, the container tier, the smoke suite, then the release suite (a real Glance, a Nova double)
+test: setup image ## everything, on the image this run built: lint, unit tests, the container tier, the smoke suite, then the release suite (a real Glance, a Nova double)
 	$(RUN) ruff check builder tests bench
 	@tag=$$(cat $(LAST_TAG)) && since=$$(date +%s) && echo "make test: testing image $$tag" && \
 	AURORA_IMAGE=$$tag $(RUN) pytest tests/unit tests/container tests/vm -v && \

@@ -14,47 +14,55 @@ mkdir -p "$CACHE"
 # when one is missing here (programs of Essential packages excepted: every Debian
 # root has them), or when a package here does not provide what its row names.
 # "-": a package needed as a whole, with no one file to name.
+# for: "image" rows are what building an image needs (`make image` runs
+# `setup-host.sh image`, so a fresh machine fetches no QEMU, browser or nginx
+# before its first build); "test" rows come with `make setup` and the test targets.
 programs='
-# program or file                    package                 used by
-python3                              python3-minimal         mkosi, the uv bootstrap below
--                                    python3-venv            the uv bootstrap below (python3 -m venv)
-apt-get                              apt                     mkosi (tools tree, packages)
-apt-cache                            apt                     tests/unit/image/test_debrepo.py (the locked repository, read by apt)
-dpkg-deb                             dpkg                    builder/image/debstore.py, builder/image/debrepo.py, tests
-/usr/share/keyrings/debian-archive-keyring.gpg debian-archive-keyring mkosi, the trixie apt list below
-zstd                                 zstd                    mkosi
-cpio                                 cpio                    mkosi (initrd)
-mkfs.vfat                            dosfstools              mkosi (ESP)
-mcopy                                mtools                  mkosi (ESP)
-git                                  git                     the app source (builder/image/build.py)
-qemu-system-x86_64                   qemu-system-x86         builder/vm/machine.py, smoke and release suites
-qemu-img                             qemu-utils              builder/vm/disks.py, release (qcow2)
-qemu-io                              qemu-utils              tests/release
-/usr/share/OVMF/OVMF_CODE_4M.fd      ovmf                    builder/vm/image.py (UEFI firmware)
-mkfs.ext4                            e2fsprogs               builder/vm/disks.py (scratch volumes), verify
-debugfs                              e2fsprogs               builder/image/verify.py, tests
-dumpe2fs                             e2fsprogs               builder/image/verify.py
-e2label                              e2fsprogs               tests/unit/vm/test_vm_disks.py
-fsck.erofs                           erofs-utils             builder/image/verify.py (the EROFS root)
-dump.erofs                           erofs-utils             builder/image/verify.py
-mkfs.erofs                           erofs-utils             builder/image/layer.py (the config layer), tests/unit/image/test_verify.py
-veritysetup                          cryptsetup-bin          builder/image/layer.py (dm-verity of the config layer)
-ssh                                  openssh-client          builder/host/remote.py, on-host programs, tests
-ssh-keygen                           openssh-client          builder/vm/machine.py, builder/release/signing.py, tests
-ssh-keyscan                          openssh-client          builder/host/probe.py (host keys on the console)
-sshd                                 openssh-server          tests/sshd.py, tests/peers.py (real sshd)
-rsync                                rsync                   on-host programs and their tests
-nginx                                nginx                   tests/unit/host/test_release_probe.py
-openssl                              openssl                 tests/unit/host/test_release_probe.py
-systemd-analyze                      systemd                 tests/unit/spec/test_systemd_values.py, test_least_privilege.py
-systemd-nspawn                       systemd-container       builder/image/root.py (the container tier, tests/container)
-mount                                mount                   builder/image/root.py (the image tree, read-only loop mounts)
-umount                               mount                   builder/image/root.py
-chromium                             chromium                tests/vm/test_security.py (the Panel page under its CSP)
-chromedriver                         chromium-driver         tests/vm/test_security.py (WebDriver for that browser)
-make                                 make                    the entry points, tests/unit/image/test_image_choice.py
+# program or file                    package                 for    used by
+python3                              python3-minimal         image  mkosi, the uv bootstrap below
+-                                    python3-venv            image  the uv bootstrap below (python3 -m venv)
+apt-get                              apt                     image  mkosi (tools tree, packages)
+apt-cache                            apt                     image  tests/unit/image/test_debrepo.py (the locked repository, read by apt)
+dpkg-deb                             dpkg                    image  builder/image/debstore.py, builder/image/debrepo.py, tests
+/usr/share/keyrings/debian-archive-keyring.gpg debian-archive-keyring  image  mkosi, the trixie apt list below
+zstd                                 zstd                    image  mkosi
+cpio                                 cpio                    image  mkosi (initrd)
+mkfs.vfat                            dosfstools              image  mkosi (ESP)
+mcopy                                mtools                  image  mkosi (ESP)
+git                                  git                     image  the app source (builder/image/build.py)
+qemu-system-x86_64                   qemu-system-x86         test   builder/vm/machine.py, smoke and release suites
+qemu-img                             qemu-utils              test   builder/vm/disks.py, release (qcow2)
+qemu-io                              qemu-utils              test   tests/release
+/usr/share/OVMF/OVMF_CODE_4M.fd      ovmf                    test   builder/vm/image.py (UEFI firmware)
+mkfs.ext4                            e2fsprogs               image  builder/vm/disks.py (scratch volumes), verify
+debugfs                              e2fsprogs               image  builder/image/verify.py, tests
+dumpe2fs                             e2fsprogs               image  builder/image/verify.py
+e2label                              e2fsprogs               image  tests/unit/vm/test_vm_disks.py
+fsck.erofs                           erofs-utils             image  builder/image/verify.py (the EROFS root)
+dump.erofs                           erofs-utils             image  builder/image/verify.py
+mkfs.erofs                           erofs-utils             image  builder/image/layer.py (the config layer), tests/unit/image/test_verify.py
+veritysetup                          cryptsetup-bin          image  builder/image/layer.py (dm-verity of the config layer)
+ssh                                  openssh-client          test   builder/host/remote.py, on-host programs, tests
+ssh-keygen                           openssh-client          test   builder/vm/machine.py, builder/release/signing.py, tests
+ssh-keyscan                          openssh-client          test   builder/host/probe.py (host keys on the console)
+sshd                                 openssh-server          test   tests/sshd.py, tests/peers.py (real sshd)
+rsync                                rsync                   test   on-host programs and their tests
+nginx                                nginx                   test   tests/unit/host/test_release_probe.py
+openssl                              openssl                 test   tests/unit/host/test_release_probe.py
+systemd-analyze                      systemd                 image  tests/unit/spec/test_systemd_values.py, test_least_privilege.py
+systemd-nspawn                       systemd-container       test   builder/image/root.py (the container tier, tests/container)
+mount                                mount                   image  builder/image/root.py (the image tree, read-only loop mounts)
+umount                               mount                   image  builder/image/root.py
+chromium                             chromium                test   tests/vm/test_security.py (the Panel page under its CSP)
+chromedriver                         chromium-driver         test   tests/vm/test_security.py (WebDriver for that browser)
+make                                 make                    image  the entry points, tests/unit/image/test_image_choice.py
 '
-host_packages=$(printf '%s\n' "$programs" | sed 's/#.*//' | awk 'NF >= 2 {print $2}' | sort -u)
+case "${1:-all}" in
+    image) wanted='$3 == "image"' ;;
+    all) wanted='1' ;;
+    *) echo "setup: usage: setup-host.sh [image]" >&2; exit 2 ;;
+esac
+host_packages=$(printf '%s\n' "$programs" | sed 's/#.*//' | awk "NF >= 3 && $wanted {print \$2}" | sort -u)
 missing=""
 for pkg in $host_packages; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"

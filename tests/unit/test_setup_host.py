@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.image.test_tag_inputs import _build_closure
+
 REPO = Path(__file__).resolve().parents[2]
 SETUP = REPO / "scripts" / "setup-host.sh"
 # Where host-side code lives: the builder, the tests (they run here), bench, and
@@ -252,3 +254,35 @@ def test_the_setup_script_parses() -> None:
     would end it and stop `make setup` (and so `make image`) with a syntax error."""
     done = subprocess.run(["sh", "-n", str(SETUP)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def marks() -> dict[str, str]:
+    """Each row's program (its name) -> what needs it: "image" or "test"."""
+    block = re.search(r"^programs='\n(.*?)^'", SETUP.read_text(), re.S | re.M)
+    assert block
+    found = {}
+    for line in block.group(1).splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 2:
+            assert len(fields) >= 3, f"{SETUP.name}: row {line!r} says neither image nor test"
+            found[Path(fields[0]).name] = fields[2]
+    return found
+
+
+def test_make_image_installs_every_program_the_build_runs() -> None:
+    """`make image` installs only the rows marked image (a fresh machine's first build
+    fetches no QEMU, browser or nginx), so every program a module of the build runs
+    (builder.image.build and what it imports) must be on such a row."""
+    rows = marks()
+    assert set(rows.values()) == {"image", "test"}
+    build = {f"builder/{name}" for name in _build_closure()}
+    seen, wrong = set(), []
+    for program, where in sorted(used_programs().items()):
+        files = {w.rsplit(":", 1)[0] for w in where}
+        if not files & build:
+            continue
+        seen.add(Path(program).name)
+        if rows.get(Path(program).name, "image") != "image":
+            wrong.append(f"{program} (run at {', '.join(sorted(files & build))})")
+    assert {"git", "dpkg-deb"} <= seen, seen  # the walk and the scan work
+    assert not wrong, f"mark these rows of {SETUP.name} image, not test: {wrong}"
