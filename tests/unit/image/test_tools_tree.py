@@ -110,7 +110,7 @@ def test_the_tools_tree_holds_what_the_build_runs_and_not_mkosis_whole_default()
     the like are what made the default tree two minutes of a cold build."""
     text = (REPO_ROOT / tools_tree.CONFIG / "mkosi.conf").read_text()
     packages = config_packages(text)
-    needed = {"apt", "debian-archive-keyring", "systemd", "systemd-repart", "systemd-ukify",
+    needed = {"apt", "debian-archive-keyring", "systemd", "udev", "systemd-repart", "systemd-ukify",
               "systemd-boot", "erofs-utils", "e2fsprogs", "dosfstools", "mtools",
               "libcryptsetup12"}  # fmt: skip
     assert needed <= set(packages)
