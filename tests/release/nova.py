@@ -127,8 +127,10 @@ class _Server:
 class _LoggedServer(ThreadingHTTPServer):
     """The API's server, saying in the log what the stdlib prints to stderr or not at
     all: each accepted connection, and any error before a handler answered. A client
-    that sees a reset or a close without response (seen twice in full-suite runs, the
-    cause still open) can then be told apart: never accepted, or dropped by the server."""
+    that sees a reset or a close without response can then be told apart: never
+    accepted here, or dropped by the server. (The resets of CI run 12 were never
+    accepted here: a stalling proxy's thread had taken this socket's fd number; see
+    tests/stall.py.)"""
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         log.debug("nova-double: accepted %s", client_address)
