@@ -17,7 +17,7 @@ import pytest
 
 from builder.vm import accel
 from builder.vm import session as vm_session
-from builder.vm.errors import QemuExited
+from builder.vm.errors import GuestPanic, QemuExited
 from builder.vm.session import Boot, KeptVm, VmState
 
 UUID = "6f1c2a6e-5b7d-4c1e-9a55-0d2f3b4c5d6e"
@@ -101,7 +101,9 @@ def test_the_keeper_boots_with_the_boot_options(
     assert volume.exists()  # the caller's volume stays
 
 
-def test_kept_vm_runs_commands_through_the_keepers_ssh_config(tmp_path: Path) -> None:
+def test_kept_vm_runs_commands_through_the_keepers_ssh_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     state = VmState(
         tag="2026.11-cccccccccccc",
         image="/images/x",
@@ -119,6 +121,12 @@ def test_kept_vm_runs_commands_through_the_keepers_ssh_config(tmp_path: Path) ->
         vm.forwarded_port("probe")
     assert ["-F", str(tmp_path / "ssh_config")] == vm._guest().argv("true")[1:3]
     with pytest.raises(QemuExited, match=r"keeper of 2026\.11-cccccccccccc"):
+        vm.check_alive()
+    # With its keeper alive, a panic on the console ends every wait at once too.
+    monkeypatch.setattr(vm_session, "_keeper_alive", lambda pid: True)
+    vm.check_alive()
+    (tmp_path / "serial.log").write_bytes(b"[ 5.4] Kernel panic - not syncing: Fatal exception\n")
+    with pytest.raises(GuestPanic, match="Fatal exception"):
         vm.check_alive()
 
 
