@@ -86,3 +86,10 @@ def test_promotes_skip_the_soak_and_the_rollback_names_a(tmp_path: Path) -> None
     assert steps["first_promote"] == ["promote", str(a), "--soak", "0"]
     assert steps["promote"] == ["promote", str(b), "--soak", "0"]
     assert steps["rollback"] == ["rollback", a.name]
+
+
+def test_phases_split_the_gap_into_novas_and_the_guests() -> None:
+    nova = {"power_off": 18.0, "fetch": 1.5, "spawn": 16.5}
+    split = downtime.phases(112.0, nova)
+    assert split == {**nova, "guest_to_dashboard": 76.0}
+    assert math.isclose(sum(split.values()), 112.0)
