@@ -26,16 +26,31 @@ SUITE = "trixie"
 
 
 class Archive:
-    """A Debian-style archive served over HTTP from a directory, with a request log."""
+    """A Debian-style archive served over HTTP/1.1 (connections kept alive) from a
+    directory, with a log of requests and of connections; paths under `moved/` answer
+    with a redirect to the same path without it."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.requests: list[str] = []
+        self.connections = 0
         archive = self
 
         class Handler(http.server.SimpleHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                archive.connections += 1  # one handler per connection, many requests
+                super().setup()
+
             def do_GET(self) -> None:
                 archive.requests.append(self.path)
+                if "/moved/" in self.path:
+                    self.send_response(302)
+                    self.send_header("Location", self.path.replace("/moved/", "/", 1))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 super().do_GET()
 
             def log_message(self, *args: object) -> None:
@@ -180,3 +195,22 @@ def test_after_the_fetch_the_build_installs_from_the_locked_repository(
     assert sorted(
         line.split()[1] for line in packages.splitlines() if line.startswith("SHA256:")
     ) == sorted(digest(d) for d in debs)
+
+
+def test_one_connection_per_worker_and_redirects_followed(tmp_path: Path, archive: Archive) -> None:
+    """Files come over kept-alive connections (a name lookup per connection, not per
+    file: the resolver here stalls 5 s now and then, which cost a minute over ~430 files),
+    and an archive that redirects still serves them."""
+    debs = [make_deb(tmp_path, f"pkg{i:02d}", "1.0") for i in range(3 * debfetch.WORKERS)]
+    archive.publish(SUITE, debs)
+    locked = {d.name.split("_")[0]: ("1.0", digest(d)) for d in debs}
+    index = debfetch.Index(archive.url, f"dists/{SUITE}/main/binary-amd64/Packages")
+    assert debfetch.fetch(locked, tmp_path / "store", [index]) == []
+    assert len(archive.requests) == 1 + len(debs)
+    assert archive.connections <= 1 + debfetch.WORKERS < len(debs)
+
+    moved = debfetch.Index(archive.url + "/moved", index.path)
+    assert debfetch.fetch(locked, tmp_path / "store2", [moved]) == []
+    assert any("/moved/pool/" in r for r in archive.requests)
+    for deb in debs:
+        assert blob(digest(deb), tmp_path / "store2").read_bytes() == deb.read_bytes()
