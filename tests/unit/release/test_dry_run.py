@@ -156,9 +156,10 @@ def test_rollback_dry_run_names_the_image_live_before(
 ) -> None:
     ids = {}
     for age, tag in enumerate(("2026.11-aaaa", "2026.11-bbbb")):
+        if ids:
+            time.sleep(1.1)  # a new second: Glance's stamps count whole seconds
         ids[tag] = ensure_upload(cloud, attested(store, tag, age=age)).image.id
         record(cloud, ids[tag], nova.server.name, "promote", "live")
-        time.sleep(1.1)  # Glance's stamps count whole seconds
     nova.server.image_id = ids["2026.11-bbbb"]
     clouds = clouds_yaml(store, cloud, nova)
     before = snapshot(cloud)
@@ -179,9 +180,10 @@ def test_glance_prune_dry_run_lists_what_goes_and_deletes_nothing(
 ) -> None:
     ids = {}
     for age, tag in enumerate(("2026.11-aaaa", "2026.11-bbbb", "2026.11-cccc")):
+        if ids:
+            time.sleep(1.1)  # a new second, as above
         ids[tag] = ensure_upload(cloud, attested(store, tag, age=age)).image.id
         record(cloud, ids[tag], nova.server.name, "promote", "live")
-        time.sleep(1.1)
     nova.server.image_id = ids["2026.11-cccc"]
     clouds = clouds_yaml(store, cloud, nova)
     before = snapshot(cloud)

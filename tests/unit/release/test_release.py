@@ -234,10 +234,11 @@ def three_releases(store: Path, cloud: Cloud, nova: NovaDouble) -> dict[str, str
     ids = {}
     server = nova.server.name
     for age, tag in enumerate(("2026.11-aaaa", "2026.11-bbbb", "2026.11-cccc")):
+        if ids:  # a new second: Glance's created_at and the history stamps count whole seconds
+            time.sleep(1.1)
         ids[tag] = ensure_upload(cloud, attested(store, tag, age=age)).image.id
         record(cloud, ids[tag], server, "promote", "rebuilding")
         record(cloud, ids[tag], server, "promote", "live")
-        time.sleep(1.1)  # Glance's created_at and the history stamps count whole seconds
     nova.server.image_id = ids["2026.11-cccc"]
     return ids
 
