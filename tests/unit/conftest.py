@@ -35,6 +35,13 @@ def nova(glance: GlanceServer, tmp_path_factory: pytest.TempPathFactory) -> Iter
     double.close()
 
 
+@pytest.fixture(autouse=True)
+def _fast_rebuild_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Nova double here boots nothing, so a rebuild ends within a second: waiting
+    for it polls every 0.1 s, not every 2 s as for a real server (Cloud.rebuild_poll)."""
+    monkeypatch.setattr(Cloud, "rebuild_poll", 0.1)
+
+
 @pytest.fixture
 def cloud(glance: GlanceServer, nova: NovaDouble) -> Iterator[Cloud]:
     """A clean Glance (no aurora images) and a connection to it and the double."""
