@@ -309,11 +309,14 @@ class Machine(Guest):
         if self._qmp is not None:
             self._qmp.close()
 
-    def shutdown(self, timeout: float = 60.0) -> bool:
+    def shutdown(self, timeout: float = 60.0, *, powerdown: bool = True) -> bool:
         """Power the guest off via ACPI, escalating to QMP ``quit`` and then SIGKILL.
 
         Returns True when the guest shut down by itself (a clean shutdown is a
         property worth asserting: it means systemd stopped every unit).
+        ``powerdown=False`` goes straight to ``quit``: for a teardown that checks
+        nothing after and throws the disks away, where a guest's orderly stop is
+        8-18 s of nothing under TCG.
         """
         proc, qmp = self._proc, self._qmp
         if proc is None or self._stopped:
@@ -321,7 +324,7 @@ class Machine(Guest):
         self._stopped = True
         self._close_ssh_master()
         clean = False
-        if proc.poll() is None and qmp is not None and not self._console.panicked():
+        if powerdown and proc.poll() is None and qmp is not None and not self._console.panicked():
             t0 = time.monotonic()
             try:
                 qmp.execute("system_powerdown", timeout=10)

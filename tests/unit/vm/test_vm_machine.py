@@ -135,3 +135,44 @@ def test_machine_copies_firmware_vars_and_keeps_fixed_ports(tmp_path: Path) -> N
     assert "-smbios" not in argv
     with pytest.raises(ValueError, match="no forward named https"):
         Machine(BootImage.uefi(disk), tmp_path / "w", host_ports={"https": 1})
+
+
+class _RecordingQmp:
+    """Plays QEMU's monitor: records each command; `quit` ends the stand-in process."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc, self.sent = proc, []
+
+    def execute(self, command: str, timeout: float = 0) -> dict[str, object]:
+        self.sent.append(command)
+        if command == "quit":
+            self.proc.terminate()
+        return {}
+
+    def has_event(self, name: str) -> bool:
+        return False
+
+    def events(self) -> list[dict[str, object]]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_teardown_stop_skips_the_guests_orderly_power_off(tmp_path: Path) -> None:
+    """powerdown=False (a throw-away VM's teardown) quits QEMU at once; the default
+    asks the guest first and reports it unclean when the guest never answers."""
+    img = BootImage.from_dir(tmp_path)
+    sent = []
+    for powerdown in (False, True):
+        m = Machine(img, tmp_path / f"w{powerdown}")
+        m.workdir.mkdir()
+        m._proc = subprocess.Popen(["sleep", "30"])
+        m._qmp = qmp = _RecordingQmp(m._proc)  # type: ignore[assignment]
+        started = time.monotonic()
+        assert m.shutdown(timeout=1, powerdown=powerdown) is False
+        assert m._proc.poll() is not None
+        sent.append((qmp.sent, time.monotonic() - started))
+    (hard, hard_s), (orderly, _) = sent
+    assert hard == ["quit"] and hard_s < 5
+    assert orderly == ["system_powerdown", "quit"]
