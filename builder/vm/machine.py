@@ -29,6 +29,7 @@ import contextlib
 import logging
 import shlex
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -421,12 +422,21 @@ class Machine(Guest):
         had their chance), give up early instead of burning the whole timeout.
         """
         failed_seen: float | None = None
+        silent = 0
 
         def attempt() -> bool:
-            nonlocal failed_seen
-            r = self._ssh("true", timeout=60, connect_timeout=15)
-            if r.status == 0:
-                return True
+            nonlocal failed_seen, silent
+            # ssh runs once sshd's banner comes back through the forward (or after a
+            # few probes that connect but hear nothing: a slow sshd, not an absent one).
+            banner = ssh_banner(self._ports["ssh"])
+            silent = silent + 1 if banner == "silent" else 0
+            if banner == "banner" or silent >= SILENT_PROBES:
+                r = self._ssh("true", timeout=60, connect_timeout=15)
+                if r.status == 0:
+                    return True
+                why = r.stderr.strip() or f"ssh exited with {r.status}"
+            else:
+                why = f"no SSH banner on the forwarded port yet ({banner})"
             if failed_seen is None and self._console.ssh_failed():
                 failed_seen = time.monotonic()
             if failed_seen is not None and time.monotonic() - failed_seen > ssh_failed_grace:
@@ -434,7 +444,7 @@ class Machine(Guest):
                     f"console reports ssh.service failed and ssh is still unreachable "
                     f"{ssh_failed_grace:g}s later"
                 )
-            raise _NotReady(r.stderr.strip() or f"ssh exited with {r.status}")
+            raise _NotReady(why)
 
         try:
             self._poll(attempt, timeout, f"ssh to {SSH_HOST}")
@@ -446,6 +456,30 @@ class Machine(Guest):
         if self.started_at is not None:
             self.ssh_ready_after = time.monotonic() - self.started_at
             log.info("ssh ready %.1fs after start", self.ssh_ready_after)
+
+
+# Probes in a row that connect but hear no banner before ssh is tried anyway.
+SILENT_PROBES = 3
+
+
+def ssh_banner(port: int, timeout: float = 3.0) -> str:
+    """What a loopback TCP probe of a forwarded ssh port hears: "banner" (sshd's
+    `SSH-` line), "closed" (refused, reset or hung up: nothing listens in the guest)
+    or "silent" (connected, nothing said within `timeout`).
+
+    QEMU's user network accepts on the host at once and only then connects to the
+    guest; an ssh client that starts before the guest has an address waits there for
+    a SYN retransmit, up to ~9 s of a measured boot with ssh's ConnectTimeout=15. A
+    short probe says when to start ssh; ssh itself keeps its long timeout, which also
+    covers its key exchange (too short a one under TCG ends in sshd's penalties).
+    """
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as probe:
+            return "banner" if probe.recv(64).startswith(b"SSH-") else "closed"
+    except TimeoutError:
+        return "silent"
+    except OSError:
+        return "closed"
 
 
 def boot(

@@ -48,6 +48,7 @@ def machine(server: SshServer, tmp_path: Path) -> Iterator[Machine]:
     )
     stand_in = subprocess.Popen(["sleep", "120"])  # plays the running QEMU
     m._proc = stand_in  # type: ignore[assignment]
+    m._ports = {"ssh": server.port}  # what start() forwards to the guest's sshd
     try:
         yield m
     finally:
@@ -104,3 +105,36 @@ def test_no_command_before_start(tmp_path: Path) -> None:
     disk.write_bytes(b"")
     with pytest.raises(MachineError, match="not started"):
         Machine(BootImage.uefi(disk), tmp_path / "w").succeed("true")
+
+
+def test_the_ssh_probe_tells_a_banner_from_a_hang_up_and_from_silence(
+    server: SshServer,
+) -> None:
+    """wait_for_ssh starts ssh on a banner only: QEMU's user network accepts on the host
+    before the guest listens, so a bare connect proves nothing."""
+    import socket
+    import threading
+
+    from builder.vm.machine import ssh_banner
+
+    assert ssh_banner(server.port) == "banner"  # a real sshd
+    hang_up, silent = socket.create_server(("127.0.0.1", 0)), socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    port = hang_up.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = hang_up.accept()
+        conn.close()  # what slirp does when nothing listens in the guest
+        held.append(silent.accept()[0])  # accepted, never answered
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        assert ssh_banner(port) == "closed"
+        start = time.monotonic()
+        assert ssh_banner(silent.getsockname()[1], timeout=0.5) == "silent"
+        assert time.monotonic() - start < 5
+    finally:
+        thread.join(10)
+        for sock in (hang_up, silent, *held):
+            sock.close()
