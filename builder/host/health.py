@@ -33,7 +33,9 @@ from builder.render.tree import atomic_write
 SERVICE, PIPELINE = "service", "pipeline"
 MARK = "@@aurora-health@@"
 # The service-class units' states, one `systemctl show` block each.
-SERVICES = "systemctl show -p Id -p Type -p ActiveState -p Result -p TriggeredBy -- {units}"
+SERVICES = (
+    "systemctl show -p Id -p Type -p ActiveState -p SubState -p Result -p TriggeredBy -- {units}"
+)
 # Failed units with how they failed, one `systemctl show` block each.
 FAILING = (
     "units=$(systemctl list-units --failed --all --plain --no-legend --no-pager "
@@ -94,7 +96,11 @@ def unhealthy(services: list[str], shown: str) -> list[str]:
     """Services not healthy ("unit state"): a service must be active, except a oneshot
     run by its timer, which is healthy while inactive after a successful run and while
     its timer has it running (aurora-health every 5 minutes: a probe that lands in its
-    run must not call the host unhealthy; a run that then fails is a failed unit)."""
+    run must not call the host unhealthy; a run that then fails is a failed unit).
+    A service systemd is about to restart (`auto-restart`) is left to the probe's
+    restart-loop rule, which counts restarts over time: judged here, a unit that
+    crashes and restarts (Panel with a broken entry, Restart=always) would fail
+    this check or pass it by the instant it was looked at."""
     states = {}
     for block in shown.split("\n\n"):
         props = dict(line.partition("=")[::2] for line in block.splitlines() if "=" in line)
@@ -107,7 +113,7 @@ def unhealthy(services: list[str], shown: str) -> list[str]:
         oneshot = props.get("Type") == "oneshot"
         oneshot_ok = oneshot and props.get("Result") == "success"
         timed = oneshot and ".timer" in props.get("TriggeredBy", "")
-        if state == "activating" and timed:
+        if state == "activating" and (timed or props.get("SubState") == "auto-restart"):
             continue
         if state != "active" and not (state == "inactive" and oneshot_ok):
             down.append(f"{unit} {state}")

@@ -360,6 +360,20 @@ def test_a_timer_run_oneshot_is_healthy_while_it_runs() -> None:
     ]
 
 
+def test_a_service_waiting_to_restart_is_left_to_the_restart_loop_rule() -> None:
+    """CI run 14: a probe landing between two of a broken Panel's restarts called it
+    'activating' in the services check, where another landing saw it 'active'; its
+    restart loop is the dashboard step's to judge, by counting restarts."""
+    shown = (
+        "Id=aurora-dashboard.service\nType=simple\nActiveState=activating\n"
+        "SubState=auto-restart\nResult=exit-code\n\n"
+        "Id=nginx.service\nType=notify\nActiveState=activating\nSubState=start\n"
+        "Result=success\n"
+    )
+    units = ["aurora-dashboard.service", "nginx.service"]
+    assert health.unhealthy(units, shown) == ["nginx.service activating"]
+
+
 def test_the_release_records_what_fails_before_it_rebuilds(tmp_path: Path) -> None:
     path = health.record_path(tmp_path, "jasmin", "a/b")
     assert path.parent == tmp_path / "failing-before-rebuild" and "/" not in path.name
