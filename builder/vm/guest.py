@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -37,6 +37,14 @@ def loopback_remote(port: int, key: Path) -> Remote:
         known_hosts=Path(os.devnull),
         host_key_checking="no",
     )
+
+
+def port_named(ports: Mapping[str, int], name: str) -> int:
+    """The loopback host port forwarded to the guest port registered as ``name``."""
+    try:
+        return ports[name]
+    except KeyError:
+        raise KeyError(f"no forward named {name!r}; have {sorted(ports)}") from None
 
 
 class _NotReady(Exception):

@@ -47,7 +47,7 @@ from builder.retry import RetryTimeout, retry
 from builder.vm import accel as accel_mod
 from builder.vm.argv import SSH_HOST, build_qemu_argv, credential_smbios, render_ssh_config
 from builder.vm.errors import BootTimeout, GuestPanic, MachineError, QemuExited
-from builder.vm.guest import Guest, _NotReady, loopback_remote
+from builder.vm.guest import Guest, _NotReady, loopback_remote, port_named
 from builder.vm.image import OVMF_VARS, BootImage
 from builder.vm.process import die_with_parent, free_ports, kill
 from builder.vm.qmp import QMP
@@ -396,10 +396,7 @@ class Machine(Guest):
         """Loopback host port forwarded to the guest port registered as ``name``."""
         if not self._ports:
             raise MachineError("ports are allocated by start()")
-        try:
-            return self._ports[name]
-        except KeyError:
-            raise KeyError(f"no forward named {name!r}; have {sorted(self._ports)}") from None
+        return port_named(self._ports, name)
 
     # -- commands --------------------------------------------------------
 

@@ -39,7 +39,7 @@ from builder.host.remote import Remote
 from builder.render.tree import atomic_write
 from builder.vm.argv import SSH_HOST
 from builder.vm.errors import GuestPanic, QemuExited
-from builder.vm.guest import Guest, loopback_remote
+from builder.vm.guest import Guest, loopback_remote, port_named
 from builder.vm.serial import SerialConsole
 
 KEEPER = "builder.vm.session"
@@ -349,10 +349,7 @@ class KeptVm(Guest):
         return self.state.remote()
 
     def forwarded_port(self, name: str) -> int:
-        try:
-            return self.state.ports[name]
-        except KeyError:
-            raise KeyError(f"no forward named {name!r}; have {sorted(self.state.ports)}") from None
+        return port_named(self.state.ports, name)
 
     def shutdown(self) -> bool:
         """Power the VM off (as `vm --stop`); True when the keeper stopped it cleanly."""
