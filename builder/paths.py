@@ -6,12 +6,16 @@ below takes the Paths, or the one directory it needs, as an argument. So no
 module deep inside reads the environment, and `verify` sends a rebuild to a
 scratch store and an empty build cache by passing other Paths, not by
 swapping os.environ.
+
+The caches that hold one entry per key (bases, tools trees) keep only their most
+recently used entries: `prune_cache`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import shutil
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -59,3 +63,12 @@ class Paths:
     def scratch(self, root: Path) -> Paths:
         """The same tools, with a store and build cache of their own under `root`."""
         return replace(self, images=root / "images", build_cache=root / "cache")
+
+
+def prune_cache(entries: Iterable[Path], keep: int) -> list[Path]:
+    """Remove all but the `keep` newest of a cache's entries (directories; a use
+    touches its entry, so newest is most recently used); the ones removed."""
+    old = sorted(entries, key=lambda p: p.stat().st_mtime, reverse=True)[keep:]
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    return old

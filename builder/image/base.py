@@ -23,6 +23,7 @@ from builder.image import mkosi
 from builder.image.gpt import partition, partition_digest
 from builder.image.inputs import Inputs, digest_paths
 from builder.image.layer import ROOT
+from builder.paths import prune_cache
 from builder.render.tree import atomic_write
 
 # Inputs of the tag that never reach mkosi: they shape the config layer only.
@@ -107,7 +108,7 @@ def ensure(job: mkosi.MkosiJob, key: str, bases: Path, *, progress: bool) -> Bas
     atomic_write(partial / RECORD, (json.dumps({"key": key}, indent=2) + "\n").encode())
     shutil.rmtree(path, ignore_errors=True)
     partial.rename(path)
-    _prune(bases, keep=KEEP)
+    prune_cache((p for p in bases.iterdir() if (p / RECORD).is_file()), KEEP)
     return Base(key, path, reused=False)
 
 
@@ -119,9 +120,3 @@ def root_sha256(base: Base) -> str:
         record["root_partition_sha256"] = partition_digest(base.disk, partition(base.disk, ROOT))
         atomic_write(base.path / RECORD, (json.dumps(record, indent=2) + "\n").encode())
     return str(record["root_partition_sha256"])
-
-
-def _prune(bases: Path, keep: int) -> None:
-    done = [p for p in bases.iterdir() if (p / RECORD).is_file()]
-    for old in sorted(done, key=lambda p: p.stat().st_mtime, reverse=True)[keep:]:
-        shutil.rmtree(old, ignore_errors=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from builder.image import mkosi
 from builder.image.inputs import digest_paths
+from builder.paths import prune_cache
 from builder.tools import MKOSI_VERSION
 
 CONFIG = "mkosi.tools-tree"
@@ -68,12 +69,7 @@ def ensure(repo: Path, cache: Path, build_cache: Path, *, progress: bool) -> Pat
     shutil.rmtree(path, ignore_errors=True)
     (partial / "tools").rename(path)
     shutil.rmtree(partial, ignore_errors=True)
-    _prune(trees, KEEP)
-    return path
-
-
-def _prune(trees: Path, keep: int) -> None:
-    done = [p for p in trees.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    for old in sorted(done, key=lambda p: p.stat().st_mtime, reverse=True)[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
+    done = (p for p in trees.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for old in prune_cache(done, KEEP):
         old.with_name(f"{old.name}.log").unlink(missing_ok=True)
+    return path

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
-from builder.paths import DEFAULT_CACHE, REPO, Paths
+from builder.paths import DEFAULT_CACHE, REPO, Paths, prune_cache
 from tests.paths import REPO_ROOT
 
 
@@ -44,3 +45,22 @@ def test_nothing_else_in_builder_reads_these_variables() -> None:
         if names.search(path.read_text()) and "environ" in path.read_text()
     )
     assert readers == ["builder/paths.py"]
+
+
+def test_prune_cache_keeps_the_most_recently_used_entries(tmp_path: Path) -> None:
+    """The bases' and tools trees' one pruning rule: newest mtime first (a use touches
+    its entry), whatever the names' order; the rest removed with their contents."""
+    ages = {"a": 400, "b": 100, "c": 300, "d": 200}  # seconds ago
+    for name, age in ages.items():
+        (tmp_path / name / "sub").mkdir(parents=True)
+        (tmp_path / name / "sub" / "file").write_text(name)
+        os.utime(tmp_path / name, (1_700_000_000 - age,) * 2)
+
+    removed = prune_cache(sorted(tmp_path.iterdir()), keep=2)
+
+    assert sorted(p.name for p in removed) == ["a", "c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "d"]
+    assert (tmp_path / "b" / "sub" / "file").read_text() == "b"
+    assert prune_cache(list(tmp_path.iterdir()), keep=2) == []
+    assert [p.name for p in prune_cache(list(tmp_path.iterdir()), keep=0)] == ["b", "d"]
+    assert not any(tmp_path.iterdir())
