@@ -181,15 +181,19 @@ def _open(url: str) -> Iterator[http.client.HTTPResponse]:
         response.read()  # the rest, so the connection can carry the next request
 
 
+def absent(locked: Mapping[str, tuple[str, str]], store: Path) -> dict[str, str]:
+    """{package: sha256} of each locked .deb ({package: (version, sha256)}) the store lacks."""
+    return {p: d for p, (_, d) in locked.items() if not blob(d, store).is_file()}
+
+
 def fetch(
-    locked: Mapping[str, tuple[str, str]],
+    wanted: Mapping[str, str],
     store: Path,
     sources: Iterable[Index],
     get: Callable[[str], bytes] = _get,
 ) -> list[str]:
-    """Fetch each locked .deb ({package: (version, sha256)}) the store lacks; the
+    """Fetch the .debs `absent` found the store lacks ({package: sha256}); the
     packages still missing (not in any index by their digest, or a failed download)."""
-    wanted = {p: d for p, (_, d) in locked.items() if not blob(d, store).is_file()}
     if not wanted:
         return []
     where: dict[str, str] = {}
@@ -208,14 +212,14 @@ def fetch_lock(
     """`fetch` for a build: what it did as one line for the build's output (None when
     the store had every file). A failure leaves the store as it was: the build then
     resolves against the mirror as without a fetch."""
-    absent = [p for p, (_, d) in locked.items() if not blob(d, store).is_file()]
-    if not absent:
+    wanted = absent(locked, store)
+    if not wanted:
         return None
     try:
-        missing = fetch(locked, store, indexes(spec, release))
+        missing = fetch(wanted, store, indexes(spec, release))
     except Exception as exc:  # an optimisation: it never fails the build
         return f"fetching the Debian lock's .debs failed ({exc}); installing from the mirror"
-    line = f"fetched {len(absent) - len(missing)} of the Debian lock's .debs"
+    line = f"fetched {len(wanted) - len(missing)} of the Debian lock's .debs"
     if missing:
         shown = ", ".join(missing[:5]) + (
             f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""

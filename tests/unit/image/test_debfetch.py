@@ -18,7 +18,7 @@ from builder.image import debfetch
 from builder.image.debian import locked_repository
 from builder.image.debstore import blob, store_dir
 from builder.paths import Paths
-from builder.spec.model import load_spec
+from builder.spec.model import HostSpec, load_spec
 from tests.paths import REPO_ROOT
 from tests.unit.image.test_debstore import make_deb
 
@@ -106,7 +106,7 @@ def test_the_locked_files_enter_the_store_by_their_digest(tmp_path: Path, archiv
     sources = [debfetch.Index(archive.url, f"dists/{s}/main/binary-amd64/Packages")
                for s in (SUITE, f"{SUITE}-security")]  # fmt: skip
 
-    assert debfetch.fetch(locked, store, sources) == []
+    assert debfetch.fetch(debfetch.absent(locked, store), store, sources) == []
 
     for deb in debs:
         assert blob(digest(deb), store).read_bytes() == deb.read_bytes()
@@ -124,12 +124,12 @@ def test_a_file_that_is_not_the_locked_one_stays_out(tmp_path: Path, archive: Ar
     store = tmp_path / "store"
     index = debfetch.Index(archive.url, f"dists/{SUITE}/main/binary-amd64/Packages")
 
-    assert debfetch.fetch({"beta": ("1.0", digest(old))}, store, [index]) == ["beta"]
+    assert debfetch.fetch({"beta": digest(old)}, store, [index]) == ["beta"]
     assert not (store / "sha256").exists() or not any((store / "sha256").iterdir())
 
     # A server that sends other bytes than its index promised: refused by the lock's digest.
     (archive.root / "debian/pool/main" / new.name).write_bytes(old.read_bytes() + b"tampered")
-    assert debfetch.fetch({"beta": ("1.0", digest(new))}, store, [index]) == ["beta"]
+    assert debfetch.fetch({"beta": digest(new)}, store, [index]) == ["beta"]
     assert not blob(digest(new), store).exists()
     assert not [p for p in store.rglob("*") if p.is_file()]  # no partial file left behind
 
@@ -144,18 +144,48 @@ def test_nothing_is_asked_when_the_store_has_every_file(tmp_path: Path) -> None:
     def refuse(url: str) -> bytes:
         raise AssertionError(f"asked for {url}")
 
-    assert debfetch.fetch({"alpha": ("1.0", digest(deb))}, store, [], get=refuse) == []
+    assert debfetch.absent({"alpha": ("1.0", digest(deb))}, store) == {}
+    assert debfetch.fetch({}, store, [], get=refuse) == []
     assert debfetch.fetch_lock(spec, {"alpha": ("1.0", digest(deb))}, store, SUITE) is None
 
 
-def test_an_unreachable_archive_leaves_the_build_to_the_mirror(tmp_path: Path) -> None:
+def unreachable_spec() -> HostSpec:
+    """The host's spec with its Debian archives on a loopback port nothing listens on."""
     spec = load_spec(REPO_ROOT / "hosts/aurora.yml")
-    spec = spec.model_copy(
+    return spec.model_copy(
         update={"debian": spec.debian.model_copy(update={"mirror": "http://127.0.0.1:9/debian",
                                                          "security_mirror": "http://127.0.0.1:9/s"})}
     )  # fmt: skip
+
+
+def test_an_unreachable_archive_leaves_the_build_to_the_mirror(tmp_path: Path) -> None:
+    spec = unreachable_spec()
     line = debfetch.fetch_lock(spec, {"alpha": ("1.0", "0" * 64)}, tmp_path / "store", SUITE)
     assert line is not None and "fetched 0 of" in line and "alpha" in line
+
+
+def test_a_build_looks_each_locked_file_up_in_the_store_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fetch_lock finds what the store lacks once and fetches just that: the count in
+    its line and the fetch come from the same look-up (the lock has ~430 files)."""
+    deb = make_deb(tmp_path, "alpha", "1.0")
+    store = tmp_path / "store"
+    blob(digest(deb), store).parent.mkdir(parents=True)
+    blob(digest(deb), store).write_bytes(deb.read_bytes())
+    locked = {"alpha": ("1.0", digest(deb)), "beta": ("1.0", "0" * 64)}
+    spec = unreachable_spec()
+    looked_up: list[str] = []
+
+    def counted(sha256: str, root: Path) -> Path:
+        looked_up.append(sha256)
+        return blob(sha256, root)
+
+    monkeypatch.setattr(debfetch, "blob", counted)
+    line = debfetch.fetch_lock(spec, locked, store, SUITE)
+
+    assert line is not None and line.startswith("fetched 0 of") and "beta" in line
+    assert sorted(looked_up) == sorted(d for _, d in locked.values())
 
 
 def test_the_indexes_are_the_ones_apt_reads_for_the_image() -> None:
@@ -187,7 +217,8 @@ def test_after_the_fetch_the_build_installs_from_the_locked_repository(
 
     locked = {d.name.split("_")[0]: ("1.0", digest(d)) for d in debs}
     index = debfetch.Index(archive.url, f"dists/{SUITE}/main/binary-amd64/Packages")
-    assert debfetch.fetch(locked, store_dir(paths.cache), [index]) == []
+    store = store_dir(paths.cache)
+    assert debfetch.fetch(debfetch.absent(locked, store), store, [index]) == []
 
     repo = locked_repository(spec, paths, lock)
     assert repo is not None
@@ -205,12 +236,14 @@ def test_one_connection_per_worker_and_redirects_followed(tmp_path: Path, archiv
     archive.publish(SUITE, debs)
     locked = {d.name.split("_")[0]: ("1.0", digest(d)) for d in debs}
     index = debfetch.Index(archive.url, f"dists/{SUITE}/main/binary-amd64/Packages")
-    assert debfetch.fetch(locked, tmp_path / "store", [index]) == []
+    store = tmp_path / "store"
+    assert debfetch.fetch(debfetch.absent(locked, store), store, [index]) == []
     assert len(archive.requests) == 1 + len(debs)
     assert archive.connections <= 1 + debfetch.WORKERS < len(debs)
 
     moved = debfetch.Index(archive.url + "/moved", index.path)
-    assert debfetch.fetch(locked, tmp_path / "store2", [moved]) == []
+    wanted = debfetch.absent(locked, tmp_path / "store2")
+    assert debfetch.fetch(wanted, tmp_path / "store2", [moved]) == []
     assert any("/moved/pool/" in r for r in archive.requests)
     for deb in debs:
         assert blob(digest(deb), tmp_path / "store2").read_bytes() == deb.read_bytes()
