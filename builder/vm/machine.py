@@ -298,11 +298,7 @@ class Machine(Guest):
                 f"qemu exited with status {rc}\n--- qemu.log ---\n{tail_text(self.qemu_log, 20)}"
                 f"\n--- serial (last 40 lines) ---\n{self.serial_tail(40)}"
             )
-        if self._console.panicked():
-            raise GuestPanic(
-                f"guest kernel panicked: {self._console.panic}\n"
-                f"--- serial (last 40 lines) ---\n{self.serial_tail(40)}"
-            )
+        self._console.check_panic()
 
     def _abort(self) -> None:
         if self._proc is not None:

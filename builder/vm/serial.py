@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from builder.vm.errors import GuestPanic
+
 _PANIC = re.compile(rb"Kernel panic - not syncing[^\n]*")
 _SSH_FAILED = re.compile(r"Failed to start sshd?\.service")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -55,6 +57,15 @@ class SerialConsole:
             if found:
                 self.panic = found.group().decode("utf-8", "replace").strip()
         return self.panic is not None
+
+    def check_panic(self) -> None:
+        """Raise :class:`GuestPanic` (the panic line, the console's last 40 lines) once
+        the guest panicked: every liveness check of a VM ends with this one."""
+        if self.panicked():
+            raise GuestPanic(
+                f"guest kernel panicked: {self.panic}\n"
+                f"--- serial (last 40 lines) ---\n{self.tail(40)}"
+            )
 
     def ssh_failed(self) -> bool:
         """Whether systemd reported that the ssh service failed to start."""

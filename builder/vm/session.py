@@ -38,7 +38,7 @@ from builder.errors import AuroraError
 from builder.host.remote import Remote
 from builder.render.tree import atomic_write
 from builder.vm.argv import SSH_HOST
-from builder.vm.errors import GuestPanic, QemuExited
+from builder.vm.errors import QemuExited
 from builder.vm.guest import Guest, loopback_remote, port_named
 from builder.vm.serial import SerialConsole
 
@@ -339,8 +339,7 @@ class KeptVm(Guest):
                 f"see {self.workdir / 'keeper.log'}\n--- serial (last 40 lines) ---\n"
                 f"{self._console.tail(40)}"
             )
-        if self._console.panicked():
-            raise GuestPanic(f"guest kernel panicked: {self._console.panic}")
+        self._console.check_panic()
 
     def serial_tail(self, n: int = 80) -> str:
         return self._console.tail(n)

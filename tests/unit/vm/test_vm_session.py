@@ -125,9 +125,13 @@ def test_kept_vm_runs_commands_through_the_keepers_ssh_config(
     # With its keeper alive, a panic on the console ends every wait at once too.
     monkeypatch.setattr(vm_session, "_keeper_alive", lambda pid: True)
     vm.check_alive()
-    (tmp_path / "serial.log").write_bytes(b"[ 5.4] Kernel panic - not syncing: Fatal exception\n")
-    with pytest.raises(GuestPanic, match="Fatal exception"):
+    (tmp_path / "serial.log").write_bytes(
+        b"[ 5.3] RIP: 0010:do_idle\n[ 5.4] Kernel panic - not syncing: Fatal exception\n"
+    )
+    with pytest.raises(GuestPanic, match="Fatal exception") as panic:
         vm.check_alive()
+    # ... saying what led to it, as Machine's check does: the console's tail.
+    assert "--- serial (last 40 lines) ---\n[ 5.3] RIP: 0010:do_idle" in str(panic.value)
 
 
 def test_the_keeper_outlives_no_owner() -> None:
