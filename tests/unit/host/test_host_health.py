@@ -65,6 +65,7 @@ def nginx() -> Iterator[tuple[int, list[int]]]:
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield httpd.server_address[1], status
     httpd.shutdown()
+    httpd.server_close()
 
 
 def run(tmp_path: Path, port: int, failed: dict[str, tuple[str, str]],

@@ -49,6 +49,7 @@ def upstream() -> Iterator[int]:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server.server_address[1]
     server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +97,8 @@ http {{
     yield ports
     proc.terminate()
     proc.wait(10)
+    if proc.stderr:
+        proc.stderr.close()
 
 
 def test_dashboard_answering_through_nginx_passes(nginx: dict[str, int]) -> None:
