@@ -69,17 +69,23 @@ def image_sizes(
 def format_sizes(sizes: dict[str, dict[str, object]]) -> str:
     """One line for the build log: the root's parts, then the disk."""
 
-    def mb(value: object) -> str:
-        return f"{int(value) / 1e6:.0f} MB"  # type: ignore[call-overload]
+    def size_text(value: object) -> str:
+        # Whole MB, as bench reports them; kB (or bytes) below 1 MB, where whole MB
+        # would print the sample app's few kB as "0 MB".
+        size = int(value)  # type: ignore[call-overload]
+        for scale, unit in ((1e6, "MB"), (1e3, "kB")):
+            if size >= scale:
+                return f"{size / scale:.0f} {unit}"
+        return f"{size} B"
 
     files = sizes.get("root_files", {})
     shown = [
-        f"{name} {mb(files[name])}"
+        f"{name} {size_text(files[name])}"
         for name in ("packages", "kernel", "venv", "app")
         if name in files
     ]
     disk = sizes["disk"]
     return (
-        f"root files: {', '.join(shown) or 'not counted'}; disk {mb(disk['size'])} "
-        f"apparent, {mb(disk['allocated'])} allocated"
+        f"root files: {', '.join(shown) or 'not counted'}; disk {size_text(disk['size'])} "
+        f"apparent, {size_text(disk['allocated'])} allocated"
     )

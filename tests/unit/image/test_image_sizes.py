@@ -34,3 +34,14 @@ def test_size_line_names_each_part_and_the_disk() -> None:
     assert format_sizes({"root_files": {}, "disk": {"size": 0, "allocated": 0}}).startswith(
         "root files: not counted"
     )
+
+
+def test_a_part_under_a_megabyte_is_not_shown_as_zero() -> None:
+    """The sample app is a few kB: whole MB said "app 0 MB"."""
+    sizes = {
+        "root_files": {"packages": 520844658, "kernel": 31941069, "app": 6059},
+        "disk": {"size": 999, "allocated": 0},
+    }
+    assert format_sizes(sizes) == (
+        "root files: packages 521 MB, kernel 32 MB, app 6 kB; disk 999 B apparent, 0 B allocated"
+    )
