@@ -97,6 +97,12 @@ def digest(deb: Path) -> str:
     return hashlib.sha256(deb.read_bytes()).hexdigest()
 
 
+def put(deb: Path, store: Path) -> None:
+    """The .deb in the store already, by its digest."""
+    blob(digest(deb), store).parent.mkdir(parents=True, exist_ok=True)
+    blob(digest(deb), store).write_bytes(deb.read_bytes())
+
+
 def test_the_locked_files_enter_the_store_by_their_digest(tmp_path: Path, archive: Archive) -> None:
     debs = [make_deb(tmp_path, name, "1.0") for name in ("alpha", "beta", "gamma")]
     archive.publish(SUITE, debs[:2])
@@ -137,8 +143,7 @@ def test_a_file_that_is_not_the_locked_one_stays_out(tmp_path: Path, archive: Ar
 def test_nothing_is_asked_when_the_store_has_every_file(tmp_path: Path) -> None:
     deb = make_deb(tmp_path, "alpha", "1.0")
     store = tmp_path / "store"
-    blob(digest(deb), store).parent.mkdir(parents=True)
-    blob(digest(deb), store).write_bytes(deb.read_bytes())
+    put(deb, store)
     spec = load_spec(REPO_ROOT / "hosts/aurora.yml")
 
     def refuse(url: str) -> bytes:
@@ -171,8 +176,7 @@ def test_a_build_looks_each_locked_file_up_in_the_store_once(
     its line and the fetch come from the same look-up (the lock has ~430 files)."""
     deb = make_deb(tmp_path, "alpha", "1.0")
     store = tmp_path / "store"
-    blob(digest(deb), store).parent.mkdir(parents=True)
-    blob(digest(deb), store).write_bytes(deb.read_bytes())
+    put(deb, store)
     locked = {"alpha": ("1.0", digest(deb)), "beta": ("1.0", "0" * 64)}
     spec = unreachable_spec()
     looked_up: list[str] = []
