@@ -11,8 +11,10 @@ the layer's root hash on the UKI's command line. Here, per tag:
    overlay with a scratch upper over the base's root and /var; the rendered tree
    is written into it, then the image's own `systemctl preset-all`,
    `systemd-sysusers` and `systemd-tmpfiles` run in it (chroot), as mkosi runs them
-   on a whole build. The upper is the layer: changed and new files, and overlayfs
-   whiteouts for what the presets removed. The merged /var becomes the new /var.
+   on a whole build, and its `ufw-init start` in a scratch network namespace, whose
+   tables are saved for ufw.service to restore at boot (`firewall_lines`). The upper
+   is the layer: changed and new files, and overlayfs whiteouts for what the presets
+   removed. The merged /var becomes the new /var.
 2. `make_partitions`: the layer as EROFS, its dm-verity hash tree (veritysetup,
    salt and UUID from the tag's seed) and /var as ext4, every time and id fixed.
 3. `assemble`: a sparse copy of the base disk with those three partitions written
@@ -37,6 +39,7 @@ from pathlib import Path
 from builder.errors import BuildError
 from builder.image.gpt import Partition, partition
 from builder.render.engine import Tree
+from builder.render.names import FIREWALL_SAVED
 
 ROOT, CONFIG, CONFIG_VERITY, VAR, ESP = (
     "root-x86-64",
@@ -132,8 +135,29 @@ def layer_script(
         lines.append(
             f"chroot {m} systemd-tmpfiles --create --boot " + " ".join(map(shlex.quote, tmpfiles))
         )
+    lines += firewall_lines(m)
     lines.append(f"cp -a {m}/var/. vartree/")
     return "\n".join(lines) + "\n"
+
+
+def firewall_lines(merged: str) -> list[str]:
+    """Shell lines saving what the image's own `ufw-init start` loads, from the merged
+    tree's ufw files (the spec's rules, its default policy), into FIREWALL_SAVED: the
+    image's iptables in a network namespace of their own, on the build host's kernel,
+    with /proc/sys read-only so ufw's sysctl settings touch nothing (it ignores their
+    failure, as it does at boot). Comment lines (tool version, date) are dropped: the
+    same files give the same bytes. ufw.service restores these at boot."""
+    saves = "; ".join(
+        f"{tool} > /run/saved; sed '/^#/d' /run/saved > {path}"
+        for tool, path in zip(("iptables-save", "ip6tables-save"), FIREWALL_SAVED, strict=True)
+    )
+    inner = f"umask 027; /usr/lib/ufw/ufw-init start quiet; {saves}"
+    return [
+        f"mount --bind {merged}/proc/sys {merged}/proc/sys",
+        f"mount -o remount,bind,ro {merged}/proc/sys",
+        f"unshare --net chroot {merged} /bin/sh -ec {shlex.quote(inner)}",
+        f"umount {merged}/proc/sys",
+    ]
 
 
 def _normalise(top: Path, epoch: int) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from builder.render import produce
-from builder.render.names import IDENTITY, PRESET, SYSTEM_UNITS, UNIT_CLASSES_FILE
+from builder.render.names import FIREWALL_SAVED, IDENTITY, PRESET, SYSTEM_UNITS, UNIT_CLASSES_FILE
 from builder.render.unitfile import unit_name
 from builder.spec.model import HostSpec
 
@@ -211,7 +211,8 @@ TABLE: tuple[Carried, ...] = (
     Carried("/etc/ssh/sshd_config.d/aurora.conf", S, "mkosi.extra"),
     Carried("/etc/systemd/journald.conf.d/aurora.conf", S, "mkosi.extra"),
     Carried("/etc/systemd/network/80-dhcp.network", S, "mkosi.extra"),
-    Carried("/etc/modules-load.d/aurora-firewall.conf", S, "mkosi.extra"),
+    Carried("/etc/systemd/system-generators/*", S,
+            "mkosi.extra (masks the generators this host has no use for)"),
     Carried("/etc/ufw/ufw.conf", S, "mkosi.extra"),
     Carried(f"{UNITS}/aurora-health.service", S, "mkosi.extra", role="service"),
     Carried(f"{UNITS}/aurora-health.timer", S, "mkosi.extra", enable=True),
@@ -225,9 +226,14 @@ TABLE: tuple[Carried, ...] = (
     Carried(f"{UNITS}/ssh.service.d/aurora-start.conf", S, "mkosi.extra"),
     Carried(f"{UNITS}/systemd-resolved.service.d/aurora-var.conf", S, "mkosi.extra"),
     Carried(f"{UNITS}/ufw.service", S, "mkosi.extra"),
-    Carried("/usr/lib/aurora/*", S, "mkosi.extra (the on-host programs)"),
+    Carried("/usr/lib/aurora/*", S, "mkosi.extra (the on-host programs and their data)"),
     # Made by the image build from its inputs.
     Carried(IDENTITY, B, "builder.image.build.identity", ("release",)),
+    *(
+        Carried(saved, B, "builder.image.layer (the image's ufw-init, in a scratch netns)",
+                ("firewall.allow", "firewall.deny", "firewall.default_incoming"))
+        for saved in FIREWALL_SAVED
+    ),
     Carried("<dashboard.checkout>/", B, "builder.image.layer (the app, from dashboard.app)",
             ("dashboard.checkout", "dashboard.app")),
     Carried("<dashboard.checkout>/venv/", B, "mkosi.postinst.chroot (uv, from the app's lock)",

@@ -26,6 +26,10 @@ IDENTITY = "/usr/lib/aurora/image.json"
 # first initialises a volume; the GWS pushes compare it with what they pushed from.
 VOLUME_MARKER = ".aurora-volume-id"
 TAILSCALE_STATE = "/var/lib/tailscale"
+# Written by the config layer's build, not render: the tables the image's ufw-init loads,
+# as (iptables-save, ip6tables-save) print them; ufw.service restores them at boot
+# (/usr/lib/aurora/aurora-firewall reads these paths too).
+FIREWALL_SAVED = ("/etc/ufw/aurora-boot.rules", "/etc/ufw/aurora-boot6.rules")
 
 
 def gws_unit(job: GwsJob) -> str:

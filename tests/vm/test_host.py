@@ -14,8 +14,10 @@ import urllib.request
 import pytest
 
 from builder.render.engine import SYSTEM_UNITS, render
+from builder.render.names import FIREWALL_SAVED
 from builder.spec.model import HostSpec
 from builder.vm.session import KeptVm
+from tests.firewall_tables import tables, without
 
 
 def _rendered_units(spec: HostSpec) -> list[str]:
@@ -108,6 +110,19 @@ def test_firewall_from_outside(booted: KeptVm) -> None:
     status = booted.succeed("ufw status verbose")
     assert "Status: active" in status and "Default: deny (incoming)" in status
     assert re.search(r"5006/tcp\s+DENY IN", status), status
+
+
+def test_the_booted_tables_are_what_ufw_loads(booted: KeptVm) -> None:
+    """On the image's own kernel: the host's tables are the ones saved at build (and
+    fail2ban's own chains), and the image's ufw-init in a fresh network namespace loads
+    the same."""
+    both = "iptables-save; echo @@; ip6tables-save"
+    saved = [tables(booted.succeed(f"cat {path}")) for path in FIREWALL_SAVED]
+    live = [without(tables(t), "f2b-") for t in booted.succeed(both).split("@@\n")]
+    assert live == saved
+    fresh = booted.succeed(f"unshare --net sh -c '/usr/lib/ufw/ufw-init start quiet; {both}'")
+    assert [tables(t) for t in fresh.split("@@\n")] == saved
+    assert booted.succeed("test -e /run/aurora-firewall.restored && echo restored").strip()
 
 
 def test_fail2ban_guards_ssh(booted: KeptVm) -> None:

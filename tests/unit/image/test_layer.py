@@ -107,3 +107,22 @@ def test_the_app_tree_goes_into_the_layer_at_its_checkout(tmp_path: Path) -> Non
     app = (tmp_path / "stage app", "/opt/aurora cloud")
     script = layer.layer_script({}, tmp_path, tmp_path / "disk", part, part, tmp_path, app)
     assert f"cp -a '{tmp_path}/stage app/.' '{tmp_path}/merged/opt/aurora cloud'/" in script
+
+
+def test_the_firewall_is_saved_from_the_merged_tree_with_proc_sys_read_only(
+    tmp_path: Path,
+) -> None:
+    """ufw-init runs on the rendered rules (after the tree is written), in a network
+    namespace of its own, and cannot set the build host's sysctls."""
+    tree = {"/etc/ufw/user.rules": File(b"*filter\nCOMMIT\n", mode=0o640)}
+    part = Partition("p", "t", "p", 0, 4096)
+    lines = layer.layer_script(tree, tmp_path, tmp_path / "disk", part, part, tmp_path).splitlines()
+    merged = f"{tmp_path}/merged"
+    ufw = next(i for i, line in enumerate(lines) if "ufw-init start" in line)
+    assert lines[ufw].startswith(f"unshare --net chroot {merged} /bin/sh -ec ")
+    written = next(i for i, line in enumerate(lines) if line.startswith(f"cp {tmp_path}/etc/ufw"))
+    read_only = lines.index(f"mount -o remount,bind,ro {merged}/proc/sys")
+    assert written < read_only < ufw
+    assert lines.index(f"mount -t proc proc {merged}/proc") < read_only
+    for path in ("/etc/ufw/aurora-boot.rules", "/etc/ufw/aurora-boot6.rules"):
+        assert f"> {path}" in lines[ufw]
