@@ -94,8 +94,10 @@ class Guest:
 
     # -- waiting ----------------------------------------------------------
 
-    def _poll(self, attempt: Callable[[], T], timeout: float, what: str) -> T:
-        """Run ``attempt`` every second until it returns something truthy. Each round
+    def _poll(
+        self, attempt: Callable[[], T], timeout: float, what: str, interval: float = 1.0
+    ) -> T:
+        """Run ``attempt`` every ``interval`` s until it returns something truthy. Each round
         first checks that the guest is alive, so a dead VM ends the wait at once;
         ``attempt`` says "not yet" by raising :class:`_NotReady` (a command that
         times out counts as not yet too)."""
@@ -105,7 +107,11 @@ class Guest:
             return attempt()
 
         return retry(
-            checked, timeout=timeout, interval=1.0, what=what, retry_on=(_NotReady, CommandTimeout)
+            checked,
+            timeout=timeout,
+            interval=interval,
+            what=what,
+            retry_on=(_NotReady, CommandTimeout),
         )
 
     def wait_until_succeeds(self, cmd: str, timeout: float = 120.0) -> str:

@@ -35,6 +35,7 @@ import tempfile
 import time
 import weakref
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -415,15 +416,13 @@ class Machine(Guest):
         had their chance), give up early instead of burning the whole timeout.
         """
         failed_seen: float | None = None
-        silent = 0
+        probes = ProbeRun()
 
         def attempt() -> bool:
-            nonlocal failed_seen, silent
-            # ssh runs once sshd's banner comes back through the forward (or after a
-            # few probes that connect but hear nothing: a slow sshd, not an absent one).
+            nonlocal failed_seen
             banner = ssh_banner(self._ports["ssh"])
-            silent = silent + 1 if banner == "silent" else 0
-            if banner == "banner" or silent >= SILENT_PROBES:
+            log.debug("ssh probe: %s", banner)
+            if probes.worth_ssh(banner, sshd_started=self._console.ssh_started()):
                 r = self._ssh("true", timeout=60, connect_timeout=15)
                 if r.status == 0:
                     return True
@@ -440,7 +439,7 @@ class Machine(Guest):
             raise _NotReady(why)
 
         try:
-            self._poll(attempt, timeout, f"ssh to {SSH_HOST}")
+            self._poll(attempt, timeout, f"ssh to {SSH_HOST}", interval=SSH_POLL)
         except (RetryTimeout, _SshServiceFailed) as exc:
             raise BootTimeout(
                 f"{exc}\n--- serial (last 40 lines of {self.serial_log}) ---\n"
@@ -451,11 +450,39 @@ class Machine(Guest):
             log.info("ssh ready %.1fs after start", self.ssh_ready_after)
 
 
-# Probes in a row that connect but hear no banner before ssh is tried anyway.
+# Probes in a row that connect but hear no banner before ssh is tried anyway: once the
+# console says sshd started, and in any case (a console that says nothing).
 SILENT_PROBES = 3
+SILENT_BLIND = 60
 
 
-def ssh_banner(port: int, timeout: float = 3.0) -> str:
+@dataclass
+class ProbeRun:
+    """When a wait for ssh starts ssh: on sshd's banner. A probe that hears nothing
+    means the guest is not on the network yet, or sshd is slow to greet (a loaded TCG
+    guest): ssh is tried after SILENT_PROBES such probes in a row once the console says
+    sshd started, or after SILENT_BLIND in any case, not before: an ssh started before
+    the guest has an address waits inside slirp for its whole connect timeout."""
+
+    silent: int = 0  # in a row, since the console said sshd started
+    blind: int = 0  # in a row, whatever the console says
+
+    def worth_ssh(self, banner: str, *, sshd_started: bool) -> bool:
+        quiet = banner == "silent"
+        self.silent = self.silent + 1 if quiet and sshd_started else 0
+        self.blind = self.blind + 1 if quiet else 0
+        if banner == "banner" or self.silent >= SILENT_PROBES or self.blind >= SILENT_BLIND:
+            self.silent = self.blind = 0
+            return True
+        return False
+
+
+# Seconds between probes: a refused probe costs nothing, and each second of waiting
+# is a second on every boot's figure.
+SSH_POLL = 0.25
+
+
+def ssh_banner(port: int, timeout: float = 1.0) -> str:
     """What a loopback TCP probe of a forwarded ssh port hears: "banner" (sshd's
     `SSH-` line), "closed" (refused, reset or hung up: nothing listens in the guest)
     or "silent" (connected, nothing said within `timeout`).
@@ -464,7 +491,10 @@ def ssh_banner(port: int, timeout: float = 3.0) -> str:
     guest; an ssh client that starts before the guest has an address waits there for
     a SYN retransmit, up to ~9 s of a measured boot with ssh's ConnectTimeout=15. A
     short probe says when to start ssh; ssh itself keeps its long timeout, which also
-    covers its key exchange (too short a one under TCG ends in sshd's penalties).
+    covers its key exchange (too short a one under TCG ends in sshd's penalties). The
+    probe's own second is short for the same reason: a probe begun just before the
+    guest had its address heard nothing for its whole 3 s (two boots: the banner came
+    2.5 s after DHCP); a new one after a second reaches sshd at once.
     """
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as probe:

@@ -1,5 +1,6 @@
-"""Reading a VM's serial console log: its tail for error messages, and the two
-things on it that end a wait early (a kernel panic, sshd failing for good)."""
+"""Reading a VM's serial console log: its tail for error messages, the two things
+on it that end a wait early (a kernel panic, sshd failing for good), and the one
+that tells the wait for ssh what a silent probe means (sshd started)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from builder.vm.errors import GuestPanic
 
 _PANIC = re.compile(rb"Kernel panic - not syncing[^\n]*")
 _SSH_FAILED = re.compile(r"Failed to start sshd?\.service")
+_SSH_STARTED = re.compile(r"Started sshd?\.service")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # Bytes re-read before the last scan's end, so a line split across two scans is seen whole.
 _OVERLAP = 128
@@ -70,3 +72,7 @@ class SerialConsole:
     def ssh_failed(self) -> bool:
         """Whether systemd reported that the ssh service failed to start."""
         return _SSH_FAILED.search(tail_text(self.path, 10**6)) is not None
+
+    def ssh_started(self) -> bool:
+        """Whether systemd reported that the ssh service started (its status line)."""
+        return _SSH_STARTED.search(tail_text(self.path, 10**6)) is not None

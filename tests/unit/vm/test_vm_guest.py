@@ -138,3 +138,25 @@ def test_the_ssh_probe_tells_a_banner_from_a_hang_up_and_from_silence(
         thread.join(10)
         for sock in (hang_up, silent, *held):
             sock.close()
+
+
+def test_ssh_waits_for_a_banner_and_tries_silence_only_once_sshd_started() -> None:
+    """A guest without an address yet is silent; ssh started then would wait inside
+    slirp for its whole timeout. Silence counts once the console says sshd started
+    (a slow greeting), or after many probes when the console says nothing."""
+    from builder.vm.machine import SILENT_BLIND, SILENT_PROBES, ProbeRun
+
+    run = ProbeRun()
+    assert not any(run.worth_ssh("silent", sshd_started=False) for _ in range(SILENT_PROBES))
+    assert not run.worth_ssh("closed", sshd_started=True)
+    assert [run.worth_ssh("silent", sshd_started=True) for _ in range(SILENT_PROBES)] == [
+        *[False] * (SILENT_PROBES - 1),
+        True,
+    ]
+    # the count starts again after an attempt, and a refused probe breaks a run
+    assert not run.worth_ssh("silent", sshd_started=True)
+    assert not run.worth_ssh("closed", sshd_started=True)
+    assert run.worth_ssh("banner", sshd_started=False)
+    run = ProbeRun()
+    blind = [run.worth_ssh("silent", sshd_started=False) for _ in range(SILENT_BLIND)]
+    assert blind == [*[False] * (SILENT_BLIND - 1), True]
