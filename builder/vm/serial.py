@@ -29,16 +29,37 @@ def tail_text(path: Path, n: int) -> str:
 
 class SerialConsole:
     """One machine's console log, read incrementally: each scan reads only what was
-    written since the last one, so polling it every second stays cheap."""
+    written since the last one (and a little before it), so polling it several times a
+    second stays cheap, and records what it saw; each fact sticks once seen."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._offset = 0
         #: The panic line once seen; a panicked guest never recovers, so it sticks.
         self.panic: str | None = None
+        self._ssh_failed = False
+        self._ssh_started = False
 
     def tail(self, n: int = 80) -> str:
         return tail_text(self.path, n)
+
+    def _scan(self) -> None:
+        """Read what the console wrote since the last scan, once for every question."""
+        try:
+            with open(self.path, "rb") as f:
+                size = f.seek(0, 2)
+                # A log started anew (smaller than what was read) is read from its start.
+                start = max(0, self._offset - _OVERLAP) if size >= self._offset else 0
+                f.seek(start)
+                chunk = f.read()
+        except FileNotFoundError:
+            return
+        self._offset = start + len(chunk)
+        if self.panic is None and (found := _PANIC.search(chunk)):
+            self.panic = found.group().decode("utf-8", "replace").strip()
+        text = _ANSI.sub("", chunk.decode("utf-8", "replace"))
+        self._ssh_failed = self._ssh_failed or _SSH_FAILED.search(text) is not None
+        self._ssh_started = self._ssh_started or _SSH_STARTED.search(text) is not None
 
     def panicked(self) -> bool:
         """Whether a kernel panic has appeared on the console.
@@ -47,17 +68,7 @@ class SerialConsole:
         sits there, so without this every wait would run to its full timeout.
         """
         if self.panic is None:
-            try:
-                with open(self.path, "rb") as f:
-                    start = max(0, self._offset - _OVERLAP)
-                    f.seek(start)
-                    chunk = f.read()
-            except FileNotFoundError:
-                return False
-            self._offset = start + len(chunk)
-            found = _PANIC.search(chunk)
-            if found:
-                self.panic = found.group().decode("utf-8", "replace").strip()
+            self._scan()
         return self.panic is not None
 
     def check_panic(self) -> None:
@@ -71,8 +82,10 @@ class SerialConsole:
 
     def ssh_failed(self) -> bool:
         """Whether systemd reported that the ssh service failed to start."""
-        return _SSH_FAILED.search(tail_text(self.path, 10**6)) is not None
+        self._scan()
+        return self._ssh_failed
 
     def ssh_started(self) -> bool:
         """Whether systemd reported that the ssh service started (its status line)."""
-        return _SSH_STARTED.search(tail_text(self.path, 10**6)) is not None
+        self._scan()
+        return self._ssh_started

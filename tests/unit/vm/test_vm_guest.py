@@ -160,3 +160,27 @@ def test_ssh_waits_for_a_banner_and_tries_silence_only_once_sshd_started() -> No
     run = ProbeRun()
     blind = [run.worth_ssh("silent", sshd_started=False) for _ in range(SILENT_BLIND)]
     assert blind == [*[False] * (SILENT_BLIND - 1), True]
+
+
+def test_the_console_is_read_once_per_scan_for_every_question(tmp_path: Path) -> None:
+    """sshd's start and failure are read from what the console wrote since the last
+    scan (a status line split across two scans, with its colour codes, still counts),
+    each fact sticks, and a log started anew is read from its start."""
+    from builder.vm.serial import SerialConsole
+
+    log = tmp_path / "serial.log"
+    console = SerialConsole(log)
+    assert not console.ssh_started()  # no log yet
+    log.write_bytes(b"[  OK  ] Reached target basic.target.\n[  OK  ] Started \x1b[0;1;39mss")
+    assert not console.ssh_started() and not console.ssh_failed()
+    with open(log, "ab") as f:
+        f.write(b"h.service\x1b[0m - OpenBSD Secure Shell server.\n" + b"x" * 4096 + b"\n")
+    assert console.ssh_started() and not console.ssh_failed()
+    with open(log, "ab") as f:
+        f.write(b"[FAILED] Failed to start \x1b[0;1;39mssh.service\x1b[0m.\n")
+    assert console.ssh_failed() and console.ssh_started()  # both stick
+    fresh = SerialConsole(log)
+    log.write_bytes(b"x" * 8192 + b"\n")
+    assert not fresh.panicked() and not fresh.ssh_started()
+    log.write_bytes(b"[ 1.0] Kernel panic - not syncing: VFS\n")  # shorter: a new log
+    assert fresh.panicked() and fresh.panic == "Kernel panic - not syncing: VFS"
